@@ -1,0 +1,56 @@
+"""``[PASS]`` / ``[FAIL]`` checks for the exercises of every chapter (convention taught in chapter 00).
+
+A check prints one line and returns a bool; it never raises, so a student notebook with an
+unfinished exercise still runs to the end and shows ``[FAIL] ... not implemented yet``.
+"""
+from __future__ import annotations
+
+import traceback
+
+import torch
+
+
+def _report(ok: bool, name: str, detail: str = "", hint: str = "") -> bool:
+    if ok:
+        print(f"[PASS] {name}" + (f" ({detail})" if detail else ""))
+    else:
+        msg = f"[FAIL] {name}" + (f": {detail}" if detail else "")
+        if hint:
+            msg += f"\n       hint: {hint}"
+        print(msg)
+    return ok
+
+
+def check(condition, name: str, hint: str = "", detail: str = "") -> bool:
+    """Pass when ``condition`` is truthy."""
+    return _report(bool(condition), name, detail, hint)
+
+
+def check_close(actual, expected, name: str, atol: float = 1e-5, rtol: float = 1e-4,
+                hint: str = "") -> bool:
+    """Pass when two numbers or tensors agree within tolerance (and have the same shape)."""
+    try:
+        a = torch.as_tensor(actual, dtype=torch.float64)
+        e = torch.as_tensor(expected, dtype=torch.float64)
+    except Exception as exc:  # not numbers at all
+        return _report(False, name, f"could not compare: {exc}", hint)
+    if a.shape != e.shape:
+        return _report(False, name, f"shape {tuple(a.shape)}, expected {tuple(e.shape)}", hint)
+    err = (a - e).abs().max().item() if a.numel() else 0.0
+    ok = bool(torch.allclose(a, e, atol=atol, rtol=rtol))
+    return _report(ok, name, f"max abs error {err:.2e}", hint)
+
+
+def run_check(name: str, fn, hint: str = "") -> bool:
+    """Run ``fn()``, which asserts what must hold. An ``AssertionError`` or any other error is a
+    ``[FAIL]`` (with the message); ``NotImplementedError`` says the exercise is not done yet."""
+    try:
+        detail = fn()
+    except NotImplementedError:
+        return _report(False, name, "not implemented yet (replace the `raise NotImplementedError`)", hint)
+    except AssertionError as exc:
+        return _report(False, name, str(exc) or "an assertion failed", hint)
+    except Exception as exc:
+        last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        return _report(False, name, f"raised {last}", hint)
+    return _report(True, name, detail if isinstance(detail, str) else "")

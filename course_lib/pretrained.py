@@ -1,0 +1,273 @@
+"""Load-or-train: the course's shipped checkpoints (chapter 00 teaches the pattern).
+
+Every shipped model is ``data/checkpoints/<name>.safetensors``; ``data/checkpoints/manifest.json``
+records its config, sha256, the command that reproduces it, its training time and its measured
+quality. Modules that define a model family register it here with :func:`register`.
+
+Command line::
+
+    python -m course_lib.pretrained list
+    python -m course_lib.pretrained verify            # every hash (add --quality to re-measure)
+    python -m course_lib.pretrained train NAME [--seed 0]   # reproduce one entry, update the manifest
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from . import CHECKPOINT_DIR
+from .runtime import get_device, seed_everything
+
+#: Modules that register shipped models. A module listed here that does not exist yet is skipped.
+ENTRY_MODULES = (
+    "course_lib.judges",
+    "course_lib.models.gan",
+    "course_lib.models.vae",
+    "course_lib.models.transformer",
+    "course_lib.models.ddpm",
+    "course_lib.models.text_to_image",
+    "course_lib.models.llm_conditioning",
+    "course_lib.models.fast",
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is unknown, missing, or does not match its recorded hash."""
+
+
+@dataclass
+class TrainResult:
+    """What a registered ``train`` function returns."""
+
+    model: torch.nn.Module
+    config: dict
+    quality: dict
+    notes: str = ""
+
+
+@dataclass
+class Entry:
+    name: str
+    build: Callable[[dict], torch.nn.Module]          # config -> untrained module of the right shape
+    train: Callable[..., TrainResult]                 # (seed=0) -> TrainResult
+    evaluate: Callable[[torch.nn.Module], dict] | None = None  # module -> quality dict
+    finalize: Callable[[torch.nn.Module], object] | None = None  # module -> what load() returns
+    description: str = ""
+    chapter: str = ""
+
+
+_REGISTRY: dict[str, Entry] = {}
+_imported = False
+
+
+def register(name: str, *, build, train, evaluate=None, finalize=None, description: str = "",
+             chapter: str = "") -> None:
+    """Declare a shippable model (called at import time by the module that defines it)."""
+    _REGISTRY[name] = Entry(name, build, train, evaluate, finalize, description, chapter)
+
+
+def _import_entry_modules() -> None:
+    global _imported
+    if _imported:
+        return
+    for mod in ENTRY_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name != mod:  # a real missing dependency inside an existing module
+                raise
+    _imported = True
+
+
+def checkpoint_dir() -> Path:
+    """``data/checkpoints`` of the checkout, or ``$COURSE_CHECKPOINTS``."""
+    return Path(os.environ.get("COURSE_CHECKPOINTS", CHECKPOINT_DIR))
+
+
+def manifest_path() -> Path:
+    return checkpoint_dir() / "manifest.json"
+
+
+def read_manifest() -> dict:
+    path = manifest_path()
+    if not path.exists():
+        return {"models": {}}
+    return json.loads(path.read_text())
+
+
+def write_manifest(manifest: dict) -> None:
+    path = manifest_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    manifest["models"] = dict(sorted(manifest["models"].items()))
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def known() -> list[str]:
+    """Names that can be loaded (shipped in the manifest) or trained (registered)."""
+    _import_entry_modules()
+    return sorted(set(_REGISTRY) | set(read_manifest()["models"]))
+
+
+def _entry(name: str) -> Entry:
+    _import_entry_modules()
+    if name not in _REGISTRY:
+        raise CheckpointError(f"unknown checkpoint {name!r}; known: {', '.join(known()) or '(none)'}")
+    return _REGISTRY[name]
+
+
+def info(name: str) -> dict:
+    """The manifest record of a shipped model (config, sha256, command, time, quality)."""
+    _entry(name)
+    rec = read_manifest()["models"].get(name)
+    if rec is None:
+        raise CheckpointError(f"{name!r} is not shipped yet; make it with: "
+                              f"python -m course_lib.pretrained train {name}")
+    return rec
+
+
+def verify(name: str) -> dict:
+    """Check the file of ``name`` against its recorded sha256; return its record."""
+    rec = info(name)
+    path = checkpoint_dir() / rec["file"]
+    if not path.exists():
+        raise CheckpointError(f"{path} is missing; reproduce it with: {rec['command']}")
+    digest = sha256(path)
+    if digest != rec["sha256"]:
+        raise CheckpointError(
+            f"sha256 mismatch for {name!r}: the file {path.name} has {digest[:16]}..., the manifest "
+            f"records {rec['sha256'][:16]}.... The file is corrupt or was changed; restore it "
+            f"(git checkout -- {path.name}) or reproduce it with: {rec['command']}")
+    return rec
+
+
+def load_module(name: str, device=None) -> torch.nn.Module:
+    """The shipped ``torch.nn.Module`` of ``name``, hash-verified, in eval mode."""
+    entry = _entry(name)
+    rec = verify(name)
+    model = entry.build(rec["config"])
+    state = load_file(str(checkpoint_dir() / rec["file"]))
+    model.load_state_dict(state)
+    device = device if device is not None else get_device()
+    return model.to(device).eval()
+
+
+def load(name: str, device=None):
+    """Load a shipped model by name (verifying its sha256). Unknown names and corrupt files raise
+    :class:`CheckpointError` with what to do. Returns the module, or for pipelines what the entry's
+    ``finalize`` makes of it."""
+    entry = _entry(name)
+    module = load_module(name, device)
+    return entry.finalize(module) if entry.finalize else module
+
+
+def save(name: str, result: TrainResult, seconds: float, seed: int, command: str | None = None) -> dict:
+    """Write ``<name>.safetensors`` and its manifest record."""
+    directory = checkpoint_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.safetensors"
+    state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
+    save_file(state, str(path), metadata={"name": name})
+    rec = {
+        "file": path.name,
+        "sha256": sha256(path),
+        "bytes": path.stat().st_size,
+        "parameters": sum(p.numel() for p in result.model.parameters()),
+        "config": result.config,
+        "command": command or f"python -m course_lib.pretrained train {name} --seed {seed}",
+        "train_seconds": round(seconds, 1),
+        "trained_on": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+                      f"device {next(result.model.parameters()).device.type}, torch {torch.__version__}",
+        "trained": _dt.date.today().isoformat(),
+        "quality": result.quality,
+    }
+    if result.notes:
+        rec["notes"] = result.notes
+    manifest = read_manifest()
+    manifest["models"][name] = rec
+    write_manifest(manifest)
+    return rec
+
+
+def train(name: str, seed: int = 0) -> dict:
+    """Reproduce a registered model: train it, measure it, save it and record it in the manifest."""
+    entry = _entry(name)
+    seed_everything(seed)
+    t0 = time.perf_counter()
+    result = entry.train(seed=seed)
+    seconds = time.perf_counter() - t0
+    return save(name, result, seconds, seed)
+
+
+def load_or_train(name: str, train_anyway: bool = False, device=None):
+    """The load-or-train pattern: the shipped model, or (``train_anyway=True`` or not shipped yet) a
+    freshly trained one, which is then saved. Notebooks usually call :func:`load` and train a small
+    copy themselves to compare."""
+    if train_anyway or name not in read_manifest()["models"]:
+        train(name)
+    return load(name, device)
+
+
+def _main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m course_lib.pretrained", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="known checkpoints")
+    v = sub.add_parser("verify", help="check every shipped file against its sha256")
+    v.add_argument("--quality", action="store_true", help="also re-measure quality where possible")
+    t = sub.add_parser("train", help="reproduce one checkpoint and record it")
+    t.add_argument("name")
+    t.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    if args.cmd == "list":
+        shipped = read_manifest()["models"]
+        for n in known():
+            rec = shipped.get(n)
+            state = (f"shipped, {rec['bytes'] / 1e6:.2f} MB, trained in {rec['train_seconds']} s, "
+                     f"quality {rec['quality']}") if rec else "not shipped yet"
+            print(f"{n:22s} {state}")
+        return 0
+    if args.cmd == "verify":
+        bad = 0
+        for n in read_manifest()["models"]:
+            try:
+                rec = verify(n)
+                line = f"[OK]   {n} sha256 {rec['sha256'][:12]}"
+                entry = _REGISTRY.get(n)
+                if args.quality and entry and entry.evaluate:
+                    line += f" quality now {entry.evaluate(load_module(n))} (recorded {rec['quality']})"
+                print(line)
+            except CheckpointError as exc:
+                bad += 1
+                print(f"[BAD]  {n}: {exc}")
+        return 1 if bad else 0
+    if args.cmd == "train":
+        rec = train(args.name, seed=args.seed)
+        print(json.dumps({k: rec[k] for k in ("file", "sha256", "train_seconds", "quality")}, indent=2))
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
