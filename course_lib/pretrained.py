@@ -270,4 +270,8 @@ def _main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_main())
+    # Run through the imported module, not this ``__main__`` copy: model modules register into
+    # ``course_lib.pretrained._REGISTRY``.
+    from course_lib import pretrained as _pretrained
+
+    sys.exit(_pretrained._main())

@@ -1,0 +1,41 @@
+# The course's two commands (README quick start):
+#   make lab    set up .venv if needed, then open the course in JupyterLab
+#   make test   set up .venv if needed, then run every test (unit tests + every notebook, quick mode)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.course-installed
+
+.PHONY: setup lab test unit notebooks student verify clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ needed, found " + sys.version' 
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[test]"
+	@touch $@
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/00_tour.ipynb
+
+# Every test: unit tests, then every notebook in notebooks/ executed under nbval (lax) in quick mode.
+test: setup
+	COURSE_QUICK=1 HF_HUB_OFFLINE=1 MPLBACKEND=Agg $(PY) -m pytest tests notebooks \
+	  --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -q -rs --durations=15
+
+unit: setup
+	COURSE_QUICK=1 HF_HUB_OFFLINE=1 MPLBACKEND=Agg $(PY) -m pytest tests -q
+
+notebooks: setup
+	COURSE_QUICK=1 HF_HUB_OFFLINE=1 $(PY) -m pytest notebooks --nbval-lax --nbval-current-env -q
+
+student: setup
+	$(PY) -m course_lib.student
+
+verify: setup
+	$(PY) -m course_lib.pretrained verify
+
+clean-venv:
+	rm -rf $(VENV)
