@@ -70,7 +70,7 @@ class ShapesJudge(nn.Module):
 class MnistClassifier(nn.Module):
     """Small CNN digit classifier. Input [n, 1, 28, 28] in [0, 1]; output logits [n, 10]."""
 
-    def __init__(self, width: int = 32, hidden: int = 128, dropout: float = 0.3):
+    def __init__(self, width: int = 16, hidden: int = 128, dropout: float = 0.3):
         super().__init__()
         w = width
         self.body = nn.Sequential(
@@ -232,7 +232,7 @@ def evaluate_mnist_classifier(model: MnistClassifier) -> dict:
 
 def train_mnist_classifier(seed: int = 0, steps: int | None = None) -> TrainResult:
     device = get_device()
-    steps = steps or budget(full=3000, quick=30)
+    steps = steps or budget(full=1500, quick=30)
     x, y = mnist.load_mnist("train")
     loader = infinite_loader(torch.utils.data.TensorDataset(x, y), 128, seed=seed)
     model = MnistClassifier().to(device)
@@ -247,7 +247,7 @@ def train_mnist_classifier(seed: int = 0, steps: int | None = None) -> TrainResu
 
     fit(make_step(model, loss_fn, opt, scheduler=sched), loader, steps=steps, desc="mnist-classifier")
     model.eval()
-    return TrainResult(model, {"width": 32, "hidden": 128}, evaluate_mnist_classifier(model),
+    return TrainResult(model, {"width": 16, "hidden": 128}, evaluate_mnist_classifier(model),
                        notes=f"{steps} steps, batch 128, random affine augmentation")
 
 

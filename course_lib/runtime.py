@@ -8,6 +8,7 @@ import os
 import random
 import resource
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -106,14 +107,25 @@ def _rss_peak_bytes() -> int:
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024  # Linux reports kB
 
 
-@contextlib.contextmanager
-def peak_memory(device: torch.device | str | None = None):
-    """Measure peak memory of the block. Yields a dict filled on exit with ``peak_bytes`` and ``kind``.
+def _rss_now_bytes() -> int | None:
+    """Current resident set size (Linux ``/proc``), or None where unavailable."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
-    On CUDA it is the peak of tensors allocated inside the block (``torch.cuda.max_memory_allocated``
-    after a reset). On the CPU it is the growth of the process's peak resident set size, which only
-    rises when the block needs more than the process ever had: run the measured thing first in a
-    fresh process, or compare blocks of growing size.
+
+@contextlib.contextmanager
+def peak_memory(device: torch.device | str | None = None, interval_s: float = 0.001):
+    """Measure the peak memory a block needs. Yields a dict filled on exit with ``peak_bytes`` and
+    ``kind``.
+
+    On CUDA: the peak of tensors allocated inside the block (``torch.cuda.max_memory_allocated``
+    after a reset, minus what was allocated before). On the CPU (Linux): a background thread samples
+    the process's resident set size every ``interval_s`` and reports the peak above its level when
+    the block began. Elsewhere: the growth of the process's lifetime peak RSS (only rises when the
+    block needs more than the process ever had).
     """
     device = torch.device(device) if device is not None else get_device()
     out: dict = {}
@@ -124,10 +136,33 @@ def peak_memory(device: torch.device | str | None = None):
         yield out
         torch.cuda.synchronize(device)
         out.update(peak_bytes=int(torch.cuda.max_memory_allocated(device) - base), kind="cuda allocated")
-    else:
+        return
+    base = _rss_now_bytes()
+    if base is None:
         before = _rss_peak_bytes()
         yield out
-        out.update(peak_bytes=max(0, _rss_peak_bytes() - before), kind="cpu peak RSS growth")
+        out.update(peak_bytes=max(0, _rss_peak_bytes() - before), kind="cpu lifetime peak RSS growth")
+        return
+    peak = [base]
+    stop = threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            now = _rss_now_bytes()
+            if now is not None and now > peak[0]:
+                peak[0] = now
+            stop.wait(interval_s)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield out
+    finally:
+        stop.set()
+        thread.join()
+        now = _rss_now_bytes()
+        peak[0] = max(peak[0], now or 0)
+        out.update(peak_bytes=max(0, peak[0] - base), kind="cpu RSS peak above start")
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:

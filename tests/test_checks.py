@@ -1,0 +1,35 @@
+import torch
+
+from course_lib.checks import check, check_close, run_check
+
+
+def test_check_prints_pass_and_fail(capsys):
+    assert check(True, "ok") is True
+    assert check(False, "bad", hint="try again") is False
+    out = capsys.readouterr().out
+    assert "[PASS] ok" in out and "[FAIL] bad" in out and "try again" in out
+
+
+def test_check_close(capsys):
+    assert check_close(torch.ones(3), torch.ones(3) + 1e-7, "close")
+    assert not check_close(torch.ones(3), torch.ones(3) * 1.1, "far")
+    assert not check_close(torch.ones(3), torch.ones(4), "shape")
+    assert not check_close("abc", 1.0, "not a number")
+    out = capsys.readouterr().out
+    assert out.count("[PASS]") == 1 and out.count("[FAIL]") == 3 and "shape (3,)" in out
+
+
+def test_run_check_never_raises(capsys):
+    def todo():
+        raise NotImplementedError
+    def wrong():
+        assert 1 == 2, "one is not two"
+    def crash():
+        return [][1]
+    assert not run_check("todo", todo)
+    assert not run_check("wrong", wrong)
+    assert not run_check("crash", crash)
+    assert run_check("fine", lambda: "all good")
+    out = capsys.readouterr().out
+    assert "not implemented yet" in out and "one is not two" in out and "IndexError" in out
+    assert "[PASS] fine (all good)" in out
