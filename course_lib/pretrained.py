@@ -130,7 +130,13 @@ def known() -> list[str]:
 
 
 def _entry(name: str) -> Entry:
-    _import_entry_modules()
+    if name not in _REGISTRY:
+        # the manifest says which module registers a shipped model: import just that one
+        module = read_manifest()["models"].get(name, {}).get("module")
+        if module in ENTRY_MODULES:
+            importlib.import_module(module)
+    if name not in _REGISTRY:
+        _import_entry_modules()
     if name not in _REGISTRY:
         raise CheckpointError(f"unknown checkpoint {name!r}; known: {', '.join(known()) or '(none)'}")
     return _REGISTRY[name]
@@ -188,8 +194,10 @@ def save(name: str, result: TrainResult, seconds: float, seed: int, command: str
     path = directory / f"{name}.safetensors"
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
     save_file(state, str(path), metadata={"name": name})
+    entry = _REGISTRY.get(name)
     rec = {
         "file": path.name,
+        "module": getattr(entry.build, "__module__", None) if entry else None,
         "sha256": sha256(path),
         "bytes": path.stat().st_size,
         "parameters": sum(p.numel() for p in result.model.parameters()),
