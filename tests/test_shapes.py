@@ -173,3 +173,42 @@ def test_dataset():
     ds = S.ShapesDataset(10, seed=2, with_labels=True)
     img, cap, lab = ds[3]
     assert img.shape == (3, 32, 32) and S.parse_caption(cap).labels() == tuple(lab.tolist())
+
+
+def test_two_object_scenes():
+    x, caps, scenes = S.sample_scenes(200, seed=4, split="train", return_specs=True)
+    assert x.shape == (200, 3, 32, 32) and len(caps) == 200
+    held = set(S.HELDOUT_PAIRS)
+    for img, cap, sc in zip(x, caps, scenes):
+        a, b = sc.objects
+        assert (a.row, a.col) != (b.row, b.col)
+        assert (a.color, a.shape) not in held and (b.color, b.shape) not in held
+        assert cap.startswith(f"a {a.size} {a.color} {a.shape} {S.relation(a, b)} a {b.size} {b.color} {b.shape}")
+    a = S.ShapeSpec("small", "red", "circle", "middle", "left")
+    b = S.ShapeSpec("large", "blue", "square", "middle", "right")
+    sc = S.SceneSpec(a, b)
+    assert S.scene_caption(sc) == "a small red circle to the left of a large blue square"
+    assert S.scene_caption(sc, "absolute") == "a small red circle on the left and a large blue square on the right"
+    assert S.relation(b, a) == "to the right of"
+    assert S.relation(S.ShapeSpec("small", "red", "circle", "top", "left"),
+                      S.ShapeSpec("small", "red", "circle", "bottom", "right")) == "above and to the left of"
+    with pytest.raises(ValueError):  # two large objects in neighbouring cells would overlap
+        S.SceneSpec(S.ShapeSpec("large", "red", "circle", "top", "left"),
+                    S.ShapeSpec("large", "red", "circle", "top", "center"))
+    x1, c1 = S.sample_scenes(20, seed=9)
+    x2, c2 = S.sample_scenes(20, seed=9)
+    assert torch.equal(x1, x2) and c1 == c2
+    # the two boxes never overlap, whatever the jitter: replay the jitter stream of render_scenes
+    pairs = S.all_scene_pairs("all")[::37]
+    rng = np.random.default_rng(5)
+    ga = [S.draw_geometry(p.first, rng) for p in pairs]
+    gb = [S.draw_geometry(p.second, rng) for p in pairs]
+    for g1, g2 in zip(ga, gb):
+        assert max(abs(g1.cx - g2.cx), abs(g1.cy - g2.cy)) >= (g1.side + g2.side) / 2 - 1e-9
+    white = lambda gs: [S.Geometry(g.side, g.cx, g.cy, (1.0, 1.0, 1.0)) for g in gs]
+    cover = (S.render_geometry([p.first.shape for p in pairs], white(ga))
+             + S.render_geometry([p.second.shape for p in pairs], white(gb)))
+    assert float(cover.max()) <= 1.0 + 1e-6
+    want = (S.render_geometry([p.first.shape for p in pairs], ga)
+            + S.render_geometry([p.second.shape for p in pairs], gb)).clamp(0, 1)
+    assert torch.allclose(S.render_scenes(pairs, 5), want)
