@@ -1,0 +1,180 @@
+"""A DDPM on MNIST-5k (chapter 04; chapters 07 and 08 reuse it).
+
+A diffusers ``UNet2DModel`` predicts the noise ε (the ε-prediction loss of Ho et al. 2020) on digits
+scaled to [-1, 1], linear schedule, T = 1000. It is class-conditional with an extra "no class" label
+(10) that training uses for 10% of the pictures, so one network samples unconditionally, per class,
+and with classifier-free guidance.
+
+Sampling uses the hand-written samplers of :mod:`course_lib.diffusion` (DDPM and DDIM); the tests
+check them against diffusers' schedulers.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn as nn
+from diffusers import UNet2DModel
+
+from .. import diffusion
+from ..data import mnist
+from ..pretrained import TrainResult, register
+from ..runtime import budget, get_device
+from ..training import EMA, fit, infinite_loader, make_step
+
+NULL_CLASS = 10
+
+DEFAULT_CONFIG = {
+    "block_out_channels": [32, 64, 64],
+    "down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "attention_head_dim": 32,
+    "schedule": "linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+}
+
+
+class DigitDenoiser(nn.Module):
+    """``UNet2DModel`` on [n, 1, 28, 28] with 11 class embeddings (0-9, and 10 = no class).
+
+    ``forward(x_t, t, labels=None)``: ``labels`` None means unconditional.
+    """
+
+    def __init__(self, config: dict | None = None):
+        super().__init__()
+        self.config = dict(DEFAULT_CONFIG, **(config or {}))
+        c = self.config
+        self.unet = UNet2DModel(
+            sample_size=28, in_channels=1, out_channels=1, block_out_channels=tuple(c["block_out_channels"]),
+            down_block_types=tuple(c["down_block_types"]), up_block_types=tuple(c["up_block_types"]),
+            layers_per_block=c["layers_per_block"], norm_num_groups=c["norm_num_groups"],
+            attention_head_dim=c["attention_head_dim"], num_class_embeds=NULL_CLASS + 1)
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return diffusion.NoiseSchedule.make(self.config["schedule"], self.config["num_train_timesteps"]).alphas_cumprod
+
+    def forward(self, x_t, t, labels=None):
+        if labels is None:
+            labels = torch.full((x_t.shape[0],), NULL_CLASS, dtype=torch.long, device=x_t.device)
+        return self.unet(x_t, t, class_labels=labels.to(x_t.device)).sample
+
+
+def model_fn(model: DigitDenoiser, labels=None, guidance_scale: float = 1.0):
+    """``(x_t, t) -> ε̂`` for the samplers; with ``labels`` and ``guidance_scale != 1``,
+    classifier-free guidance ε̂ = ε̂(∅) + w (ε̂(y) - ε̂(∅))."""
+    def fn(x, t):
+        if labels is None:
+            return model(x, t)
+        y = labels.to(x.device)
+        if guidance_scale == 1.0:
+            return model(x, t, y)
+        e = model(torch.cat([x, x]), torch.cat([t, t]),
+                  torch.cat([torch.full_like(y, NULL_CLASS), y]))
+        u, c = e.chunk(2)
+        return u + guidance_scale * (c - u)
+    return fn
+
+
+@torch.no_grad()
+def sample_digits(model: DigitDenoiser, n: int = 64, labels=None, guidance_scale: float = 1.0,
+                  sampler: str = "ddim", num_inference_steps: int = 50, seed: int = 0, eta: float = 0.0,
+                  callback=None) -> torch.Tensor:
+    """Digits [n, 1, 28, 28] in [0, 1] with the hand-written sampler (``"ddpm"`` or ``"ddim"``)."""
+    model.eval()
+    dev = next(model.parameters()).device
+    if labels is not None:
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        n = len(labels)
+    g = torch.Generator().manual_seed(seed)
+    ac = model.alphas_cumprod
+    fn = model_fn(model, labels, guidance_scale)
+    pt = model.config["prediction_type"]
+    if sampler == "ddpm":
+        x = diffusion.sample_ddpm(fn, (n, 1, 28, 28), ac, generator=g, num_inference_steps=num_inference_steps,
+                                  prediction_type=pt, device=dev, callback=callback)
+    elif sampler == "ddim":
+        x = diffusion.sample_ddim(fn, (n, 1, 28, 28), ac, num_inference_steps=num_inference_steps, generator=g,
+                                  prediction_type=pt, eta=eta, device=dev, callback=callback)
+    else:
+        raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+    return diffusion.to_image_range(x).cpu()
+
+
+TRAIN_DEFAULTS = {"steps": 6000, "batch_size": 64, "lr": 1e-3, "warmup": 200, "ema_decay": 0.999,
+                  "class_dropout": 0.1}
+
+
+def train_ddpm(config: dict | None = None, steps: int | None = None, minutes: float | None = None, seed: int = 0,
+               device=None, callback=None, progress: bool = True, **overrides):
+    """Train a :class:`DigitDenoiser` with the ε-prediction loss on MNIST-5k train digits.
+
+    Returns ``(ema_model, history)``.
+    """
+    hp = dict(TRAIN_DEFAULTS, **overrides)
+    if steps is None and minutes is None:
+        steps = hp["steps"]
+    device = device or get_device()
+    torch.manual_seed(seed)
+    model = DigitDenoiser(config).to(device)
+    ema = EMA(model, decay=hp["ema_decay"])
+    x, y = mnist.load_mnist("train")
+    loader = infinite_loader(torch.utils.data.TensorDataset(diffusion.to_model_range(x), y), hp["batch_size"],
+                             seed=seed)
+    ac = model.alphas_cumprod.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=hp["lr"])
+    total = steps or 10 ** 9
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / hp["warmup"]) * (0.1 + 0.9 * max(0.0, 1 - s / total)))
+    g = torch.Generator().manual_seed(seed + 1)
+    pt = model.config["prediction_type"]
+
+    def loss_fn(m, batch):
+        xb, yb = batch
+        xb = xb.to(device)
+        drop = torch.rand(len(yb), generator=g) < hp["class_dropout"]
+        yb = torch.where(drop, torch.full_like(yb, NULL_CLASS), yb).to(device)
+        return diffusion.diffusion_loss(lambda a, t: m(a, t, yb), xb, ac, pt, generator=g)
+
+    hist = fit(make_step(model, loss_fn, opt, scheduler=sched, ema=ema, grad_clip=1.0), loader, steps=steps,
+               minutes=minutes, desc="ddpm-mnist", progress=progress, callback=callback)
+    m = ema.module
+    m.config = model.config
+    return m.eval(), hist
+
+
+def evaluate(model: DigitDenoiser, n: int = 500, num_inference_steps: int = 50) -> dict:
+    """The mnist-classifier's view of the model's samples: unconditional, and class-conditional
+    (50 of each digit, guidance 2)."""
+    from ..judges import score_digits
+
+    uncond = score_digits(sample_digits(model, n, num_inference_steps=num_inference_steps, seed=0))
+    labels = torch.arange(10).repeat_interleave(n // 10)
+    cond = score_digits(sample_digits(model, labels=labels, guidance_scale=2.0,
+                                      num_inference_steps=num_inference_steps, seed=1), labels)
+    r = lambda v: round(float(v), 4)  # noqa: E731
+    return {"sampler": f"DDIM-{num_inference_steps} (hand-written)", "n": n,
+            "unconditional": {"mean_top_prob": r(uncond["mean_top_prob"]), "hist_entropy": r(uncond["hist_entropy"])},
+            "class_conditional_w2": {"mean_top_prob": r(cond["mean_top_prob"]), "hist_entropy": r(cond["hist_entropy"]),
+                                     "accuracy": r(cond["accuracy"])}}
+
+
+def train_registered(seed: int = 0) -> TrainResult:
+    steps = budget(full=TRAIN_DEFAULTS["steps"], quick=20)
+    t0 = time.perf_counter()
+    model, hist = train_ddpm(steps=steps, seed=seed)
+    secs = time.perf_counter() - t0
+    q = evaluate(model)
+    q["train_steps"] = hist.steps
+    q["train_loop_seconds"] = round(secs, 1)
+    return TrainResult(model, model.config, q,
+                       notes=f"{hist.steps} steps, batch {TRAIN_DEFAULTS['batch_size']}, AdamW lr "
+                             f"{TRAIN_DEFAULTS['lr']}, EMA {TRAIN_DEFAULTS['ema_decay']}, epsilon loss, "
+                             f"linear schedule T=1000, class dropout 0.1")
+
+
+register("ddpm-mnist", build=lambda cfg: DigitDenoiser(cfg), train=train_registered, evaluate=evaluate,
+         chapter="04", description="DDPM on MNIST-5k: UNet2DModel, epsilon loss, class-conditional with CFG")
