@@ -18,6 +18,7 @@ runs at full resolution, where most of a small UNet's time went.
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import numpy as np
@@ -82,14 +83,14 @@ class ShapesTextEncoder(ModelMixin, ConfigMixin):
 DEFAULT_CONFIG = {
     "fold": 2,                       # pixel_unshuffle factor: 3x32x32 -> 12x16x16
     "text": {"dim": 64, "layers": 1, "heads": 4, "max_length": 12},
-    "unet": {
-        "block_out_channels": [64, 128],
-        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "unet": {                        # 16x16 level: convolutions only; 8x8 level and middle: cross-attention
+        "block_out_channels": [32, 64],
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
         "mid_block_type": "UNetMidBlock2DCrossAttn",
         "layers_per_block": 1,
-        "attention_head_dim": 32,
-        "norm_num_groups": 16,
+        "attention_head_dim": 16,
+        "norm_num_groups": 8,
     },
     "pooled_text": True,             # add the pooled caption vector to the timestep embedding
     "schedule": "cosine",
@@ -410,12 +411,26 @@ def evaluate(model: TextToImageModel) -> dict:
 
 def train_registered(seed: int = 0) -> TrainResult:
     steps = budget(full=TRAIN_DEFAULTS["steps"], quick=20)
+    # optional learning curve (judge on the 270 train captions every N steps; does not change training)
+    every = int(os.environ.get("COURSE_T2I_EVAL_EVERY", "0")) or None
+    curve = []
+
+    def eval_fn(m, step):
+        r = judge_pipeline(make_pipeline(m))
+        curve.append((step, r["all"]))
+        return r
+
     t0 = time.perf_counter()
-    model, hist, hp = train_text_to_image(steps=steps, seed=seed, device=get_device())
+    c0 = time.process_time()
+    model, hist, hp = train_text_to_image(steps=steps, seed=seed, device=get_device(), eval_every=every,
+                                          eval_fn=eval_fn if every else None)
     secs = time.perf_counter() - t0
     quality = evaluate(model)
     quality["train_steps"] = hist.steps
     quality["train_loop_seconds"] = round(secs, 1)
+    quality["train_process_cpu_seconds"] = round(time.process_time() - c0, 1)
+    if curve:
+        quality["curve_all"] = curve
     notes = (f"{hist.steps} steps, batch {hp['batch_size']}, AdamW lr {hp['lr']} with warmup and cosine decay, "
              f"EMA {hp['ema_decay']}, caption dropout {hp['caption_dropout']}, {model.config['prediction_type']}, "
              f"{model.config['schedule']} schedule, UNet on the 2x2-folded picture")
