@@ -1,0 +1,127 @@
+"""Chapter 01 contracts: the GAN losses (signs, saturation), the optimal discriminator, the generator
+API, one training step, and the shipped checkpoints."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_lib import pretrained
+from course_lib.models import gan
+
+
+def test_discriminator_loss_is_binary_cross_entropy():
+    real, fake = torch.randn(32), torch.randn(32)
+    want = (F.binary_cross_entropy_with_logits(real, torch.ones(32))
+            + F.binary_cross_entropy_with_logits(fake, torch.zeros(32)))
+    torch.testing.assert_close(gan.discriminator_loss(real, fake), want)
+    # -V(D, G) with D = sigmoid(l): log D(x) and log(1 - D(G(z)))
+    d_real, d_fake = torch.sigmoid(real.double()), torch.sigmoid(fake.double())
+    v = torch.log(d_real).mean() + torch.log(1 - d_fake).mean()
+    torch.testing.assert_close(gan.discriminator_loss(real.double(), fake.double()), -v)
+
+
+def test_discriminator_loss_sign():
+    good = gan.discriminator_loss(torch.full((8,), 5.0), torch.full((8,), -5.0))   # D right
+    bad = gan.discriminator_loss(torch.full((8,), -5.0), torch.full((8,), 5.0))    # D wrong
+    assert good < 0.05 < 5 < bad
+
+
+def test_generator_losses_values():
+    l = torch.randn(64, dtype=torch.float64)
+    d = torch.sigmoid(l)
+    torch.testing.assert_close(gan.generator_loss_minimax(l), torch.log(1 - d).mean())
+    torch.testing.assert_close(gan.generator_loss_nonsaturating(l), -torch.log(d).mean())
+    # both fall as the generator fools D more (D(G(z)) up)
+    assert gan.generator_loss_minimax(l + 1) < gan.generator_loss_minimax(l)
+    assert gan.generator_loss_nonsaturating(l + 1) < gan.generator_loss_nonsaturating(l)
+
+
+def test_minimax_saturates_nonsaturating_does_not():
+    """Early in training D rejects fakes confidently (logit -8, D(G(z)) ~ 3e-4)."""
+    grads = {}
+    for name, fn in gan.GENERATOR_LOSSES.items():
+        l = torch.full((1,), -8.0, requires_grad=True)
+        fn(l).backward()
+        grads[name] = l.grad.abs().item()
+    assert grads["minimax"] < 1e-3
+    assert grads["nonsaturating"] > 0.99
+
+
+def test_optimal_discriminator_and_js():
+    g = torch.Generator().manual_seed(0)
+    p_data = torch.rand(12, generator=g, dtype=torch.float64); p_data /= p_data.sum()
+    p_g = torch.rand(12, generator=g, dtype=torch.float64); p_g /= p_g.sum()
+    d_star = gan.optimal_discriminator(p_data, p_g)
+    v_star = gan.minimax_value(d_star, p_data, p_g)
+    for _ in range(20):  # no other discriminator does better
+        d = torch.rand(12, generator=g, dtype=torch.float64).clamp(0.01, 0.99)
+        assert gan.minimax_value(d, p_data, p_g) <= v_star + 1e-12
+    torch.testing.assert_close(v_star, 2 * gan.js_divergence(p_data, p_g) - math.log(4))
+    # p_g = p_data: D* = 1/2 everywhere and V = -log 4
+    torch.testing.assert_close(gan.optimal_discriminator(p_data, p_data), torch.full_like(p_data, 0.5))
+
+
+@pytest.mark.parametrize("n_classes", [0, 10])
+def test_generate_api(n_classes):
+    model = gan.DCGenerator(z_dim=16, width=8, n_classes=n_classes)
+    x = model.generate(7, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (7, 1, 28, 28) and x.dtype == torch.float32 and x.device.type == "cpu"
+    assert 0 <= x.min() and x.max() <= 1
+    y = model.generate(7, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(x, y)                      # same generator seed, same pictures
+    assert model.training                                 # generate() leaves the mode as it was
+    if n_classes:
+        assert model.generate(3, labels=4).shape == (3, 1, 28, 28)
+        assert model.generate(3, labels=[1, 2, 3]).shape == (3, 1, 28, 28)
+        with pytest.raises(ValueError):
+            model.generate(3, labels=[1, 2])
+    else:
+        with pytest.raises(ValueError):
+            model.generate(3, labels=1)
+
+
+def test_mlp_pair_and_discriminator_shapes():
+    G, D = gan.MLPGenerator(z_dim=8, hidden=16), gan.MLPDiscriminator(hidden=16)
+    x = G.generate(5)
+    assert x.shape == (5, 1, 28, 28) and D(x).shape == (5,)
+    for kw in (dict(), dict(n_classes=10), dict(minibatch_std=True), dict(extra_conv=False)):
+        d = gan.DCDiscriminator(width=8, **kw)
+        labels = torch.arange(5) if kw.get("n_classes") else None
+        assert d(torch.rand(5, 1, 28, 28), labels).shape == (5,)
+    h = torch.randn(4, 3, 7, 7)
+    assert gan.MinibatchStd()(h).shape == (4, 4, 7, 7)
+
+
+@pytest.mark.parametrize("n_classes", [0, 10])
+def test_gan_training_step_runs_and_learns(n_classes):
+    torch.manual_seed(0)
+    model = gan.GAN(z_dim=8, g_width=8, d_width=8, n_classes=n_classes, extra_conv=False)
+    before = [p.detach().clone() for p in model.G.parameters()]
+    x, y = torch.rand(32, 1, 28, 28), torch.arange(32) % 10
+    hist = gan.train_gan(model, steps=3, batch_size=16, data=(x, y), progress=False)
+    assert hist.steps == 3
+    assert set(hist.logs) == {"d_loss", "g_loss", "d_real", "d_fake"}
+    assert all(0 <= v <= 1 for v in hist.logs["d_real"] + hist.logs["d_fake"])
+    assert any((a - b).abs().max() > 0 for a, b in zip(before, model.G.parameters()))
+    assert model.generate(4).shape == (4, 1, 28, 28)
+
+
+def test_registered():
+    names = pretrained.known()
+    assert "dcgan-mnist" in names and "cgan-mnist" in names
+
+
+@pytest.mark.parametrize("name", ["dcgan-mnist", "cgan-mnist"])
+def test_shipped_checkpoint(name):
+    shipped = pretrained.read_manifest()["models"]
+    if name not in shipped:
+        pytest.skip(f"{name} not shipped yet")
+    rec = shipped[name]
+    assert rec["bytes"] < 5e6
+    G = pretrained.load(name, device="cpu")
+    labels = torch.arange(10) if G.n_classes else None
+    x = G.generate(10, labels=labels, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (10, 1, 28, 28) and 0 <= x.min() and x.max() <= 1
+    q = rec["quality"]
+    assert ("accuracy" in q) if G.n_classes else ({"mean_top_prob", "hist_entropy"} <= set(q))
