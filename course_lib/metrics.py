@@ -543,9 +543,9 @@ def latency(fn, *args, repeats: int = 5, warmup: int = 1, device=None, **kwargs)
 
 
 def peak_memory_bytes(fn, *args, device=None, **kwargs) -> int:
-    """Peak memory while ``fn`` runs (:func:`course_lib.runtime.peak_memory`: CUDA bytes allocated,
-    or on the CPU the growth of the process's peak resident set, which is 0 when the process
-    already needed that much before)."""
+    """Peak memory while ``fn`` runs, above the level when it started
+    (:func:`course_lib.runtime.peak_memory`: CUDA bytes allocated, or on the CPU the process's
+    resident set size sampled by a background thread)."""
     with peak_memory(device) as mem:
         fn(*args, **kwargs)
     return int(mem["peak_bytes"])

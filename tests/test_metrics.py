@@ -336,3 +336,32 @@ def test_efficiency_measures():
     assert 440 <= size < 440 + 1024                                             # 110 float32 + header
     rep = M.efficiency(lin, lin, torch.zeros(4, 10), repeats=3, per=4)
     assert rep["parameters"] == 110 and rep["latency_s"] > 0 and rep["size_mb"] == size / 1e6
+
+
+# ---------------------------------------------------------------------------------------------
+# the scoreboard's plumbing (cheap: a fake generator that returns real test digits)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.skipif("mnist-classifier" not in pretrained.read_manifest()["models"], reason="judge not shipped")
+def test_scoreboard_scores_a_digit_model_and_skips_unknown_names():
+    from course_lib import scoreboard
+
+    x, y = mnist.load_mnist("test")
+
+    class Copycat(nn.Module):                                                 # conditional, real digits
+        n_classes = 10
+
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(3))
+
+        def generate(self, n, labels=None, generator=None):
+            idx = torch.cat([torch.nonzero(y == int(c))[0] for c in labels])
+            return x[idx]
+
+    ref = scoreboard.digits_reference("cpu")
+    row = scoreboard.score_digit_model("copycat", Copycat(), ref, n=40, repeats=1, latency_batch=8)
+    assert row["label_accuracy"] >= 0.9 and row["precision"] == 1.0 and row["parameters"] == 3
+    assert row["fid"] >= 0 and row["ms_per_picture"] > 0
+    board = scoreboard.build(names=["no-such-model"], verbose=False)
+    assert board.rows == [] and any("no-such-model" in n for n in board.notes)
+    assert board.frame().empty

@@ -1,0 +1,371 @@
+"""The course's scoreboard (chapter 07): every shipped generator, scored live on one table.
+
+For each model the manifest ships (``course_lib.pretrained``), the scoreboard samples pictures and
+measures, with :mod:`course_lib.metrics`:
+
+* **quality and diversity**: domain FID and KID against held-out real pictures (features: the
+  ``mnist-classifier`` for digits, the ``shapes-judge`` for Shapes), precision and recall (k=3);
+* **alignment**: for class-conditional digit models, how often the classifier reads the asked-for
+  digit; for text-to-image, the Shapes judge's caption accuracy (all five attributes right), the tiny
+  CLIP's score and the captioner round trip when those models are shipped; for unconditional
+  models the Inception Score on the classifier and the balance of the classes;
+* **efficiency**: latency per picture (median of repeated batches, warm-up excluded), peak memory
+  while sampling, parameters, size on disk, and the recorded training time.
+
+Each domain also gets a **reference row**: real pictures scored the same way (same number of
+samples), the best a model can hope for at that sample size. Models that are not shipped yet, or
+whose interface the scoreboard does not know, are skipped with a note; a model that fails while
+being scored is skipped with the error, and the others are still scored.
+
+FID values are comparable only within one domain (each domain has its own feature network) and
+at one sample size (FID is biased upward at small ``n``; chapter 07 plots how much).
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import traceback
+from dataclasses import dataclass, field
+
+import torch
+
+from . import metrics as M
+from . import pretrained
+from .data import mnist, shapes
+from .runtime import get_device, peak_memory, time_fn
+
+#: Shipped models that judge or read pictures rather than generate them.
+NOT_GENERATORS = ("shapes-judge", "mnist-classifier", "shapes-captioner", "shapes-clip", "shapes-planner")
+
+#: Columns of the table, in order (a row may lack some: NaN in the frame).
+COLUMNS = ("model", "domain", "chapter", "conditioning", "n", "fid", "kid", "precision", "recall",
+           "inception_score", "class_balance", "label_accuracy", "caption_accuracy", "clip_score",
+           "round_trip", "ms_per_picture", "peak_memory_mb", "parameters", "size_mb", "train_seconds")
+
+
+@dataclass
+class Reference:
+    """Held-out real pictures of a domain and their features in the domain's feature network."""
+
+    domain: str
+    net: torch.nn.Module
+    images: torch.Tensor
+    feats: torch.Tensor
+    captions: list | None = None
+    labels: torch.Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def digits_reference(device=None) -> Reference:
+    """The 500 test digits and their ``mnist-classifier`` features."""
+    net = M.domain_feature_net("mnist", device)
+    x, y = mnist.load_mnist("test")
+    return Reference("digits", net, x, M.extract_features(x, net), labels=y)
+
+
+def shapes_reference(n: int, seed: int = 123, device=None) -> Reference:
+    """``n`` fresh Shapes pictures of training-split captions and their ``shapes-judge`` features.
+    Generators are asked for the same captions, so both sides share one caption distribution."""
+    net = M.domain_feature_net("shapes", device)
+    x, caps = shapes.sample(n, seed=seed, split="train")
+    return Reference("shapes", net, x, M.extract_features(x, net), captions=caps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Talking to the models: whatever each chapter ships
+# ---------------------------------------------------------------------------------------------
+def _accepts(fn, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+def is_text_pipeline(obj) -> bool:
+    """A diffusers-style text-to-image pipeline (``pipe(prompts, ...).images``)."""
+    return callable(obj) and (hasattr(obj, "text_encoder") or hasattr(obj, "tokenizer")) and \
+        not hasattr(obj, "generate")
+
+
+def n_classes_of(model) -> int:
+    for attr in ("n_classes", "num_classes", "num_class_embeds"):
+        v = getattr(model, attr, None)
+        if isinstance(v, int):
+            return v
+    return 0
+
+
+def digit_sampler(model):
+    """``fn(n, generator) -> (pictures [n, 1, 28, 28] in [0, 1], labels or None)`` for a digit model
+    with ``generate``/``sample`` (GANs, VAEs, the DDPM) or an unconditional pipeline."""
+    k = n_classes_of(model)
+    method = getattr(model, "generate", None) or getattr(model, "sample", None)
+    if method is not None:
+        def fn(n, generator):
+            labels = torch.arange(n) % k if k else None
+            out = method(n, labels=labels, generator=generator) if k else method(n, generator=generator)
+            return _as_pictures(out), labels
+        return fn
+    if callable(model) and _accepts(model, "batch_size"):
+        def fn(n, generator):
+            return _as_pictures(model(batch_size=n, generator=generator, output_type="pt")), None
+        return fn
+    raise M.MetricUnavailable(f"{type(model).__name__} has no generate/sample method the scoreboard knows")
+
+
+def _as_pictures(out) -> torch.Tensor:
+    out = getattr(out, "images", out)
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor) and out[0].dim() == 4:
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise M.MetricUnavailable(f"sampling returned {type(out).__name__}, not a tensor of pictures")
+    return out.detach().float().cpu().clamp(0, 1)
+
+
+def text_sampler(pipe, **call_kwargs):
+    """``fn(captions, generator) -> pictures [n, 3, 32, 32]`` for a diffusers-style pipeline."""
+    def fn(captions, generator):
+        return _as_pictures(pipe(list(captions), generator=generator, output_type="pt", **call_kwargs))
+    return fn
+
+
+def _modules(obj) -> list[torch.nn.Module]:
+    if isinstance(obj, torch.nn.Module):
+        return [obj]
+    comps = getattr(obj, "components", None)
+    if isinstance(comps, dict):
+        return [m for m in comps.values() if isinstance(m, torch.nn.Module)]
+    return []
+
+
+def _batched(fn, n: int, batch: int, generator, *extra):
+    """Call a sampler in batches of ``batch`` (memory) with one generator (reproducible)."""
+    outs, labels = [], []
+    for i in range(0, n, batch):
+        m = min(batch, n - i)
+        if extra:
+            outs.append(fn(extra[0][i:i + m], generator))
+        else:
+            x, y = fn(m, generator)
+            outs.append(x)
+            labels.append(y)
+    x = torch.cat(outs)
+    if extra:
+        return x
+    return x, (None if labels[0] is None else torch.cat(labels))
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+# ---------------------------------------------------------------------------------------------
+def _quality(fake: torch.Tensor, ref: Reference, kid_subset: int = 100) -> dict:
+    f = M.extract_features(fake, ref.net)
+    p, r = M.precision_recall(ref.feats, f, k=3)
+    return {"n": len(fake), "fid": M.frechet_distance(ref.feats, f),
+            "kid": M.kernel_inception_distance(ref.feats, f, subsets=50, subset_size=kid_subset),
+            "precision": p, "recall": r}
+
+
+def _digit_judgement(fake: torch.Tensor, labels, ref: Reference) -> dict:
+    probs = ref.net.probs(fake)
+    hist = torch.bincount(probs.argmax(1), minlength=10).double() / len(fake)
+    nz = hist[hist > 0]
+    out = {"inception_score": M.inception_score(probs),
+           "class_balance": float(-(nz * nz.log()).sum() / math.log(10))}          # 1 = all ten equally
+    if labels is not None:
+        out["label_accuracy"] = (probs.argmax(1) == labels).double().mean().item()
+    return out
+
+
+def _efficiency(model, call, name: str, n_per_call: int, repeats: int) -> dict:
+    rec = pretrained.read_manifest()["models"].get(name, {})
+    with peak_memory() as mem:
+        call()                                                                     # also the warm-up
+    t = time_fn(call, repeats=repeats, warmup=0)["median_s"]
+    mods = _modules(model)
+    params = sum(M.parameter_count(m) for m in mods) if mods else rec.get("parameters")
+    return {"ms_per_picture": 1000 * t / n_per_call, "peak_memory_mb": mem["peak_bytes"] / 2**20,
+            "parameters": params, "size_mb": rec.get("bytes", float("nan")) / 1e6,
+            "train_seconds": rec.get("train_seconds", float("nan"))}
+
+
+def reference_row(ref: Reference, n: int, seed: int = 0) -> dict:
+    """Real pictures scored like a model: the floor of FID/KID at this ``n``."""
+    g = torch.Generator().manual_seed(seed)
+    if ref.domain == "digits":
+        x, y = mnist.load_mnist("train")
+        idx = torch.randperm(len(x), generator=g)[:n]
+        row = {"model": "real digits (train split)", "domain": "digits", "chapter": "-", "conditioning": "-",
+               **_quality(x[idx], ref, min(100, n)), **_digit_judgement(x[idx], None, ref)}
+    else:
+        x, _ = shapes.sample(n, seed=seed + 1, split="train")
+        row = {"model": "real Shapes (fresh pictures)", "domain": "shapes", "chapter": "-", "conditioning": "-",
+               **_quality(x, ref, min(100, n))}
+    return row
+
+
+def score_digit_model(name: str, model, ref: Reference, n: int, seed: int = 0, batch: int = 250,
+                      latency_batch: int = 64, repeats: int = 3) -> dict:
+    sampler = digit_sampler(model)
+    fake, labels = _batched(sampler, n, batch, torch.Generator().manual_seed(seed))
+    row = {"model": name, "domain": "digits",
+           "conditioning": "class label" if labels is not None else "none",
+           **_quality(fake, ref, min(100, n)), **_digit_judgement(fake, labels, ref)}
+    g = torch.Generator().manual_seed(seed + 1)
+    row.update(_efficiency(model, lambda: sampler(latency_batch, g), name, latency_batch, repeats))
+    return row
+
+
+def score_text_model(name: str, pipe, ref: Reference, n: int, seed: int = 0, batch: int = 64,
+                     latency_batch: int = 16, repeats: int = 2, call_kwargs: dict | None = None) -> dict:
+    call_kwargs = dict(call_kwargs or {})
+    sampler = text_sampler(pipe, **call_kwargs)
+    caps = ref.captions[:n]
+    fake = _batched(sampler, len(caps), batch, torch.Generator().manual_seed(seed), caps)
+    row = {"model": name + "".join(f", {k.replace('num_inference_steps', 'steps')}={v}"
+                                   for k, v in call_kwargs.items()),
+           "domain": "shapes", "conditioning": "text", **_quality(fake, ref, min(100, len(caps))),
+           "caption_accuracy": M.caption_accuracy(fake, caps, ref.net)["all"]}
+    for key, fn in (("clip_score", M.clip_score), ("round_trip", lambda i, c: M.caption_round_trip(i, c)["all"])):
+        try:
+            row[key] = fn(fake, caps)
+        except M.MetricUnavailable as exc:
+            row.setdefault("_notes", []).append(str(exc))
+    g = torch.Generator().manual_seed(seed + 1)
+    lat_caps = caps[:latency_batch]
+    row.update(_efficiency(pipe, lambda: sampler(lat_caps, g), name, len(lat_caps), repeats))
+    return row
+
+
+@dataclass
+class Scoreboard:
+    rows: list
+    notes: list
+
+    def frame(self):
+        """The table as a pandas DataFrame (columns in :data:`COLUMNS` order)."""
+        import pandas as pd
+
+        df = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in self.rows])
+        cols = [c for c in COLUMNS if c in df.columns]
+        return df[cols]
+
+
+def candidates() -> list[str]:
+    """Every name the registry or the manifest knows, generators only."""
+    try:
+        names = pretrained.known()
+    except Exception as exc:  # an entry module that fails to import must not hide the others
+        print(f"note: could not import every model module ({type(exc).__name__}: {exc}); using the manifest")
+        names = sorted(pretrained.read_manifest()["models"])
+    return [n for n in names if n not in NOT_GENERATORS]
+
+
+def build(names=None, n_digits: int = 500, n_shapes: int = 128, seed: int = 0, device=None,
+          text_kwargs: dict | None = None, text_variants: dict | None = None, latency_batch: int = 16,
+          repeats: int = 3, expected=("dcgan-mnist", "cgan-mnist", "vae-mnist",
+                                                        "cvae-mnist", "ddpm-mnist", "shapes-t2i"),
+          verbose: bool = True) -> Scoreboard:
+    """Score every shipped generator (or ``names``) live; returns a :class:`Scoreboard`.
+
+    ``n_digits`` / ``n_shapes``: pictures per model (FID depends on it: compare rows of one table
+    only). ``text_kwargs``: pipeline arguments for every text model (default: each model's own
+    defaults); ``text_variants``: extra rows per text model, e.g.
+    ``{"shapes-t2i": [{"num_inference_steps": 5}]}`` adds a row sampled with 5 steps.
+    ``latency_batch`` pictures per timed call (digit models use 4 times as many), ``repeats`` timed
+    calls after the warm-up. ``expected`` names the registry does not know yet are listed as not
+    built yet.
+    """
+    device = device if device is not None else get_device()
+    shipped = pretrained.read_manifest()["models"]
+    notes, rows = [], []
+    if names is None:
+        names = candidates()
+        for e in expected:
+            if e not in names:
+                notes.append(f"{e}: not registered yet (its chapter is not built yet)")
+    names = list(names)
+    refs: dict = {}
+
+    def ref_for(domain):
+        if domain not in refs:
+            refs[domain] = digits_reference(device) if domain == "digits" else shapes_reference(n_shapes, device=device)
+            rows.append(reference_row(refs[domain], n_digits if domain == "digits" else n_shapes, seed))
+        return refs[domain]
+
+    for name in names:
+        if name not in shipped:
+            notes.append(f"{name}: not shipped yet (python -m course_lib.pretrained train {name})")
+            continue
+        try:
+            model = pretrained.load(name, device)
+            chapter = pretrained._REGISTRY[name].chapter if name in pretrained._REGISTRY else ""
+            if is_text_pipeline(model):
+                ref = ref_for("shapes")
+                for kw in [dict(text_kwargs or {})] + list((text_variants or {}).get(name, [])):
+                    row = score_text_model(name, model, ref, n_shapes, seed, call_kwargs=kw,
+                                           latency_batch=latency_batch, repeats=repeats)
+                    rows.append({**row, "chapter": chapter})
+            else:
+                ref = ref_for("digits")
+                rows.append({**score_digit_model(name, model, ref, n_digits, seed, latency_batch=4 * latency_batch,
+                                                 repeats=repeats), "chapter": chapter})
+            for r in rows:
+                notes.extend(f"{r['model']}: {note}" for note in r.pop("_notes", []))
+            if verbose:
+                print(f"scored {name}")
+        except M.MetricUnavailable as exc:
+            notes.append(f"{name}: skipped, {exc}")
+        except Exception as exc:  # one broken model must not sink the table
+            last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+            notes.append(f"{name}: skipped, scoring raised {last}")
+    return Scoreboard(rows, sorted(set(notes)))
+
+
+def plot(board: Scoreboard, fig=None):
+    """One figure, three panels: FID per model (log scale, per domain, reference dashed), precision
+    against recall, and latency per picture against size on disk."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    df = board.frame()
+    if fig is None:
+        fig = plt.figure(figsize=(14, 4))
+    axes = fig.subplots(1, 3)
+    colors = {"digits": "tab:blue", "shapes": "tab:orange"}
+    if df.empty:
+        for ax in axes:
+            ax.text(0.5, 0.5, "no model shipped yet", ha="center", va="center")
+            ax.set_axis_off()
+        return fig
+    models = df[~df["model"].str.startswith("real ")]
+    reals = df[df["model"].str.startswith("real ")]
+    ax = axes[0]
+    ax.barh(np.arange(len(models)), models["fid"], color=[colors[d] for d in models["domain"]])
+    ax.set_yticks(np.arange(len(models)), models["model"])
+    for _, r in reals.iterrows():
+        ax.axvline(r["fid"], color=colors[r["domain"]], ls="--", lw=1, label=f"{r['model']}: {r['fid']:.1f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("domain FID (log scale, lower is better)")
+    if len(reals):
+        ax.legend(fontsize=7, loc="lower right")
+    ax.invert_yaxis()
+    ax = axes[1]
+    for _, r in df.iterrows():
+        ax.scatter(r["recall"], r["precision"], color=colors[r["domain"]],
+                   marker="*" if r["model"].startswith("real ") else "o", s=80)
+        ax.annotate(r["model"], (r["recall"], r["precision"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlim(-0.05, 1.05); ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("recall (variety covered)"); ax.set_ylabel("precision (realism)")
+    ax = axes[2]
+    if "ms_per_picture" in models:
+        for _, r in models.iterrows():
+            ax.scatter(r["size_mb"], r["ms_per_picture"], color=colors[r["domain"]], s=60)
+            ax.annotate(r["model"], (r["size_mb"], r["ms_per_picture"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set_yscale("log")
+    ax.set_xlabel("size on disk (MB)"); ax.set_ylabel("ms per picture (log scale)")
+    fig.suptitle("The course's scoreboard (blue: digits, orange: Shapes; FID comparable within a domain only)")
+    fig.tight_layout()
+    return fig
