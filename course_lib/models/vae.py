@@ -280,7 +280,7 @@ def train_vae(model: VAE, steps: int | None = None, minutes: float | None = None
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     total = steps if steps is not None else 10 ** 9
     sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=max(0.05, 3 / total))
-             if steps is not None else None)
+             if steps is not None and steps >= 20 else None)                    # short runs: constant lr
     g = torch.Generator().manual_seed(seed + 1)
     cond = bool(model.n_classes)
 
@@ -342,8 +342,8 @@ def evaluate_vae(model: VAE) -> dict:
 
 
 RECIPES = {
-    "vae-mnist": dict(model=dict(latent_dim=16, width=32, hidden=512, n_classes=0), steps=5000, lr=3e-3),
-    "cvae-mnist": dict(model=dict(latent_dim=16, width=32, hidden=512, n_classes=10), steps=5000, lr=3e-3),
+    "vae-mnist": dict(model=dict(latent_dim=16, width=32, hidden=512, n_classes=0), steps=3500, lr=3e-3),
+    "cvae-mnist": dict(model=dict(latent_dim=16, width=32, hidden=512, n_classes=10), steps=3500, lr=3e-3),
 }
 
 
