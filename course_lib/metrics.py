@@ -491,15 +491,18 @@ def clip_score(images: torch.Tensor, captions, model=None) -> float:
     """CLIP score (Hessel et al., 2021, as torchmetrics reports it): the mean over pairs of
     ``max(100 cos(E_image, E_text), 0)``, with the tiny CLIP ``shapes-clip`` of chapter 06.
 
-    ``model`` needs ``encode_image(images) -> [n, d]`` and ``encode_text(list[str]) -> [n, d]`` (or
-    ``get_image_features`` / ``get_text_features``). Without ``model``, ``shapes-clip`` is loaded if
+    ``model`` needs ``encode_images(images) -> [n, d]`` and ``encode_texts(list[str]) -> [n, d]`` (as
+    chapter 06's ``TinyCLIP``; ``encode_image``/``encode_text`` or ``get_image_features``/
+    ``get_text_features`` work too). Without ``model``, ``shapes-clip`` is loaded if
     shipped; otherwise :class:`MetricUnavailable` says so.
     """
     model = model if model is not None else _load_optional("shapes-clip", "06")
     captions = [captions] if isinstance(captions, str) else list(captions)
     dev = _device_of(model) if isinstance(model, nn.Module) else torch.device("cpu")
-    img = _call_first(model, ("encode_image", "get_image_features"), images.float().to(dev))
-    txt = _call_first(model, ("encode_text", "get_text_features"), captions)
+    if isinstance(model, nn.Module):
+        model.eval()
+    img = _call_first(model, ("encode_images", "encode_image", "get_image_features"), images.float().to(dev))
+    txt = _call_first(model, ("encode_texts", "encode_text", "get_text_features"), captions)
     cos = F.cosine_similarity(_f64(img), _f64(txt), dim=-1)
     return float((100 * cos).clamp_min(0).mean())
 

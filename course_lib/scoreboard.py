@@ -114,6 +114,31 @@ def digit_sampler(model):
     raise M.MetricUnavailable(f"{type(model).__name__} has no generate/sample method the scoreboard knows")
 
 
+def ddpm_samplers(model, steps: int = 50) -> list:
+    """Chapter 04's ``ddpm-mnist`` (a denoiser sampled by ``course_lib.models.ddpm.sample_digits``,
+    DDIM): ``[(row suffix, sampler)]``, unconditional and class-conditional with guidance 2."""
+    from .models import ddpm
+
+    def make(conditional: bool, w: float):
+        def fn(n, generator):
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+            labels = torch.arange(n) % 10 if conditional else None
+            x = ddpm.sample_digits(model, n, labels=labels, guidance_scale=w, sampler="ddim",
+                                   num_inference_steps=steps, seed=seed)
+            return x.float().clamp(0, 1), labels
+        return fn
+
+    return [(f", DDIM-{steps}", make(False, 1.0)), (f", DDIM-{steps}, class w=2", make(True, 2.0))]
+
+
+def samplers_for(name: str, model, ddpm_steps: int = 50) -> list:
+    """``[(row name, sampler, latency batch factor)]`` for a digit model: one row, or two for the
+    DDPM (whose pictures cost a network call per step: timed on smaller batches)."""
+    if type(model).__name__ == "DigitDenoiser":
+        return [(name + suffix, fn, 1) for suffix, fn in ddpm_samplers(model, ddpm_steps)]
+    return [(name, digit_sampler(model), 4)]
+
+
 def _as_pictures(out) -> torch.Tensor:
     out = getattr(out, "images", out)
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor) and out[0].dim() == 4:
@@ -179,7 +204,7 @@ def _digit_judgement(fake: torch.Tensor, labels, ref: Reference) -> dict:
 
 
 def _efficiency(model, call, name: str, n_per_call: int, repeats: int) -> dict:
-    rec = pretrained.read_manifest()["models"].get(name, {})
+    rec = pretrained.read_manifest()["models"].get(name.split(",")[0], {})      # "ddpm-mnist, DDIM-50"
     with peak_memory() as mem:
         call()                                                                     # also the warm-up
     t = time_fn(call, repeats=repeats, warmup=0)["median_s"]
@@ -206,8 +231,8 @@ def reference_row(ref: Reference, n: int, seed: int = 0) -> dict:
 
 
 def score_digit_model(name: str, model, ref: Reference, n: int, seed: int = 0, batch: int = 250,
-                      latency_batch: int = 64, repeats: int = 3) -> dict:
-    sampler = digit_sampler(model)
+                      latency_batch: int = 64, repeats: int = 3, sampler=None) -> dict:
+    sampler = sampler if sampler is not None else digit_sampler(model)
     fake, labels = _batched(sampler, n, batch, torch.Generator().manual_seed(seed))
     row = {"model": name, "domain": "digits",
            "conditioning": "class label" if labels is not None else "none",
@@ -263,8 +288,8 @@ def candidates() -> list[str]:
 
 
 def build(names=None, n_digits: int = 500, n_shapes: int = 128, seed: int = 0, device=None,
-          text_kwargs: dict | None = None, text_variants: dict | None = None, latency_batch: int = 16,
-          repeats: int = 3, expected=("dcgan-mnist", "cgan-mnist", "vae-mnist",
+          text_kwargs: dict | None = None, text_variants: dict | None = None, ddpm_steps: int = 50,
+          latency_batch: int = 16, repeats: int = 3, expected=("dcgan-mnist", "cgan-mnist", "vae-mnist",
                                                         "cvae-mnist", "ddpm-mnist", "shapes-t2i"),
           verbose: bool = True) -> Scoreboard:
     """Score every shipped generator (or ``names``) live; returns a :class:`Scoreboard`.
@@ -273,6 +298,7 @@ def build(names=None, n_digits: int = 500, n_shapes: int = 128, seed: int = 0, d
     only). ``text_kwargs``: pipeline arguments for every text model (default: each model's own
     defaults); ``text_variants``: extra rows per text model, e.g.
     ``{"shapes-t2i": [{"num_inference_steps": 5}]}`` adds a row sampled with 5 steps.
+    ``ddpm_steps``: DDIM steps for the digit DDPM (scored unconditionally and with class guidance).
     ``latency_batch`` pictures per timed call (digit models use 4 times as many), ``repeats`` timed
     calls after the warm-up. ``expected`` names the registry does not know yet are listed as not
     built yet.
@@ -309,8 +335,10 @@ def build(names=None, n_digits: int = 500, n_shapes: int = 128, seed: int = 0, d
                     rows.append({**row, "chapter": chapter})
             else:
                 ref = ref_for("digits")
-                rows.append({**score_digit_model(name, model, ref, n_digits, seed, latency_batch=4 * latency_batch,
-                                                 repeats=repeats), "chapter": chapter})
+                for row_name, sampler, factor in samplers_for(name, model, ddpm_steps):
+                    rows.append({**score_digit_model(row_name, model, ref, n_digits, seed, sampler=sampler,
+                                                     latency_batch=factor * latency_batch, repeats=repeats),
+                                 "chapter": chapter})
             for r in rows:
                 notes.extend(f"{r['model']}: {note}" for note in r.pop("_notes", []))
             if verbose:
@@ -331,8 +359,8 @@ def plot(board: Scoreboard, fig=None):
 
     df = board.frame()
     if fig is None:
-        fig = plt.figure(figsize=(14, 4))
-    axes = fig.subplots(1, 3)
+        fig = plt.figure(figsize=(15, 4.5))
+    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.2, 1, 1]})
     colors = {"digits": "tab:blue", "shapes": "tab:orange"}
     if df.empty:
         for ax in axes:
