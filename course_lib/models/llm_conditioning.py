@@ -366,7 +366,7 @@ def train_clip(steps: int = 1500, batch_size: int = 128, renders_per_caption: in
     ids_all, mask_all = model.tokenize(captions)
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=max(0.1, 3 / steps))
 
     def batches():
         while True:
@@ -779,7 +779,7 @@ def train_planner(n_train: int = 12000, steps: int = 3000, batch_size: int = 128
     data = torch.utils.data.TensorDataset(states, mask, kind, attrs)
     loader = infinite_loader(data, min(batch_size, len(texts)), seed=seed)
     opt = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=max(0.1, 3 / steps))
 
     def loss_fn(m, batch):
         s, mk, k, a = (b.to(device) for b in batch)
