@@ -421,7 +421,7 @@ def evaluate_gan(model) -> dict:
 #: The recipes of the shipped checkpoints (the notebook's full run uses the same ones).
 RECIPES = {
     "dcgan-mnist": dict(model=dict(z_dim=64, g_width=32, d_width=32, n_classes=0, extra_conv=False),
-                        train=dict(lr_g=5e-4, lr_d=5e-4), steps=2500),
+                        train=dict(lr_g=5e-4, lr_d=5e-4), steps=7000),
     "cgan-mnist": dict(model=dict(z_dim=64, g_width=32, d_width=32, n_classes=10, extra_conv=False),
                        train=dict(lr_g=5e-4, lr_d=5e-4), steps=7000),
 }
