@@ -8,15 +8,6 @@ import torch.nn.functional as F
 from course_lib.models import attention as A
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one torch thread is faster than two, and much faster when the
-    machine is shared (threads waiting on each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _qkv(n=2, h=3, lq=5, lk=7, d=8, dv=6, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -8,14 +8,6 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from course_lib import diffusion
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run tiny models: one thread avoids paying for thread hand-offs on a busy 2-core CI box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def toy_model(x, t):
     """A fixed, deterministic stand-in for a network (same output for both samplers)."""

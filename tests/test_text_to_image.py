@@ -14,14 +14,6 @@ TINY = {"fold": 2, "text": {"dim": 16, "layers": 1, "heads": 2},
 PROMPTS = ["a small red circle in the top left", "a large blue triangle at the bottom"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run tiny models: one thread avoids paying for thread hand-offs on a busy 2-core CI box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def pipe():

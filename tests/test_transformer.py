@@ -7,15 +7,6 @@ from course_lib.data import shapes
 from course_lib.models import transformer as T
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one torch thread is faster than two, and much faster when the
-    machine is shared (threads waiting on each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def tok():
