@@ -116,6 +116,17 @@ def _rss_now_bytes() -> int | None:
         return None
 
 
+def _release_free_memory() -> None:
+    """Ask glibc to give freed heap memory back to the OS (Linux), so that resident memory counts
+    only what is in use: otherwise a block can reuse pages freed earlier and seem to need nothing."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 @contextlib.contextmanager
 def peak_memory(device: torch.device | str | None = None, interval_s: float = 0.001):
     """Measure the peak memory a block needs. Yields a dict filled on exit with ``peak_bytes`` and
@@ -124,7 +135,8 @@ def peak_memory(device: torch.device | str | None = None, interval_s: float = 0.
     On CUDA: the peak of tensors allocated inside the block (``torch.cuda.max_memory_allocated``
     after a reset, minus what was allocated before). On the CPU (Linux): a background thread samples
     the process's resident set size every ``interval_s`` and reports the peak above its level when
-    the block began. Elsewhere: the growth of the process's lifetime peak RSS (only rises when the
+    the block began (freed heap memory is first returned to the OS with ``malloc_trim``, so pages
+    the process freed earlier cannot hide what the block needs). Elsewhere: the growth of the process's lifetime peak RSS (only rises when the
     block needs more than the process ever had).
     """
     device = torch.device(device) if device is not None else get_device()
@@ -137,6 +149,7 @@ def peak_memory(device: torch.device | str | None = None, interval_s: float = 0.
         torch.cuda.synchronize(device)
         out.update(peak_bytes=int(torch.cuda.max_memory_allocated(device) - base), kind="cuda allocated")
         return
+    _release_free_memory()
     base = _rss_now_bytes()
     if base is None:
         before = _rss_peak_bytes()

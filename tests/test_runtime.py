@@ -43,14 +43,6 @@ def test_timer_and_time_fn():
     assert len(calls) == 5 and len(res["times_s"]) == 3 and res["median_s"] >= 0.009
 
 
-def test_peak_memory_sees_a_big_allocation():
-    with runtime.peak_memory("cpu") as m:
-        x = torch.ones(64, 1024, 1024)  # 256 MB, more than this process has touched so far
-        x += 1
-    assert m["peak_bytes"] > 200e6, m
-    del x
-
-
 def test_count_parameters():
     net = torch.nn.Linear(4, 3)
     net.bias.requires_grad_(False)
@@ -105,13 +97,27 @@ def test_ema_tracks_slowly():
     assert (e - start).norm() < (w - start).norm()  # the average lags behind the weights
 
 
-def test_peak_memory_measures_a_block_after_a_bigger_one():
-    """The peak is the block's own, not the process's lifetime peak."""
-    with runtime.peak_memory("cpu"):
-        big = torch.ones(48, 1024, 1024)  # 192 MB
-        big += 1
-    del big
-    with runtime.peak_memory("cpu") as m:
-        small = torch.ones(24, 1024, 1024)  # 96 MB
-        small += 1
-    assert 60e6 < m["peak_bytes"] < 160e6, m
+def test_peak_memory_sees_a_block_then_a_smaller_one():
+    """The peak is the block's own, not the process's lifetime peak. Measured in a fresh
+    interpreter: in a long test session, earlier tests leave allocator state (pages kept resident
+    for reuse) that a resident-memory measurement cannot see through."""
+    import json
+    import subprocess
+    import sys
+
+    script = """
+import json, torch
+from course_lib import runtime
+with runtime.peak_memory("cpu") as first:
+    big = torch.ones(48, 1024, 1024)  # 192 MB
+    big += 1
+del big
+with runtime.peak_memory("cpu") as m:
+    small = torch.ones(24, 1024, 1024)  # 96 MB
+    small += 1
+print(json.dumps([first, m]))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    first, m = json.loads(out.stdout.strip().splitlines()[-1])
+    assert 180e6 < first["peak_bytes"] < 260e6, first  # sees a big block
+    assert 60e6 < m["peak_bytes"] < 160e6, m            # and then the smaller block's own peak
