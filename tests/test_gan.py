@@ -115,8 +115,7 @@ def test_registered():
 @pytest.mark.parametrize("name", ["dcgan-mnist", "cgan-mnist"])
 def test_shipped_checkpoint(name):
     shipped = pretrained.read_manifest()["models"]
-    if name not in shipped:
-        pytest.skip(f"{name} not shipped yet")
+    assert name in shipped, f"{name} is registered but not shipped: python -m course_lib.pretrained train {name}"
     rec = shipped[name]
     assert rec["bytes"] < 5e6
     G = pretrained.load(name, device="cpu")
@@ -124,4 +123,7 @@ def test_shipped_checkpoint(name):
     x = G.generate(10, labels=labels, generator=torch.Generator().manual_seed(0))
     assert x.shape == (10, 1, 28, 28) and 0 <= x.min() and x.max() <= 1
     q = rec["quality"]
-    assert ("accuracy" in q) if G.n_classes else ({"mean_top_prob", "hist_entropy"} <= set(q))
+    if G.n_classes:  # issue 3's targets, as measured by the train command with the mnist-classifier
+        assert q["accuracy"] >= 0.95, q
+    else:
+        assert q["mean_top_prob"] >= 0.90 and q["hist_entropy"] >= 0.95 * math.log(10), q

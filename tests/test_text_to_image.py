@@ -100,8 +100,7 @@ def test_training_runs_and_loss_is_finite():
 def test_shipped_checkpoint_loads_as_pipeline():
     from course_lib import pretrained
 
-    if "shapes-t2i" not in pretrained.read_manifest()["models"]:
-        pytest.skip("shapes-t2i not shipped yet")
+    assert "shapes-t2i" in pretrained.read_manifest()["models"], "shapes-t2i is registered but not shipped"
     pipe = pretrained.load("shapes-t2i", device="cpu")
     assert isinstance(pipe, T.ShapesPipeline)
     caps = shapes.all_captions("train")[:2]
