@@ -1,0 +1,369 @@
+"""Fast sampling: the field's samplers as diffusers schedulers, and a sweep that measures what each
+costs and what it gives (chapter 08).
+
+* :func:`make_scheduler` builds ``"ddpm"``, ``"ddim"``, ``"dpm++"`` (DPM-Solver++ 2nd order),
+  ``"unipc"`` or ``"euler"`` from a model's config (its noise schedule and prediction type), for
+  ``shapes-t2i`` (swap ``pipe.scheduler``) and ``ddpm-mnist`` (:func:`sample_digits`).
+* :func:`sample_shapes` is :class:`~course_lib.models.text_to_image.ShapesPipeline`'s sampling loop
+  with the two classifier-free-guidance passes either batched as one batch of 2n (what the pipeline
+  does), run one after the other, or switched off: the cost of guidance, measured.
+* :func:`sweep` measures, per (sampler, steps): the judge's accuracy, KID on the judge's features
+  (a quality measure that keeps falling after the accuracy has saturated) and wall milliseconds per
+  picture. :func:`fastest_within` answers the chapter's question: which sampler is the fastest one
+  that stays within a few points of DDPM's 1000 steps?
+
+Timestep spacing (why ``"trailing"``): a sampler with n steps visits n of the T = 1000 training
+timesteps. diffusers' default "leading" spacing takes ``0, k, 2k, ... , (n-1)k`` with ``k = T // n``:
+with 1 step it asks the network to denoise at t = 0, a nearly clean picture, although it starts
+from pure noise; with 4 steps it starts at t = 750, where the training pictures still had a visible
+signal. "Trailing" spacing counts back from t = T - 1 (``999, 999 - k, ...``), so the first step
+always starts where pure noise is what the network was trained on (Lin et al. 2024, "Common
+diffusion noise schedules and sample steps are flawed", table 2). At 50+ steps the two hardly
+differ; at 1-8 steps trailing is what makes them work.
+"""
+from __future__ import annotations
+
+import inspect
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
+                       UniPCMultistepScheduler)
+
+from . import diffusion
+from .runtime import synchronize
+
+SAMPLERS = ("ddpm", "ddim", "dpm++", "unipc", "euler")
+LABELS = {"ddpm": "DDPM", "ddim": "DDIM", "dpm++": "DPM-Solver++(2M)", "unipc": "UniPC", "euler": "Euler"}
+
+
+def model_config(model) -> dict:
+    """The schedule part of a model's config: ``{"schedule", "num_train_timesteps", "prediction_type"}``.
+    ``model`` is a config dict, a ``DigitDenoiser``/``TextToImageModel`` (``.config`` dict) or a
+    ``ShapesPipeline`` (read off its scheduler's config)."""
+    if hasattr(model, "scheduler"):                                        # a ShapesPipeline
+        sc = model.scheduler.config
+        names = {v: k for k, v in diffusion.DIFFUSERS_SCHEDULE_NAMES.items()}
+        cfg = {"schedule": names[sc.beta_schedule], "num_train_timesteps": sc.num_train_timesteps,
+               "prediction_type": sc.prediction_type}
+    elif isinstance(model, dict):
+        cfg = model
+    elif isinstance(getattr(model, "config", None), dict):
+        cfg = model.config
+    else:
+        raise TypeError(f"cannot read a noise schedule off {type(model).__name__}")
+    return {"schedule": cfg.get("schedule", "linear"), "num_train_timesteps": int(cfg.get("num_train_timesteps", 1000)),
+            "prediction_type": cfg.get("prediction_type", "epsilon")}
+
+
+def make_scheduler(name: str, model_config_or_model, spacing: str = "trailing"):
+    """A diffusers scheduler for sampler ``name`` with the model's schedule and prediction type.
+
+    * ``"ddpm"``: ancestral sampling (Ho et al. 2020); x̂_0 clipped to [-1, 1] only for an
+      ε-network (as chapter 04's sampler; a v-network's x̂_0 must not be clipped).
+    * ``"ddim"``: η = 0, deterministic (Song et al. 2021); ``clip_sample=False``.
+    * ``"dpm++"``: DPM-Solver++ 2nd-order multistep (Lu et al. 2022), first order on the last step.
+    * ``"unipc"``: UniPC, bh2 predictor-corrector on x̂_0 (Zhao et al. 2023).
+    * ``"euler"``: Euler's method on the probability-flow ODE in σ (Karras et al. 2022).
+
+    ``spacing="trailing"`` (the default; see the module docstring) starts every sampler at t = T - 1.
+    """
+    cfg = model_config(model_config_or_model)
+    kw = dict(diffusion.NoiseSchedule.make(cfg["schedule"], cfg["num_train_timesteps"]).diffusers_kwargs(),
+              prediction_type=cfg["prediction_type"], timestep_spacing=spacing)
+    if name == "ddpm":
+        return DDPMScheduler(**kw, clip_sample=cfg["prediction_type"] == "epsilon", variance_type="fixed_small")
+    if name == "ddim":
+        return DDIMScheduler(**kw, clip_sample=False, set_alpha_to_one=True)
+    if name == "dpm++":
+        return DPMSolverMultistepScheduler(**kw, algorithm_type="dpmsolver++", solver_order=2)
+    if name == "unipc":
+        return UniPCMultistepScheduler(**kw, solver_order=2, predict_x0=True, solver_type="bh2")
+    if name == "euler":
+        return EulerDiscreteScheduler(**kw)
+    raise ValueError(f"sampler must be one of {SAMPLERS}, got {name!r}")
+
+
+def _run_loop(scheduler, denoise, x: torch.Tensor, steps: int, generator) -> torch.Tensor:
+    """The loop every diffusers pipeline runs: ``denoise(x_in, t) -> network output``."""
+    scheduler.set_timesteps(steps)
+    x = x * scheduler.init_noise_sigma
+    # the stochastic schedulers draw their noise from `generator`; the others take no such argument
+    kw = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    for t in scheduler.timesteps:
+        out = denoise(scheduler.scale_model_input(x, t), t)
+        x = scheduler.step(out, t, x, **kw).prev_sample
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# shapes-t2i: the pipeline's loop, with the two guidance passes batched, sequential or off
+# --------------------------------------------------------------------------------------------
+CFG_MODES = ("batched", "sequential", "off")
+
+
+@torch.no_grad()
+def sample_shapes(pipe, captions: list[str], scheduler=None, num_inference_steps: int | None = None,
+                  guidance_scale: float | None = None, seed: int = 0, cfg: str = "batched") -> torch.Tensor:
+    """Pictures [n, 3, 32, 32] in [0, 1] for ``captions``, as ``pipe(captions, generator=
+    torch.Generator().manual_seed(seed), output_type="pt")`` makes them, with ``scheduler`` (default:
+    the pipeline's own) and classifier-free guidance done as ``cfg``:
+
+    * ``"batched"``: one network call on a batch of 2n (unconditional + conditional), the pipeline's way;
+    * ``"sequential"``: two calls of n each, the same result up to float rounding;
+    * ``"off"``: one call on the conditional half only (no guidance; guidance_scale ignored).
+    """
+    if cfg not in CFG_MODES:
+        raise ValueError(f"cfg must be one of {CFG_MODES}, got {cfg!r}")
+    scheduler = scheduler if scheduler is not None else pipe.scheduler
+    steps = num_inference_steps or pipe.default_num_inference_steps
+    w = pipe.default_guidance_scale if guidance_scale is None else float(guidance_scale)
+    guide = cfg != "off" and w != 1.0
+    dev, dtype, fold, n = pipe.unet.device, pipe.unet.dtype, pipe.fold, len(captions)
+    states, pooled = pipe.encode_prompt(list(captions), guide)                  # [2n or n, L, d], [2n or n, d]
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn((n, 3, 32, 32), generator=g, dtype=torch.float32)   # same draw as the pipeline
+    x = F.pixel_unshuffle(noise, fold).to(dev, dtype)                        # [n, 3 f^2, 32/f, 32/f]
+    pooled_kw = pipe.unet.config.class_embed_type == "projection"
+
+    def unet(z, t, s, p):
+        return pipe.unet(z, t.to(dev), encoder_hidden_states=s, **({"class_labels": p} if pooled_kw else {})).sample
+
+    def denoise(z, t):
+        if not guide:
+            return unet(z, t, states, pooled)
+        if cfg == "batched":
+            u, c = unet(torch.cat([z, z]), t, states, pooled).chunk(2)
+        else:
+            u = unet(z, t, states[:n], pooled[:n])
+            c = unet(z, t, states[n:], pooled[n:])
+        return u + w * (c - u)
+
+    x = _run_loop(scheduler, denoise, x, steps, g)
+    return diffusion.to_image_range(F.pixel_shuffle(x.float(), fold)).cpu()
+
+
+# --------------------------------------------------------------------------------------------
+# ddpm-mnist with any diffusers scheduler
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def sample_digits(model, labels, scheduler, num_inference_steps: int, guidance_scale: float = 1.0,
+                  seed: int = 0, cfg: str = "batched") -> torch.Tensor:
+    """Digits [n, 1, 28, 28] in [0, 1] from ``ddpm-mnist`` (a ``DigitDenoiser``) for ``labels`` with a
+    diffusers ``scheduler`` (chapter 04's ``sample_digits`` uses the hand-written samplers instead).
+    Guidance as in :func:`sample_shapes` (``labels`` None: unconditional)."""
+    from .models.ddpm import NULL_CLASS
+
+    model.eval()
+    dev = next(model.parameters()).device
+    y = None if labels is None else torch.as_tensor(labels, dtype=torch.long).to(dev)
+    n = len(y)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((n, 1, 28, 28), generator=g).to(dev)
+    guide = y is not None and cfg != "off" and guidance_scale != 1.0
+    null = torch.full((n,), NULL_CLASS, dtype=torch.long, device=dev)
+
+    def denoise(z, t):
+        tt = t.to(dev).expand(n)
+        if not guide:
+            return model(z, tt, y)
+        if cfg == "batched":
+            u, c = model(torch.cat([z, z]), torch.cat([tt, tt]), torch.cat([null, y])).chunk(2)
+        else:
+            u, c = model(z, tt, null), model(z, tt, y)
+        return u + guidance_scale * (c - u)
+
+    x = _run_loop(scheduler, denoise, x, num_inference_steps, g)
+    return diffusion.to_image_range(x).cpu()
+
+
+# --------------------------------------------------------------------------------------------
+# The sweep
+# --------------------------------------------------------------------------------------------
+def _is_pipeline(model) -> bool:
+    return hasattr(model, "scheduler") and hasattr(model, "encode_prompt")
+
+
+def reference_set(model, targets, per_target: int = 8, seed: int = 1234) -> torch.Tensor:
+    """Real pictures to measure KID against, ``per_target`` copies of the target list one after the
+    other: fresh Shapes renderings of each caption, or, for digits, a real MNIST test digit of each
+    asked-for label (drawn with replacement from the 50 per class)."""
+    if _is_pipeline(model):
+        from .data import shapes
+        specs = [shapes.parse_caption(c) for c in targets] * per_target
+        return shapes.render(specs, np.random.default_rng(seed))
+    from .data import mnist
+    x, y = mnist.load_mnist("test")
+    want = torch.as_tensor(targets)
+    g = torch.Generator().manual_seed(seed)
+    pools = {k: torch.nonzero(y == k).flatten() for k in range(10)}
+    copies = []
+    for _ in range(per_target):                     # each copy: one real digit of each asked-for label
+        copies.append(torch.stack([pools[int(k)][torch.randint(len(pools[int(k)]), (1,), generator=g)][0]
+                                   for k in want]))
+    return x[torch.cat(copies)]
+
+
+def paired_mmd2(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Squared MMD with KID's cubic kernel between two feature sets [n, d] whose rows are paired (row i of
+    both was asked for the same caption or label). Every mean leaves out the pairs (i, i), the within-set
+    ones as the unbiased KID does and the cross ones because a matched pair is more alike than two
+    random draws: so its expectation is 0 when both sets come from the same conditional distribution
+    (the plain unbiased KID of two such stratified sets is biased below 0)."""
+    from .metrics import polynomial_kernel
+
+    n = len(a)
+    off = ~torch.eye(n, dtype=torch.bool)
+    kaa, kbb, kab = polynomial_kernel(a, a), polynomial_kernel(b, b), polynomial_kernel(a, b)
+    return float(kaa[off].mean() + kbb[off].mean() - 2 * kab[off].mean())
+
+
+def quality(model, images: torch.Tensor, targets, reference: torch.Tensor | None = None) -> dict:
+    """``{"accuracy", "kid"}``: the judge's accuracy (Shapes: all five attributes right; digits: the
+    asked-for digit) and KID x 1000 between the judge's penultimate features of ``images`` and of
+    ``reference`` (real pictures; KID is unbiased at small n, unlike FID, so a few dozen pictures per
+    point are enough to compare samplers). Features are standardised with the reference's per-feature
+    mean and standard deviation first (a fixed affine map, so KID stays a distance between the two
+    sets)."""
+    from . import judges, metrics
+    if _is_pipeline(model):
+        judge = judges.load_shapes_judge()
+        acc = judges.score_shapes(images, targets, judge)["all"]
+    else:
+        judge = judges.load_mnist_classifier()
+        acc = judges.score_digits(images, torch.as_tensor(targets), judge)["accuracy"]
+    out = {"accuracy": float(acc)}
+    if reference is not None:
+        fa, fb = metrics.extract_features(images, judge), metrics.extract_features(reference, judge)
+        # standardise both with the real pictures' per-feature mean and spread: the judge's ReLU
+        # features are unbounded, and KID's cubic kernel would otherwise be ruled by a few large ones
+        mu, sd = fb.mean(0), fb.std(0) + 1e-6
+        fa, fb = ((fa - mu) / sd).double(), ((fb - mu) / sd).double()
+        n = len(fa)
+        if len(fb) % n == 0:
+            # the reference holds whole copies of the targets (reference_set): compare like with like,
+            # one copy at a time, with the paired estimator (see paired_mmd2)
+            vals = [paired_mmd2(fa, fb[j:j + n]) for j in range(0, len(fb), n)]
+        else:
+            vals = [metrics.kernel_inception_distance(fa, fb, subsets=50, subset_size=n)]
+        out["kid"] = 1000 * float(np.mean(vals))
+    return out
+
+
+def generate(model, targets, sampler: str, steps: int, guidance_scale: float | None = None, seed: int = 0,
+             cfg: str = "batched", scheduler=None) -> torch.Tensor:
+    """Pictures from ``model`` (a ShapesPipeline: ``targets`` are captions; a DigitDenoiser: labels)."""
+    scheduler = scheduler if scheduler is not None else make_scheduler(sampler, model)
+    if _is_pipeline(model):
+        return sample_shapes(model, list(targets), scheduler, steps, guidance_scale, seed, cfg)
+    return sample_digits(model, targets, scheduler, steps, 1.0 if guidance_scale is None else guidance_scale,
+                         seed, cfg)
+
+
+def timed_generate(model, targets, sampler: str, steps: int, repeats: int = 3, repeat_below_s: float = 3.0,
+                   **kw) -> tuple[torch.Tensor, dict]:
+    """Generate once (timed); if that took under ``repeat_below_s`` seconds, time ``repeats - 1`` more
+    identical runs and report the median. Returns ``(images, {"ms_per_picture", "runs", "seconds"})``.
+    Warm-up (first-call costs) is the caller's job: :func:`sweep` does one tiny run per sampler first."""
+    sched = make_scheduler(sampler, model)
+    times = []
+    t0 = time.perf_counter()
+    images = generate(model, targets, sampler, steps, scheduler=sched, **kw)
+    synchronize()
+    times.append(time.perf_counter() - t0)
+    if times[0] < repeat_below_s:
+        for _ in range(repeats - 1):
+            t0 = time.perf_counter()
+            generate(model, targets, sampler, steps, scheduler=sched, **kw)
+            synchronize()
+            times.append(time.perf_counter() - t0)
+    med = float(np.median(times))
+    return images, {"ms_per_picture": 1000 * med / len(targets), "runs": len(times), "seconds": float(sum(times))}
+
+
+def warm_up(model, targets, samplers=SAMPLERS, **kw) -> None:
+    """One untimed 2-step run per sampler on two targets (first-call allocations, lazy imports)."""
+    for s in samplers:
+        generate(model, list(targets)[:2], s, 2, **kw)
+
+
+def sweep(model, targets, samplers=SAMPLERS, steps=(1, 2, 4, 8, 16, 32, 50), baseline_steps: int = 1000,
+          guidance_scale: float | None = None, seed: int = 0, repeats: int = 3, repeat_below_s: float = 3.0,
+          reference: torch.Tensor | None = None, progress: bool = True) -> list[dict]:
+    """Measure every (sampler, steps) on ``targets`` plus DDPM at ``baseline_steps`` (the baseline).
+
+    ``model``: a ShapesPipeline (``targets`` = captions) or a DigitDenoiser (``targets`` = labels).
+    Returns rows ``{"sampler", "steps", "accuracy", "kid", "ms_per_picture", "runs", "n"}``, the
+    baseline first, then by sampler and steps. ``reference`` (real pictures, default
+    :func:`reference_set`) is what KID compares with. Same seed, so every sampler starts from the
+    same noise.
+    """
+    from tqdm.auto import tqdm
+
+    targets = list(targets) if _is_pipeline(model) else torch.as_tensor(targets)
+    reference = reference if reference is not None else reference_set(model, targets)
+    kw = {"guidance_scale": guidance_scale, "seed": seed}
+    warm_up(model, targets, samplers, **kw)
+    plan = [("ddpm", baseline_steps)] + [(s, k) for s in samplers for k in steps]
+    rows = []
+    for s, k in tqdm(plan, desc="sampler sweep", disable=not progress, leave=False):
+        images, t = timed_generate(model, targets, s, k, repeats=repeats, repeat_below_s=repeat_below_s, **kw)
+        rows.append({"sampler": s, "steps": int(k), **quality(model, images, targets, reference),
+                     "ms_per_picture": t["ms_per_picture"], "runs": t["runs"], "n": len(targets)})
+    return rows
+
+
+def with_ratios(rows: list[dict], baseline: tuple = ("ddpm", 1000)) -> list[dict]:
+    """Rows with ``speedup`` (baseline ms / row ms) and ``delta_points`` (accuracy minus the
+    baseline's, in percentage points) against the row ``baseline`` = (sampler, steps)."""
+    base = next(r for r in rows if (r["sampler"], r["steps"]) == tuple(baseline))
+    return [dict(r, speedup=base["ms_per_picture"] / r["ms_per_picture"],
+                 delta_points=100 * (r["accuracy"] - base["accuracy"])) for r in rows]
+
+
+def fastest_within(rows: list[dict], points: float = 2.0, baseline: tuple = ("ddpm", 1000)) -> dict:
+    """The fastest row (lowest ms per picture, baseline excluded) whose accuracy is at most ``points``
+    percentage points below the baseline's, with its ``speedup``; None if no row qualifies."""
+    rows = with_ratios(rows, baseline)
+    ok = [r for r in rows if (r["sampler"], r["steps"]) != tuple(baseline) and r["delta_points"] >= -points]
+    return min(ok, key=lambda r: r["ms_per_picture"]) if ok else None
+
+
+def format_table(rows: list[dict], baseline: tuple = ("ddpm", 1000)) -> str:
+    """A plain-text table of a sweep, with ratios against ``baseline``."""
+    rows = with_ratios(rows, baseline)
+    lines = [f"{'sampler':<18}{'steps':>6}{'accuracy':>10}{'Δ points':>10}{'KID x1000':>11}"
+             f"{'ms/picture':>12}{'speed-up':>10}"]
+    for r in rows:
+        kid = f"{r['kid']:.1f}" if "kid" in r else "-"
+        lines.append(f"{LABELS.get(r['sampler'], r['sampler']):<18}{r['steps']:>6}{100 * r['accuracy']:>9.1f}%"
+                     f"{r['delta_points']:>+10.1f}{kid:>11}{r['ms_per_picture']:>12.2f}{r['speedup']:>9.1f}x")
+    return "\n".join(lines)
+
+
+def cfg_cost(pipe, captions: list[str], sampler: str = "dpm++", steps: int = 20, repeats: int = 3,
+             guidance_scale: float | None = None, seed: int = 0) -> list[dict]:
+    """Classifier-free guidance's price on ``shapes-t2i``: ms per picture with guidance off (one pass),
+    the two passes batched as 2n, and the two passes one after the other, measured round-robin in
+    one run (median of ``repeats`` each), with the judge's accuracy of each. Rows
+    ``{"cfg", "ms_per_picture", "accuracy", "ratio_to_off"}``."""
+    sched = make_scheduler(sampler, pipe)
+    kw = dict(scheduler=sched, num_inference_steps=steps, guidance_scale=guidance_scale, seed=seed)
+    for mode in CFG_MODES:                                                     # warm-up
+        sample_shapes(pipe, captions[:2], cfg=mode, **dict(kw, num_inference_steps=2))
+    times = {m: [] for m in CFG_MODES}
+    images = {}
+    for _ in range(repeats):
+        for mode in CFG_MODES:
+            t0 = time.perf_counter()
+            images[mode] = sample_shapes(pipe, captions, cfg=mode, **kw)
+            times[mode].append(time.perf_counter() - t0)
+    off = float(np.median(times["off"]))
+    rows = []
+    for mode in CFG_MODES:
+        med = float(np.median(times[mode]))
+        rows.append({"cfg": mode, "ms_per_picture": 1000 * med / len(captions),
+                     "accuracy": quality(pipe, images[mode], captions)["accuracy"], "ratio_to_off": med / off})
+    return rows
