@@ -1,0 +1,168 @@
+"""Arithmetic and compilation speed-ups for a small diffusion model, each applied to a copy of a
+``ShapesPipeline`` and measured against the fp32 original in the same run (chapter 08).
+
+Variants (:data:`VARIANTS`):
+
+* ``"fp32"``: the baseline, unchanged.
+* ``"bf16-autocast"``: ``torch.autocast(device, dtype=torch.bfloat16)`` around sampling: convolutions
+  and matrix products in bfloat16, the rest in float32. Fast only where the hardware has bf16 units
+  (recent x86 CPUs with AVX512-BF16/AMX, GPUs); elsewhere the conversions cost more than they save.
+* ``"channels-last"``: the UNet's weights in NHWC memory order (``module.to(memory_format=
+  torch.channels_last)``), which some convolution kernels (oneDNN, cuDNN) prefer.
+* ``"compile"``: ``torch.compile`` of the UNet (TorchInductor generates fused C++ / Triton kernels).
+  On a CPU it needs a C++ compiler and minutes of compile time; a failure is caught and reported.
+* ``"int8-dynamic"``: ``torch.ao.quantization.quantize_dynamic`` of every ``nn.Linear`` (int8 weights,
+  activations quantised on the fly). CPU only. This UNet spends most of its time in convolutions,
+  which dynamic quantisation leaves alone.
+* ``"prune-50%"``: L1 unstructured pruning of half of every convolution's and linear layer's weights
+  (``torch.nn.utils.prune``), made permanent. The tensors stay dense, so the same dense kernels run
+  on zeros: unstructured sparsity saves no time; it shows what pruning costs in quality.
+
+:func:`measure_variants` times every variant round-robin (``repeats`` rounds, median), so that a
+busy machine slows all of them alike, and judges the pictures of each.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .runtime import synchronize
+
+VARIANTS = ("fp32", "bf16-autocast", "channels-last", "compile", "int8-dynamic", "prune-50%")
+
+
+def prune_l1(module: nn.Module, amount: float = 0.5) -> float:
+    """Zero the ``amount`` smallest-magnitude weights of every Conv2d and Linear layer in place
+    (``prune.l1_unstructured`` then ``prune.remove``). Returns the fraction of those weights now zero."""
+    from torch.nn.utils import prune
+
+    layers = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for m in layers:
+        prune.l1_unstructured(m, "weight", amount=amount)
+        prune.remove(m, "weight")
+    total = sum(m.weight.numel() for m in layers)
+    zeros = sum(int((m.weight == 0).sum()) for m in layers)
+    return zeros / max(1, total)
+
+
+def quantize_linear_int8(module: nn.Module) -> nn.Module:
+    """Dynamic int8 quantisation of the ``nn.Linear`` layers of ``module``, in place (CPU only)."""
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                                      # deprecation notice
+        return quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+def apply_variant(pipe, name: str, amount: float = 0.5):
+    """``(pipe_copy, context, note)``: a deep copy of ``pipe`` changed as ``name`` says, a context
+    manager factory to sample in, and a note (what was done). ``pipe`` itself is never changed."""
+    p = copy.deepcopy(pipe)
+    dev = p.unet.device
+    ctx = contextlib.nullcontext
+    note = ""
+    if name == "fp32":
+        pass
+    elif name == "bf16-autocast":
+        ctx = lambda: torch.autocast(dev.type, dtype=torch.bfloat16)     # noqa: E731
+        note = "convolutions and matmuls in bfloat16"
+    elif name == "channels-last":
+        p.unet.to(memory_format=torch.channels_last)
+        note = "UNet weights NHWC"
+    elif name == "compile":
+        p.unet.compile()                                                      # in place; compiles on first call
+        note = "torch.compile (inductor)"
+    elif name == "int8-dynamic":
+        if dev.type != "cpu":
+            raise RuntimeError("dynamic int8 quantisation runs on the CPU only")
+        quantize_linear_int8(p.unet)      # not the text encoder: it runs once per call, and
+        # nn.TransformerEncoderLayer's fast path reads `linear1.weight`, a method on a quantised Linear
+        n = sum(1 for m in p.unet.modules() if type(m).__name__ == "Linear" and "quantized" in type(m).__module__)
+        note = f"{n} Linear layers of the UNet in int8"
+    elif name.startswith("prune"):
+        frac = prune_l1(p.unet, amount)
+        note = f"{100 * frac:.0f}% of conv/linear weights zero (dense kernels)"
+    else:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {name!r}")
+    return p, ctx, note
+
+
+def measure_variants(pipe, captions: list[str], variants=VARIANTS, sampler: str = "dpm++", steps: int = 20,
+                     repeats: int = 3, seed: int = 0, progress: bool = True) -> list[dict]:
+    """Apply each variant to a copy of ``pipe``, warm it up (for ``"compile"``: compile it), then time
+    ``repeats`` rounds round-robin over the variants sampling ``captions`` with ``sampler`` and
+    ``steps``. Rows ``{"variant", "ms_per_picture", "speedup", "accuracy", "delta_points",
+    "max_pixel_change", "setup_s", "note", "error"}``; ``speedup`` and the deltas are against the
+    ``"fp32"`` row (measured in the same rounds). A variant that fails (e.g. ``torch.compile`` without
+    a C++ compiler) keeps its row, with the reason in ``error`` and no numbers."""
+    from tqdm.auto import tqdm
+
+    from .judges import score_shapes
+    from .samplers import make_scheduler, sample_shapes
+
+    variants = list(variants)
+    if "fp32" not in variants:
+        variants.insert(0, "fp32")
+    made, rows = {}, {}
+    for v in tqdm(variants, desc="variants: set up", disable=not progress, leave=False):
+        rows[v] = {"variant": v, "note": "", "error": None}
+        t0 = time.perf_counter()
+        try:
+            p, ctx, note = apply_variant(pipe, v)
+            sched = make_scheduler(sampler, p)
+            with ctx():
+                sample_shapes(p, captions, sched, 2, seed=seed)              # warm-up / compile, same batch
+            synchronize(p.unet.device)
+            made[v] = (p, ctx, sched)
+            rows[v]["note"] = note
+        except Exception as exc:                                             # report, don't crash
+            msg = str(exc).strip().splitlines()
+            rows[v]["error"] = f"{type(exc).__name__}: {msg[0][:160] if msg else ''}"
+        rows[v]["setup_s"] = time.perf_counter() - t0
+    times = {v: [] for v in made}
+    images = {}
+    for _ in tqdm(range(repeats), desc="variants: timing", disable=not progress, leave=False):
+        for v, (p, ctx, sched) in made.items():
+            t0 = time.perf_counter()
+            with ctx():
+                images[v] = sample_shapes(p, captions, sched, steps, seed=seed)
+            synchronize(p.unet.device)
+            times[v].append(time.perf_counter() - t0)
+    base = images.get("fp32")
+    base_ms = 1000 * float(np.median(times["fp32"])) / len(captions) if "fp32" in times else float("nan")
+    base_acc = None
+    out = []
+    for v in variants:
+        r = rows[v]
+        if v in made:
+            r["ms_per_picture"] = 1000 * float(np.median(times[v])) / len(captions)
+            r["speedup"] = base_ms / r["ms_per_picture"]
+            r["accuracy"] = float(score_shapes(images[v], captions)["all"])
+            base_acc = r["accuracy"] if v == "fp32" else base_acc
+            r["max_pixel_change"] = float((images[v] - base).abs().max()) if base is not None else float("nan")
+        out.append(r)
+    for r in out:
+        if "accuracy" in r and base_acc is not None:
+            r["delta_points"] = 100 * (r["accuracy"] - base_acc)
+    return out
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text table of :func:`measure_variants`' rows."""
+    lines = [f"{'variant':<15}{'ms/picture':>11}{'speed-up':>10}{'accuracy':>10}{'Δ points':>10}"
+             f"{'max Δpixel':>11}  note"]
+    for r in rows:
+        if r.get("error"):
+            lines.append(f"{r['variant']:<15}{'-':>11}{'-':>10}{'-':>10}{'-':>10}{'-':>11}  FAILED: {r['error']}")
+            continue
+        note = r["note"] + (f"; set-up {r['setup_s']:.0f} s" if r["variant"] == "compile" else "")
+        lines.append(f"{r['variant']:<15}{r['ms_per_picture']:>11.2f}{r['speedup']:>9.2f}x{100 * r['accuracy']:>9.1f}%"
+                     f"{r['delta_points']:>+10.1f}{r['max_pixel_change']:>11.3f}  {note}")
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""Chapter 08: the arithmetic variants keep the pictures (or say how much they change them), never
+change the original pipeline, and a failing variant is reported instead of crashing the table."""
+import pytest
+import torch
+import torch.nn as nn
+
+from course_lib import pretrained, samplers, speedups
+from course_lib.data import shapes
+
+CAPS = shapes.all_captions("train")[:3]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return pretrained.load("shapes-t2i", "cpu")
+
+
+@pytest.fixture(scope="module")
+def reference(pipe):
+    return samplers.sample_shapes(pipe, CAPS, None, 2, seed=0)
+
+
+@pytest.mark.parametrize("name, atol", [("fp32", 0.0), ("channels-last", 1e-4), ("bf16-autocast", 0.15),
+                                        ("int8-dynamic", 0.3)])
+def test_variant_keeps_the_pictures_close(pipe, reference, name, atol):
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    p, ctx, note = speedups.apply_variant(pipe, name)
+    with ctx():
+        got = samplers.sample_shapes(p, CAPS, None, 2, seed=0)
+    assert got.shape == reference.shape
+    assert (got - reference).abs().max() <= atol + 1e-6, name
+    after = pipe.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "the original pipeline must not change"
+
+
+def test_int8_variant_really_quantises_the_linear_layers(pipe):
+    p, _, note = speedups.apply_variant(pipe, "int8-dynamic")
+    kinds = {type(m).__module__ for m in p.unet.modules() if type(m).__name__ == "Linear"}
+    assert all("quantized" in k for k in kinds), kinds
+    assert "Linear layers" in note
+
+
+def test_prune_zeroes_the_asked_fraction_and_the_variant_reports_it(pipe):
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Linear(8, 4))
+    assert abs(speedups.prune_l1(m, 0.3) - 0.3) < 0.02
+    assert not any("orig" in n for n, _ in m.named_parameters()), "pruning must be made permanent"
+    p, _, note = speedups.apply_variant(pipe, "prune-50%")
+    w = torch.cat([mod.weight.flatten() for mod in p.unet.modules() if isinstance(mod, (nn.Conv2d, nn.Linear))])
+    assert abs(float((w == 0).float().mean()) - 0.5) < 0.01 and "50%" in note
+
+
+def test_a_failing_variant_is_reported_not_raised(pipe, monkeypatch):
+    def broken(self, *a, **k):
+        raise RuntimeError("no C++ compiler found\nmore lines")
+    monkeypatch.setattr(nn.Module, "compile", broken)
+    rows = speedups.measure_variants(pipe, CAPS[:2], variants=["fp32", "compile"], steps=2, repeats=1,
+                                     progress=False)
+    assert [r["variant"] for r in rows] == ["fp32", "compile"]
+    assert rows[0]["speedup"] == 1.0 and rows[0]["delta_points"] == 0.0 and rows[0]["error"] is None
+    assert rows[1]["error"] == "RuntimeError: no C++ compiler found" and "ms_per_picture" not in rows[1]
+    assert "FAILED: RuntimeError: no C++ compiler found" in speedups.format_table(rows)
+    with pytest.raises(ValueError):
+        speedups.apply_variant(pipe, "fp8")
