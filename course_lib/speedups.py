@@ -166,3 +166,95 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"{r['variant']:<15}{r['ms_per_picture']:>11.2f}{r['speedup']:>9.2f}x{100 * r['accuracy']:>9.1f}%"
                      f"{r['delta_points']:>+10.1f}{r['max_pixel_change']:>11.3f}  {note}")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# One table of everything against one baseline (bench/fast_generation.py and the notebook)
+# --------------------------------------------------------------------------------------------
+OTHER_MODELS = ("shapes-t2i-fast", "shapes-t2i-latent")
+
+
+def other_model_rows(captions: list[str], names=OTHER_MODELS, repeats: int = 3, seed: int = 0,
+                     reference: torch.Tensor | None = None) -> list[dict]:
+    """Rows for the chapter's other fast models (distilled, latent) at their own default settings,
+    for those ``course_lib.pretrained`` can load; a name it does not know, or knows but has not
+    shipped, gets a row with ``error`` saying so. Timing: one warm-up call, median of ``repeats``."""
+    from . import pretrained
+    from .samplers import quality
+
+    rows = []
+    known = set(pretrained.known())
+    for name in names:
+        if name not in known:
+            rows.append({"name": name, "error": "not registered"})
+            continue
+        try:
+            pipe = pretrained.load(name)
+        except pretrained.CheckpointError as exc:
+            rows.append({"name": name, "error": f"not shipped ({str(exc).splitlines()[0][:80]})"})
+            continue
+
+        def run():
+            return pipe(list(captions), generator=torch.Generator().manual_seed(seed), output_type="pt").images
+
+        run() if len(captions) <= 2 else pipe(list(captions)[:2], output_type="pt")     # warm-up
+        times, images = [], None
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            images = run()
+            times.append(time.perf_counter() - t0)
+        q = quality(pipe, images, captions, reference) if hasattr(pipe, "scheduler") else {}
+        steps = getattr(pipe, "default_num_inference_steps", None)
+        rows.append({"name": name, "ms_per_picture": 1000 * float(np.median(times)) / len(captions), **q,
+                     "note": f"its defaults: {steps} steps, guidance {getattr(pipe, 'default_guidance_scale', '?')}"})
+    return rows
+
+
+def combined_rows(baseline: dict, sweep_rows=(), cfg_rows=(), variant_rows=(), other_rows=(),
+                  variant_label: str = "DPM++") -> list[dict]:
+    """Everything measured, as rows ``{"name", "ms_per_picture", "speedup", "accuracy", "kid", "note"}``
+    with ``speedup`` = baseline ms / row ms (all measured in the same run). ``baseline`` is the
+    DDPM-1000 fp32 row of :func:`course_lib.samplers.sweep`."""
+    from .samplers import LABELS
+
+    base_ms = baseline["ms_per_picture"]
+    out = [{"name": f"{LABELS['ddpm']}-{baseline['steps']} fp32 (baseline)", **_pick(baseline), "note": ""}]
+    for r in sweep_rows:
+        if r is baseline or (r["sampler"], r["steps"]) == (baseline["sampler"], baseline["steps"]):
+            continue
+        out.append({"name": f"{LABELS[r['sampler']]}-{r['steps']}", **_pick(r), "note": ""})
+    for r in cfg_rows:
+        out.append({"name": f"{variant_label} guidance {r['cfg']}", **_pick(r),
+                    "note": f"{r['ratio_to_off']:.2f}x the time of guidance off"})
+    for r in variant_rows:
+        if r.get("error"):
+            out.append({"name": f"{variant_label} {r['variant']}", "note": f"FAILED: {r['error']}"})
+        else:
+            out.append({"name": f"{variant_label} {r['variant']}", **_pick(r),
+                        "note": f"{r['speedup']:.2f}x vs fp32; {r['note']}".rstrip("; ")})
+    for r in other_rows:
+        if r.get("error"):
+            out.append({"name": r["name"], "note": f"skipped: {r['error']}"})
+        else:
+            out.append({"name": r["name"], **_pick(r), "note": r.get("note", "")})
+    for r in out:
+        if "ms_per_picture" in r:
+            r["speedup"] = base_ms / r["ms_per_picture"]
+    return out
+
+
+def _pick(r: dict) -> dict:
+    return {k: r[k] for k in ("ms_per_picture", "accuracy", "kid") if k in r}
+
+
+def format_combined(rows: list[dict]) -> str:
+    """Plain-text table of :func:`combined_rows`."""
+    lines = [f"{'what':<34}{'ms/picture':>11}{'speed-up':>10}{'accuracy':>10}{'KID x1000':>11}  note"]
+    for r in rows:
+        if "ms_per_picture" not in r:
+            lines.append(f"{r['name']:<34}{'-':>11}{'-':>10}{'-':>10}{'-':>11}  {r['note']}")
+            continue
+        acc = f"{100 * r['accuracy']:.1f}%" if "accuracy" in r else "-"
+        kid = f"{r['kid']:.0f}" if "kid" in r else "-"
+        lines.append(f"{r['name']:<34}{r['ms_per_picture']:>11.2f}{r['speedup']:>9.1f}x{acc:>10}{kid:>11}  {r['note']}")
+    return "\n".join(lines)
