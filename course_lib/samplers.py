@@ -150,16 +150,19 @@ def sample_shapes(pipe, captions: list[str], scheduler=None, num_inference_steps
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def sample_digits(model, labels, scheduler, num_inference_steps: int, guidance_scale: float = 1.0,
-                  seed: int = 0, cfg: str = "batched") -> torch.Tensor:
+                  seed: int = 0, cfg: str = "batched", n: int | None = None) -> torch.Tensor:
     """Digits [n, 1, 28, 28] in [0, 1] from ``ddpm-mnist`` (a ``DigitDenoiser``) for ``labels`` with a
     diffusers ``scheduler`` (chapter 04's ``sample_digits`` uses the hand-written samplers instead).
-    Guidance as in :func:`sample_shapes` (``labels`` None: unconditional)."""
+    Guidance as in :func:`sample_shapes` (``labels`` None: ``n`` unconditional digits)."""
     from .models.ddpm import NULL_CLASS
 
     model.eval()
     dev = next(model.parameters()).device
     y = None if labels is None else torch.as_tensor(labels, dtype=torch.long).to(dev)
-    n = len(y)
+    if y is not None:
+        n = len(y)
+    elif n is None:
+        raise ValueError("give labels, or n for unconditional digits")
     g = torch.Generator().manual_seed(seed)
     x = torch.randn((n, 1, 28, 28), generator=g).to(dev)
     guide = y is not None and cfg != "off" and guidance_scale != 1.0

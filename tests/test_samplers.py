@@ -95,6 +95,9 @@ def test_sample_digits_with_diffusers_ddim_matches_chapter_04(digits):
     ch04_w2 = ddpm.sample_digits(digits, labels=labels, guidance_scale=2.0, sampler="ddim", num_inference_steps=4,
                                  seed=0)
     assert torch.allclose(w2, ch04_w2, atol=1e-4)
+    uncond = samplers.sample_digits(digits, None, sched, 4, seed=0, n=2)
+    assert torch.allclose(uncond, ddpm.sample_digits(digits, n=2, sampler="ddim", num_inference_steps=4, seed=0),
+                          atol=1e-4)
 
 
 def test_paired_mmd_is_zero_for_identical_sets_and_grows_with_a_shift():
