@@ -231,7 +231,8 @@ def quality(model, images: torch.Tensor, targets, reference: torch.Tensor | None
     mean and standard deviation first (a fixed affine map, so KID stays a distance between the two
     sets)."""
     from . import judges, metrics
-    if _is_pipeline(model):
+    captions = len(targets) > 0 and isinstance(targets[0], str)               # Shapes captions, else digit labels
+    if captions:
         judge = judges.load_shapes_judge()
         acc = judges.score_shapes(images, targets, judge)["all"]
     else:

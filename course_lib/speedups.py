@@ -203,7 +203,7 @@ def other_model_rows(captions: list[str], names=OTHER_MODELS, repeats: int = 3, 
             t0 = time.perf_counter()
             images = run()
             times.append(time.perf_counter() - t0)
-        q = quality(pipe, images, captions, reference) if hasattr(pipe, "scheduler") else {}
+        q = quality(pipe, images, list(captions), reference)
         steps = getattr(pipe, "default_num_inference_steps", None)
         rows.append({"name": name, "ms_per_picture": 1000 * float(np.median(times)) / len(captions), **q,
                      "note": f"its defaults: {steps} steps, guidance {getattr(pipe, 'default_guidance_scale', '?')}"})

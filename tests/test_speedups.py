@@ -61,3 +61,14 @@ def test_a_failing_variant_is_reported_not_raised(pipe, monkeypatch):
     assert "FAILED: RuntimeError: no C++ compiler found" in speedups.format_table(rows)
     with pytest.raises(ValueError):
         speedups.apply_variant(pipe, "fp8")
+
+
+def test_other_model_rows_measure_a_shipped_pipeline_and_skip_the_rest():
+    rows = speedups.other_model_rows(CAPS[:2], names=("shapes-t2i", "no-such-model"), repeats=1,
+                                     reference=samplers.reference_set(pretrained.load("shapes-t2i", "cpu"), CAPS[:2]))
+    assert rows[0]["name"] == "shapes-t2i" and rows[0]["ms_per_picture"] > 0 and 0 <= rows[0]["accuracy"] <= 1
+    assert "kid" in rows[0] and "20 steps" in rows[0]["note"]
+    assert rows[1] == {"name": "no-such-model", "error": "not registered"}
+    table = speedups.format_combined(speedups.combined_rows(
+        {"sampler": "ddpm", "steps": 1000, "ms_per_picture": 1000.0, "accuracy": 1.0}, other_rows=rows))
+    assert "skipped: not registered" in table and "shapes-t2i" in table
