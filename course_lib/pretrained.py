@@ -41,6 +41,7 @@ ENTRY_MODULES = (
     "course_lib.models.text_to_image",
     "course_lib.models.llm_conditioning",
     "course_lib.models.fast",
+    "course_lib.models.latent",
 )
 
 

@@ -1,0 +1,541 @@
+"""Latent diffusion on Shapes (chapter 08): a small autoencoder, then text-to-image in its latent space.
+
+Stable Diffusion does not denoise pixels: a VAE (diffusers ``AutoencoderKL``) compresses a
+512x512x3 picture 8x per side into a 64x64x4 latent grid (48x fewer numbers), the UNet denoises
+latents, and the decoder turns the final latent back into pixels once. Here the same recipe at
+course size:
+
+* ``shapes-autoencoder``: a tiny ``AutoencoderKL`` (32x32x3 -> 8x8x4, 12x fewer numbers), trained on
+  Shapes train-split pictures with an L1 reconstruction loss plus a small KL term; its latents are
+  shifted and scaled to mean 0 / std 1 (Stable Diffusion's ``scaling_factor``, SD3's ``shift_factor``).
+* ``shapes-t2i-latent``: chapter 05's text encoder + cross-attention ``UNet2DConditionModel`` (same
+  blocks, same v-prediction cosine recipe) on the 8x8x4 latents, wrapped as
+  :class:`LatentShapesPipeline` with ShapesPipeline's call convention.
+
+The checkpoint of ``shapes-t2i-latent`` holds the text encoder and the UNet only. Its config records
+the sha256 of the autoencoder it was trained on, and loading it loads the shipped
+``shapes-autoencoder`` and refuses a different one: a latent model is only meaningful with exactly the
+decoder whose latent space it learnt (as every Stable Diffusion UNet ships with its own VAE), and keeping
+the autoencoder in one file avoids storing it twice.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+
+from .. import diffusion
+from ..data import shapes
+from ..pretrained import CheckpointError, TrainResult, register
+from ..runtime import budget, get_device
+from ..training import EMA, fit, infinite_loader, make_step
+from . import text_to_image as T2I
+
+# --------------------------------------------------------------------------------------------
+# The autoencoder
+# --------------------------------------------------------------------------------------------
+AE_CONFIG = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 3,     # 32 -> 16 -> 8 (the last block keeps 8x8)
+    "up_block_types": ["UpDecoderBlock2D"] * 3,
+    "block_out_channels": [16, 32, 64],
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 8,
+    "sample_size": 32,
+    "mid_block_add_attention": False,                  # 8x8 is small enough for convolutions to see it all
+    "scaling_factor": 1.0,                             # set after training: 1 / std of the latents
+    "shift_factor": 0.0,                               # set after training: mean of the latents
+}
+
+AE_TRAIN_DEFAULTS = {
+    "steps": 2500,
+    "minutes": 14.0,         # a wall-clock safety cap on a busy machine; the steps end first on an idle one
+    "batch_size": 32,
+    "lr": 2e-3,
+    "warmup": 50,
+    "final_lr_frac": 0.05,
+    # KL weight per latent number against the per-pixel reconstruction error: enough to keep the
+    # encoder's posterior a distribution of moderate scale (a plain autoencoder's latents can drift to
+    # any scale and grow holes the diffusion model would have to learn around), small enough that
+    # reconstructions stay sharp (weight 1 would be chapter 02's VAE, whose pictures the prior blurs).
+    # Measured while choosing it: 1e-3 kept the posterior std near 0.7, an information bottleneck.
+    "kl_weight": 1e-4,
+    # L1 + squared error: on Shapes 85% of the pixels are flat black background, where L1's gradient
+    # (a constant-size sign) is noise; the squared error's gradient grows with the error, so the
+    # object's wrong colour dominates it (L1 alone learnt colour slowly: 35% judged right after 783 steps).
+    "mse_weight": 1.0,
+    "n_train": 12000,
+}
+
+
+def build_autoencoder(config: dict | None = None) -> AutoencoderKL:
+    """A tiny ``AutoencoderKL``: [n, 3, 32, 32] in [-1, 1] <-> [n, 4, 8, 8]."""
+    return AutoencoderKL(**dict(AE_CONFIG, **(config or {})))
+
+
+def encode(vae: AutoencoderKL, x: torch.Tensor, sample: bool = False, generator=None) -> torch.Tensor:
+    """Pictures [n, 3, 32, 32] in [-1, 1] -> normalised latents [n, 4, 8, 8] (mean 0, std about 1):
+    ``(z - shift_factor) * scaling_factor`` with ``z`` the posterior mean (or a sample)."""
+    post = vae.encode(x.to(vae.device, vae.dtype)).latent_dist
+    z = post.sample(generator) if sample else post.mode()
+    return (z - vae.config.shift_factor) * vae.config.scaling_factor
+
+
+def decode(vae: AutoencoderKL, z: torch.Tensor) -> torch.Tensor:
+    """Normalised latents [n, 4, 8, 8] -> pictures [n, 3, 32, 32] in model range (about [-1, 1])."""
+    z = z.to(vae.device, vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+    return vae.decode(z).sample
+
+
+@torch.no_grad()
+def round_trip(vae: AutoencoderKL, images01: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Pictures [n, 3, 32, 32] in [0, 1] -> encode -> decode -> [n, 3, 32, 32] in [0, 1]."""
+    out = [diffusion.to_image_range(decode(vae, encode(vae, diffusion.to_model_range(x)))).cpu()
+           for x in images01.split(batch_size)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def latent_stats(vae: AutoencoderKL, images01: torch.Tensor, batch_size: int = 500) -> tuple[float, float]:
+    """Mean and std of the raw posterior means over ``images01`` (for shift/scaling factors)."""
+    zs = [vae.encode(diffusion.to_model_range(x).to(vae.device)).latent_dist.mode().cpu()
+          for x in images01.split(batch_size)]
+    z = torch.cat(zs)
+    return z.mean().item(), z.std().item()
+
+
+def _cosine_warmup(warmup: int, final_frac: float, frac_fn):
+    def lr_lambda(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        fr = frac_fn(step)
+        return final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * fr))
+    return lr_lambda
+
+
+def train_autoencoder(steps: int | None = None, minutes: float | None = None, seed: int = 0, device=None,
+                      config: dict | None = None, progress: bool = True, **overrides):
+    """Train the tiny ``AutoencoderKL`` on Shapes train-split pictures.
+
+    Loss: mean |x̂ - x| + ``mse_weight`` * mean (x̂ - x)² + ``kl_weight`` * KL(q(z|x) || N(0, I)) per
+    latent number, with ``z`` sampled from the posterior (reparameterisation, chapter 02). Afterwards
+    the latents' mean and std over the training pictures set ``shift_factor`` and ``scaling_factor``.
+    Returns ``(vae, history, settings)``.
+    """
+    hp = dict(AE_TRAIN_DEFAULTS, **overrides)
+    if steps is None and minutes is None:
+        steps, minutes = hp["steps"], hp["minutes"]
+    device = device or get_device()
+    torch.manual_seed(seed)
+    vae = build_autoencoder(config).to(device)
+    ds = shapes.ShapesDataset(hp["n_train"], seed=seed + 200, split="train")
+    data = torch.utils.data.TensorDataset(diffusion.to_model_range(ds.images))
+    loader = infinite_loader(data, hp["batch_size"], seed=seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=hp["lr"], weight_decay=0.0)
+    g = torch.Generator().manual_seed(seed + 1)
+    t_start = time.perf_counter()
+
+    def frac(step):
+        fr = step / steps if steps else 0.0
+        if minutes:
+            fr = max(fr, (time.perf_counter() - t_start) / (60 * minutes))
+        return min(fr, 1.0)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine_warmup(hp["warmup"], hp["final_lr_frac"], frac))
+
+    def loss_fn(m, batch):
+        x = batch[0].to(device)                                             # [b, 3, 32, 32]
+        post = m.encode(x).latent_dist                                      # mean, std [b, 4, 8, 8]
+        eps = torch.randn(post.mean.shape, generator=g).to(device)
+        z = post.mean + post.std * eps                                      # reparameterised sample
+        rec = m.decode(z).sample                                            # [b, 3, 32, 32]
+        l1 = (rec - x).abs().mean()
+        mse = (rec - x).pow(2).mean()
+        kl = post.kl().mean() / post.mean[0].numel()                        # per latent number
+        loss = l1 + hp["mse_weight"] * mse + hp["kl_weight"] * kl
+        return loss, {"l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
+
+    step_fn = make_step(vae, loss_fn, opt, scheduler=sched, grad_clip=1.0)
+    hist = fit(step_fn, loader, steps=steps, minutes=minutes, desc="shapes-autoencoder", progress=progress)
+    vae.eval()
+    mean, std = latent_stats(vae, ds.images[:4000])
+    vae.register_to_config(shift_factor=round(mean, 6), scaling_factor=round(1.0 / std, 6))
+    return vae, hist, hp
+
+
+def autoencoder_config(vae: AutoencoderKL) -> dict:
+    """The constructor arguments of ``vae`` (what :func:`build_autoencoder` needs), JSON-ready."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vae.config.items()
+            if k in AE_CONFIG}
+
+
+@torch.no_grad()
+def evaluate_autoencoder(vae: AutoencoderKL, n: int = 1000, seed: int = 54321) -> dict:
+    """Round trip on fresh pictures (a seed training never used): the shapes-judge's accuracy on the
+    originals and on the reconstructions (train and held-out combinations), PSNR, and encode / decode
+    milliseconds per picture at batch 250."""
+    from ..judges import score_shapes
+    from ..metrics import psnr
+
+    vae = vae.eval()
+    q = {}
+    for split in ("train", "heldout"):
+        x, caps = shapes.sample(n if split == "train" else n // 4, seed=seed, split=split)
+        rec = round_trip(vae, x)
+        r0, r1 = score_shapes(x, caps), score_shapes(rec, caps)
+        q[split] = {"judge_all_originals": round(r0["all"], 4), "judge_all_reconstructions": round(r1["all"], 4),
+                    "psnr_db": round(psnr(rec, x), 2), "n": len(caps)}
+    x = diffusion.to_model_range(shapes.sample(250, seed=seed + 1)[0])
+    encode(vae, x[:8]); decode(vae, encode(vae, x[:8]))                      # warm-up
+    t0 = time.perf_counter()
+    z = encode(vae, x)
+    t1 = time.perf_counter()
+    decode(vae, z)
+    t2 = time.perf_counter()
+    q["encode_ms_per_picture"] = round(1000 * (t1 - t0) / len(x), 3)
+    q["decode_ms_per_picture"] = round(1000 * (t2 - t1) / len(x), 3)
+    q["numbers_per_picture"] = {"pixels": 3 * 32 * 32, "latent": int(z[0].numel())}
+    return q
+
+
+# --------------------------------------------------------------------------------------------
+# The latent denoiser: text encoder + UNet on [n, 4, 8, 8]
+# --------------------------------------------------------------------------------------------
+def latent_config(config: dict | None = None) -> dict:
+    """chapter 05's DEFAULT_CONFIG with the pixel fold replaced by the autoencoder (``fold`` 1)."""
+    cfg = T2I._merged(dict({"fold": 1, "latent_channels": 4, "latent_size": 8, "autoencoder_sha256": None},
+                           **(config or {})))
+    return cfg
+
+
+class LatentTextToImageModel(nn.Module):
+    """Text encoder + conditional UNet on normalised latents. ``forward(z_t, t, input_ids, attention_mask)``
+    -> the network's prediction for ``z_t`` ([n, 4, 8, 8]). The autoencoder is not part of it."""
+
+    def __init__(self, config: dict | None = None):
+        super().__init__()
+        self.config = latent_config(config)
+        cfg = self.config
+        t = cfg["text"]
+        self.text_encoder = T2I.ShapesTextEncoder(max_length=t["max_length"], dim=t["dim"], layers=t["layers"],
+                                                  heads=t["heads"])
+        extra = {}
+        if cfg["pooled_text"]:
+            extra = {"class_embed_type": "projection", "projection_class_embeddings_input_dim": t["dim"]}
+        c = cfg["latent_channels"]
+        self.unet = UNet2DConditionModel(sample_size=cfg["latent_size"], in_channels=c, out_channels=c,
+                                         cross_attention_dim=t["dim"], **cfg["unet"], **extra)
+
+    def encode(self, input_ids, attention_mask):
+        return self.text_encoder(input_ids, attention_mask)
+
+    def denoise(self, z_t, t, states, pooled):
+        kw = {"class_labels": pooled} if self.config["pooled_text"] else {}
+        return self.unet(z_t, t, encoder_hidden_states=states, **kw).sample
+
+    def forward(self, z_t, t, input_ids, attention_mask):
+        states, pooled = self.encode(input_ids, attention_mask)
+        return self.denoise(z_t, t, states, pooled)
+
+
+# --------------------------------------------------------------------------------------------
+# The pipeline
+# --------------------------------------------------------------------------------------------
+class LatentShapesPipeline(DiffusionPipeline):
+    """Latent text to image on Shapes with ShapesPipeline's call convention:
+    ``pipe(prompts, num_inference_steps=, guidance_scale=, generator=, output_type="pil"|"np"|"pt")``
+    -> ``.images`` (``"pt"``: [n, 3, 32, 32] in [0, 1]). Noise is drawn in latent space
+    ([n, 4, 8, 8]); the scheduler denoises latents; the decoder runs once at the end.
+    """
+
+    def __init__(self, vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder: T2I.ShapesTextEncoder,
+                 scheduler, default_num_inference_steps: int = 20, default_guidance_scale: float = 3.0):
+        super().__init__()
+        self.register_modules(vae=vae, unet=unet, text_encoder=text_encoder, scheduler=scheduler)
+        self.register_to_config(default_num_inference_steps=int(default_num_inference_steps),
+                                default_guidance_scale=float(default_guidance_scale))
+
+    default_num_inference_steps = T2I.ShapesPipeline.default_num_inference_steps
+    default_guidance_scale = T2I.ShapesPipeline.default_guidance_scale
+    tokenizer = T2I.ShapesPipeline.tokenizer
+    encode_prompt = T2I.ShapesPipeline.encode_prompt
+
+    @torch.no_grad()
+    def __call__(self, prompt, num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                 generator: torch.Generator | None = None, output_type: str = "pil", latents=None,
+                 return_dict: bool = True, callback=None):
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        steps = num_inference_steps or self.default_num_inference_steps
+        w = self.default_guidance_scale if guidance_scale is None else float(guidance_scale)
+        guide = w != 1.0
+        dev, dtype = self.unet.device, self.unet.dtype
+        states, pooled = self.encode_prompt(prompts, guide)
+        n = len(prompts)
+        c, s = self.unet.config.in_channels, self.unet.config.sample_size
+        if latents is None:
+            latents = torch.randn((n, c, s, s), generator=generator, dtype=torch.float32)   # [n, 4, 8, 8]
+        z = latents.to(dev, dtype)
+        self.scheduler.set_timesteps(steps)
+        z = z * self.scheduler.init_noise_sigma
+        kw = {"class_labels": pooled} if self.unet.config.class_embed_type == "projection" else {}
+        for t in self.scheduler.timesteps:
+            zin = self.scheduler.scale_model_input(torch.cat([z, z]) if guide else z, t)
+            out = self.unet(zin, t.to(dev), encoder_hidden_states=states, **kw).sample
+            if guide:
+                u, cnd = out.chunk(2)
+                out = u + w * (cnd - u)
+            z = self.scheduler.step(out, t, z, generator=generator).prev_sample
+            if callback is not None:
+                callback(int(t), z)
+        if output_type == "latent":
+            images = z.float().cpu()
+        else:
+            images = diffusion.to_image_range(decode(self.vae, z).float()).cpu()   # [n, 3, 32, 32] in [0, 1]
+        if output_type in ("pt", "latent"):
+            out_images = images
+        elif output_type == "np":
+            out_images = images.permute(0, 2, 3, 1).numpy()
+        elif output_type == "pil":
+            out_images = self.numpy_to_pil(images.permute(0, 2, 3, 1).numpy())
+        else:
+            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
+        if not return_dict:
+            return (out_images,)
+        return T2I.ShapesPipelineOutput(images=out_images)
+
+
+def make_pipeline(model: LatentTextToImageModel, vae: AutoencoderKL, num_inference_steps: int | None = None,
+                  guidance_scale: float | None = None) -> LatentShapesPipeline:
+    """Wrap a trained latent model and its autoencoder as a :class:`LatentShapesPipeline` (shares weights)."""
+    cfg = model.config
+    return LatentShapesPipeline(
+        vae=vae.to(next(model.parameters()).device).eval(), unet=model.unet, text_encoder=model.text_encoder,
+        scheduler=T2I.make_scheduler(cfg),
+        default_num_inference_steps=int(num_inference_steps or cfg["num_inference_steps"]),
+        default_guidance_scale=float(guidance_scale if guidance_scale is not None else cfg["guidance_scale"]))
+
+
+# --------------------------------------------------------------------------------------------
+# Training the latent model
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def encode_dataset(vae: AutoencoderKL, images01: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Normalised latents [n, 4, 8, 8] of pictures [n, 3, 32, 32] in [0, 1] (posterior means; done once
+    before training, which is where latent diffusion saves the encoder's cost)."""
+    vae.eval()
+    return torch.cat([encode(vae, diffusion.to_model_range(x)).cpu() for x in images01.split(batch_size)])
+
+
+def train_latent_text_to_image(vae: AutoencoderKL, config: dict | None = None, steps: int | None = None,
+                               minutes: float | None = None, seed: int = 0, device=None, progress: bool = True,
+                               **overrides):
+    """Chapter 05's recipe (``T2I.TRAIN_DEFAULTS``: AdamW, warmup + cosine, EMA, caption dropout,
+    v-prediction on the cosine schedule) on the autoencoder's latents instead of folded pixels.
+    Returns ``(ema_model, history, settings)``; ``settings["encode_seconds"]`` is the one-off cost of
+    encoding the training pictures."""
+    hp = dict(T2I.TRAIN_DEFAULTS, **overrides)
+    if steps is None and minutes is None:
+        steps = hp["steps"]
+    device = device or get_device()
+    cfg = latent_config(config)
+    torch.manual_seed(seed)
+    model = LatentTextToImageModel(cfg).to(device)
+    ema = EMA(model, decay=hp["ema_decay"])
+    ds = shapes.ShapesDataset(hp["n_train"], seed=seed + 100, split="train")   # chapter 05's pictures
+    t0 = time.perf_counter()
+    lat = encode_dataset(vae.to(device), ds.images)                            # [N, 4, 8, 8]
+    hp["encode_seconds"] = round(time.perf_counter() - t0, 2)
+    tok = model.text_encoder.tokenizer
+    ids = tok(ds.captions)
+    data = torch.utils.data.TensorDataset(lat, ids["input_ids"], ids["attention_mask"])
+    loader = infinite_loader(data, hp["batch_size"], seed=seed)
+    step_fn = _make_t2i_step(model, ema, cfg, hp, device, seed, steps, minutes)
+    hist = fit(step_fn, loader, steps=steps, minutes=minutes, desc="shapes-t2i-latent", progress=progress)
+    ema_model = ema.module
+    ema_model.config = cfg
+    ema_model.eval()
+    return ema_model, hist, hp
+
+
+def _make_t2i_step(model, ema, cfg, hp, device, seed, steps, minutes):
+    """The training step of chapter 05 for any model with ``encode``/``denoise`` (pixels or latents)."""
+    ac = diffusion.NoiseSchedule.make(cfg["schedule"], cfg["num_train_timesteps"]).alphas_cumprod.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+    g = torch.Generator().manual_seed(seed + 1)
+    t_start = time.perf_counter()
+
+    def frac(step):
+        fr = step / steps if steps else 0.0
+        if minutes:
+            fr = max(fr, (time.perf_counter() - t_start) / (60 * minutes))
+        return min(fr, 1.0)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine_warmup(hp["warmup"], hp["final_lr_frac"], frac))
+    empty = model.text_encoder.tokenizer([""])
+    e_ids, e_mask = empty["input_ids"].to(device), empty["attention_mask"].to(device)
+
+    def loss_fn(m, batch):
+        x0, in_ids, mask = (b.to(device) for b in batch)
+        drop = (torch.rand(len(x0), generator=g) < hp["caption_dropout"]).to(device)
+        in_ids = torch.where(drop[:, None], e_ids.expand_as(in_ids), in_ids)
+        mask = torch.where(drop[:, None], e_mask.expand_as(mask), mask)
+        states, pooled = m.encode(in_ids, mask)
+        return diffusion.diffusion_loss(lambda x, t: m.denoise(x, t, states, pooled), x0, ac,
+                                        cfg["prediction_type"], generator=g, min_snr_gamma=hp["min_snr_gamma"])
+
+    return make_step(model, loss_fn, opt, scheduler=sched, ema=ema, grad_clip=hp["grad_clip"])
+
+
+def time_train_steps(kind: str, vae: AutoencoderKL | None = None, n_steps: int = 20, batch_size: int = 32,
+                     seed: int = 0, warmup: int = 3) -> float:
+    """Seconds per training step (median of ``n_steps`` after ``warmup``) of chapter 05's step on
+    ``kind="pixel"`` (12x16x16 folded pictures) or ``"latent"`` (4x8x8, latents encoded beforehand);
+    same batch, same text encoder, same UNet blocks, same optimiser."""
+    device = get_device()
+    torch.manual_seed(seed)
+    hp = dict(T2I.TRAIN_DEFAULTS, batch_size=batch_size)
+    x, caps = shapes.sample(batch_size * 4, seed=seed + 7)
+    if kind == "pixel":
+        model = T2I.TextToImageModel().to(device)
+        cfg = model.config
+        data = diffusion.to_model_range(x)
+    elif kind == "latent":
+        model = LatentTextToImageModel().to(device)
+        cfg = model.config
+        data = encode_dataset(vae, x)
+    else:
+        raise ValueError(f"kind must be 'pixel' or 'latent', got {kind!r}")
+    ids = model.text_encoder.tokenizer(caps)
+    ema = EMA(model, decay=hp["ema_decay"])
+    step_fn = _make_t2i_step(model, ema, cfg, hp, device, seed, n_steps + warmup, None)
+    times = []
+    for i in range(n_steps + warmup):
+        j = (i % 4) * batch_size
+        batch = (data[j:j + batch_size], ids["input_ids"][j:j + batch_size], ids["attention_mask"][j:j + batch_size])
+        t0 = time.perf_counter()
+        step_fn(batch, i)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return float(torch.tensor(times).median())
+
+
+@torch.no_grad()
+def sampling_seconds_per_picture(pipe, n: int = 32, steps: int = 20, repeats: int = 2) -> float:
+    """Best of ``repeats`` wall times of one batch of ``n`` train captions at ``steps`` steps, per picture."""
+    caps = shapes.all_captions("train")[:n]
+    T2I.generate(pipe, caps[:2], num_inference_steps=steps)                  # warm-up
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        T2I.generate(pipe, caps, num_inference_steps=steps)
+        best = min(best, time.perf_counter() - t0)
+    return best / n
+
+
+def compare_pixel_latent(latent_pipe, pixel_pipe, vae: AutoencoderKL, steps: int = 20, n_time_steps: int = 20,
+                         judge: bool = True) -> dict:
+    """One run measuring pixel space (chapter 05's ShapesPipeline) against latent space: parameters,
+    training ms per step (batch 32), sampling ms per picture (batch 32, ``steps`` steps, guidance of each
+    pipeline's default) and judged all-five accuracy on the 270 train and 54 held-out captions."""
+    out = {}
+    for name, pipe in (("pixel", pixel_pipe), ("latent", latent_pipe)):
+        r = {"parameters_unet_text": sum(p.numel() for m in (pipe.unet, pipe.text_encoder) for p in m.parameters())}
+        if name == "latent":
+            r["parameters_autoencoder"] = sum(p.numel() for p in vae.parameters())
+        r["train_ms_per_step"] = round(1000 * time_train_steps(name, vae=vae, n_steps=n_time_steps), 1)
+        r["sampling_ms_per_picture"] = round(1000 * sampling_seconds_per_picture(pipe, steps=steps), 2)
+        if judge:
+            for split in ("train", "heldout"):
+                res = T2I.judge_pipeline(pipe, split, num_inference_steps=steps)
+                r[f"{split}_all"] = res["all"]
+                r[f"{split}_attributes"] = {k: res[k] for k in shapes.ATTRIBUTES}
+        out[name] = r
+    out["train_step_speedup"] = round(out["pixel"]["train_ms_per_step"] / out["latent"]["train_ms_per_step"], 2)
+    out["sampling_speedup"] = round(out["pixel"]["sampling_ms_per_picture"]
+                                    / out["latent"]["sampling_ms_per_picture"], 2)
+    out["num_inference_steps"] = steps
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Registration
+# --------------------------------------------------------------------------------------------
+def _train_autoencoder_registered(seed: int = 0) -> TrainResult:
+    steps = budget(full=AE_TRAIN_DEFAULTS["steps"], quick=10)
+    minutes = budget(full=AE_TRAIN_DEFAULTS["minutes"], quick=0.5)
+    c0 = time.process_time()
+    vae, hist, hp = train_autoencoder(steps=steps, minutes=minutes, seed=seed)
+    quality = evaluate_autoencoder(vae)
+    quality["train_steps"] = hist.steps
+    quality["train_loop_seconds"] = round(hist.seconds, 1)
+    quality["train_process_cpu_seconds"] = round(time.process_time() - c0, 1)
+    quality["final_l1"] = round(hist.last("l1"), 4)
+    quality["final_kl_per_latent"] = round(hist.last("kl"), 4)
+    notes = (f"{hist.steps} steps, batch {hp['batch_size']}, AdamW lr {hp['lr']} warmup + cosine; loss L1 + "
+             f"{hp['mse_weight']} x MSE + {hp['kl_weight']} x KL per latent number; shift/scaling factor = "
+             f"mean / (1/std) of the latents of 4000 train pictures")
+    return TrainResult(vae, autoencoder_config(vae), quality, notes)
+
+
+def _load_matching_autoencoder(config: dict, device=None) -> AutoencoderKL:
+    from .. import pretrained
+
+    want = config.get("autoencoder_sha256")
+    rec = pretrained.verify("shapes-autoencoder")
+    if want is not None and rec["sha256"] != want:
+        raise CheckpointError(
+            f"shapes-t2i-latent was trained on the autoencoder with sha256 {want[:16]}..., but the shipped "
+            f"shapes-autoencoder is {rec['sha256'][:16]}...; retrain it with: python -m course_lib.pretrained "
+            f"train shapes-t2i-latent")
+    return pretrained.load_module("shapes-autoencoder", device=device)
+
+
+def _finalize_latent(model: LatentTextToImageModel) -> LatentShapesPipeline:
+    vae = _load_matching_autoencoder(model.config, device=next(model.parameters()).device)
+    return make_pipeline(model, vae)
+
+
+def _evaluate_latent(model: LatentTextToImageModel) -> dict:
+    pipe = _finalize_latent(model)
+    return {"train_captions": T2I.judge_pipeline(pipe, "train"),
+            "heldout_captions": T2I.judge_pipeline(pipe, "heldout"),
+            "num_inference_steps": pipe.default_num_inference_steps,
+            "guidance_scale": pipe.default_guidance_scale}
+
+
+def _train_latent_registered(seed: int = 0) -> TrainResult:
+    from .. import pretrained
+
+    rec = pretrained.verify("shapes-autoencoder")
+    vae = pretrained.load_module("shapes-autoencoder")
+    steps = budget(full=T2I.TRAIN_DEFAULTS["steps"], quick=20)
+    c0 = time.process_time()
+    model, hist, hp = train_latent_text_to_image(vae, {"autoencoder_sha256": rec["sha256"]}, steps=steps, seed=seed)
+    cpu = round(time.process_time() - c0, 1)
+    pipe = make_pipeline(model, vae)
+    pixel = pretrained.load("shapes-t2i")
+    quality = _evaluate_latent(model)
+    quality["train_steps"] = hist.steps
+    quality["train_loop_seconds"] = round(hist.seconds, 1)
+    quality["train_process_cpu_seconds"] = cpu
+    quality["encode_train_pictures_seconds"] = hp["encode_seconds"]
+    quality["pixel_vs_latent"] = compare_pixel_latent(pipe, pixel, vae, steps=pipe.default_num_inference_steps)
+    notes = (f"{hist.steps} steps of chapter 05's recipe (batch {hp['batch_size']}, AdamW lr {hp['lr']}, EMA "
+             f"{hp['ema_decay']}, caption dropout {hp['caption_dropout']}, v-prediction, cosine) on the 8x8x4 "
+             f"latents of shapes-autoencoder (sha256 in config); the checkpoint holds text encoder + UNet only")
+    return TrainResult(model, model.config, quality, notes)
+
+
+register("shapes-autoencoder", build=build_autoencoder, train=_train_autoencoder_registered,
+         evaluate=evaluate_autoencoder, chapter="08",
+         description="Tiny AutoencoderKL (diffusers): Shapes 32x32x3 <-> 8x8x4 latents, L1 + small KL")
+register("shapes-t2i-latent", build=LatentTextToImageModel, train=_train_latent_registered,
+         evaluate=_evaluate_latent, finalize=_finalize_latent, chapter="08",
+         description="Latent text-to-image on Shapes: chapter 05's text encoder + UNet2DConditionModel on the "
+                     "shapes-autoencoder's 8x8x4 latents, LatentShapesPipeline (diffusers)")
