@@ -36,7 +36,8 @@ from .data import mnist, shapes
 from .runtime import get_device, peak_memory, time_fn
 
 #: Shipped models that judge or read pictures rather than generate them.
-NOT_GENERATORS = ("shapes-judge", "mnist-classifier", "shapes-captioner", "shapes-clip", "shapes-planner")
+NOT_GENERATORS = ("shapes-judge", "mnist-classifier", "shapes-captioner", "shapes-clip", "shapes-planner",
+                  "shapes-autoencoder")
 
 #: Columns of the table, in order (a row may lack some: NaN in the frame).
 COLUMNS = ("model", "domain", "chapter", "conditioning", "n", "fid", "kid", "precision", "recall",
@@ -188,9 +189,13 @@ def _batched(fn, n: int, batch: int, generator, *extra):
 def _quality(fake: torch.Tensor, ref: Reference, kid_subset: int = 100) -> dict:
     f = M.extract_features(fake, ref.net)
     p, r = M.precision_recall(ref.feats, f, k=3)
-    return {"n": len(fake), "fid": M.frechet_distance(ref.feats, f),
-            "kid": M.kernel_inception_distance(ref.feats, f, subsets=50, subset_size=kid_subset),
-            "precision": p, "recall": r}
+    if ref.captions is not None:
+        # Shapes rows are paired with the reference caption by caption: the paired estimator, on
+        # standardised features (see metrics.paired_kernel_distance); compare within a domain only
+        kid = M.paired_kernel_distance(ref.feats[:len(f)], f)
+    else:
+        kid = M.kernel_inception_distance(ref.feats, f, subsets=50, subset_size=kid_subset)
+    return {"n": len(fake), "fid": M.frechet_distance(ref.feats, f), "kid": kid, "precision": p, "recall": r}
 
 
 def _digit_judgement(fake: torch.Tensor, labels, ref: Reference) -> dict:
@@ -300,7 +305,8 @@ def candidates() -> list[str]:
 def build(names=None, n_digits: int = 500, n_shapes: int = 128, seed: int = 0, device=None,
           text_kwargs: dict | None = None, text_variants: dict | None = None, ddpm_steps: int = 50,
           latency_batch: int = 16, repeats: int = 3, expected=("dcgan-mnist", "cgan-mnist", "vae-mnist",
-                                                        "cvae-mnist", "ddpm-mnist", "shapes-t2i"),
+                                                        "cvae-mnist", "ddpm-mnist", "shapes-t2i", "shapes-t2i-fast",
+                                                        "shapes-t2i-latent"),
           verbose: bool = True) -> Scoreboard:
     """Score every shipped generator (or ``names``) live; returns a :class:`Scoreboard`.
 

@@ -391,3 +391,21 @@ def test_scoreboard_real_shapes_row_uses_the_generators_captions():
     independent = M.frechet_distance(ref.feats, M.extract_features(other, ref.net))
     assert row["caption_accuracy"] == 1.0
     assert abs(row["fid"] - real["fid"]) < 0.25 * independent, (row["fid"], real["fid"], independent)
+
+
+def test_paired_kernel_distance_is_unbiased_on_paired_sets_where_plain_kid_is_not():
+    """Two fresh draws of the same captions: the paired estimator is near 0, the plain unbiased KID
+    (which counts the matched pairs in its cross term) is far below 0; a worse set scores higher."""
+    torch.manual_seed(0)
+    centres = torch.randn(40, 8) * 3                                      # 40 "captions"
+    real = centres + 0.3 * torch.randn(40, 8)
+    fresh = centres + 0.3 * torch.randn(40, 8)
+    worse = centres + 1.5 * torch.randn(40, 8)
+    paired = M.paired_kernel_distance(real, fresh)
+    mu, sd = real.mean(0), real.std(0)
+    plain = M.kernel_inception_distance((real - mu) / sd, (fresh - mu) / sd, subsets=1, subset_size=40)
+    scale = M.paired_kernel_distance(real, worse)
+    assert abs(paired) < 0.1 * scale, (paired, scale)
+    assert plain < -0.5 * scale, (plain, scale)
+    with pytest.raises(ValueError):
+        M.paired_kernel_distance(real, fresh[:10])
