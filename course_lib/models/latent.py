@@ -110,15 +110,6 @@ def latent_stats(vae: AutoencoderKL, images01: torch.Tensor, batch_size: int = 5
     return z.mean().item(), z.std().item()
 
 
-def _cosine_warmup(warmup: int, final_frac: float, frac_fn):
-    def lr_lambda(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        fr = frac_fn(step)
-        return final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * fr))
-    return lr_lambda
-
-
 def train_autoencoder(steps: int | None = None, minutes: float | None = None, seed: int = 0, device=None,
                       config: dict | None = None, progress: bool = True, **overrides):
     """Train the tiny ``AutoencoderKL`` on Shapes train-split pictures.
@@ -147,7 +138,7 @@ def train_autoencoder(steps: int | None = None, minutes: float | None = None, se
             fr = max(fr, (time.perf_counter() - t_start) / (60 * minutes))
         return min(fr, 1.0)
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine_warmup(hp["warmup"], hp["final_lr_frac"], frac))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, T2I.cosine_with_warmup(hp["warmup"], hp["final_lr_frac"], frac))
 
     def loss_fn(m, batch):
         x = batch[0].to(device)                                             # [b, 3, 32, 32]
@@ -355,41 +346,12 @@ def train_latent_text_to_image(vae: AutoencoderKL, config: dict | None = None, s
     ids = tok(ds.captions)
     data = torch.utils.data.TensorDataset(lat, ids["input_ids"], ids["attention_mask"])
     loader = infinite_loader(data, hp["batch_size"], seed=seed)
-    step_fn = _make_t2i_step(model, ema, cfg, hp, device, seed, steps, minutes)
+    step_fn = T2I.make_train_step(model, ema, cfg, hp, device, seed, steps, minutes)
     hist = fit(step_fn, loader, steps=steps, minutes=minutes, desc="shapes-t2i-latent", progress=progress)
     ema_model = ema.module
     ema_model.config = cfg
     ema_model.eval()
     return ema_model, hist, hp
-
-
-def _make_t2i_step(model, ema, cfg, hp, device, seed, steps, minutes):
-    """The training step of chapter 05 for any model with ``encode``/``denoise`` (pixels or latents)."""
-    ac = diffusion.NoiseSchedule.make(cfg["schedule"], cfg["num_train_timesteps"]).alphas_cumprod.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-    g = torch.Generator().manual_seed(seed + 1)
-    t_start = time.perf_counter()
-
-    def frac(step):
-        fr = step / steps if steps else 0.0
-        if minutes:
-            fr = max(fr, (time.perf_counter() - t_start) / (60 * minutes))
-        return min(fr, 1.0)
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine_warmup(hp["warmup"], hp["final_lr_frac"], frac))
-    empty = model.text_encoder.tokenizer([""])
-    e_ids, e_mask = empty["input_ids"].to(device), empty["attention_mask"].to(device)
-
-    def loss_fn(m, batch):
-        x0, in_ids, mask = (b.to(device) for b in batch)
-        drop = (torch.rand(len(x0), generator=g) < hp["caption_dropout"]).to(device)
-        in_ids = torch.where(drop[:, None], e_ids.expand_as(in_ids), in_ids)
-        mask = torch.where(drop[:, None], e_mask.expand_as(mask), mask)
-        states, pooled = m.encode(in_ids, mask)
-        return diffusion.diffusion_loss(lambda x, t: m.denoise(x, t, states, pooled), x0, ac,
-                                        cfg["prediction_type"], generator=g, min_snr_gamma=hp["min_snr_gamma"])
-
-    return make_step(model, loss_fn, opt, scheduler=sched, ema=ema, grad_clip=hp["grad_clip"])
 
 
 def time_train_steps(kind: str, vae: AutoencoderKL | None = None, n_steps: int = 20, batch_size: int = 32,
@@ -413,7 +375,7 @@ def time_train_steps(kind: str, vae: AutoencoderKL | None = None, n_steps: int =
         raise ValueError(f"kind must be 'pixel' or 'latent', got {kind!r}")
     ids = model.text_encoder.tokenizer(caps)
     ema = EMA(model, decay=hp["ema_decay"])
-    step_fn = _make_t2i_step(model, ema, cfg, hp, device, seed, n_steps + warmup, None)
+    step_fn = T2I.make_train_step(model, ema, cfg, hp, device, seed, n_steps + warmup, None)
     times = []
     for i in range(n_steps + warmup):
         j = (i % 4) * batch_size

@@ -342,10 +342,36 @@ def train_text_to_image(config: dict | None = None, steps: int | None = None, mi
     ds = shapes.ShapesDataset(hp["n_train"], seed=seed + 100, split="train")
     tok = model.text_encoder.tokenizer
     ids = tok(ds.captions)
-    empty = tok([""])
     data = torch.utils.data.TensorDataset(diffusion.to_model_range(ds.images), ids["input_ids"],
                                           ids["attention_mask"])
     loader = infinite_loader(data, hp["batch_size"], seed=seed)
+    step_fn = make_train_step(model, ema, cfg, hp, device, seed, steps, minutes)
+    wrapped_eval = (lambda step: eval_fn(ema.module, step)) if eval_fn is not None else None
+    history = fit(step_fn, loader, steps=steps, minutes=minutes, eval_fn=wrapped_eval, eval_every=eval_every,
+                  desc="shapes-t2i", progress=progress, callback=callback)
+    ema_model = ema.module
+    ema_model.config = cfg
+    ema_model.eval()
+    return ema_model, history, hp
+
+
+def cosine_with_warmup(warmup: int, final_frac: float, frac_fn):
+    """``LambdaLR`` factor: linear warm-up over ``warmup`` steps, then a cosine from 1 down to
+    ``final_frac`` as ``frac_fn(step)`` (the fraction of the budget used) goes from 0 to 1."""
+    def lr_lambda(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        fr = frac_fn(step)
+        return final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * fr))
+    return lr_lambda
+
+
+def make_train_step(model, ema, cfg: dict, hp: dict, device, seed: int, steps: int | None, minutes: float | None):
+    """Chapter 05's training step for any model with ``encode(ids, mask)`` and ``denoise(x, t, states,
+    pooled)`` (the pixel model here, the latent one of chapter 08): AdamW, warm-up + cosine decay over
+    the budget (``steps`` and/or ``minutes``), caption dropout to the empty caption, the diffusion loss
+    of ``cfg["prediction_type"]``, gradient clipping, EMA. Returns ``step_fn(batch, step)`` for
+    :func:`course_lib.training.fit`; a batch is ``(x0, input_ids, attention_mask)``."""
     ac = diffusion.NoiseSchedule.make(cfg["schedule"], cfg["num_train_timesteps"]).alphas_cumprod.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
     g = torch.Generator().manual_seed(seed + 1)
@@ -357,14 +383,8 @@ def train_text_to_image(config: dict | None = None, steps: int | None = None, mi
             fr = max(fr, (time.perf_counter() - t_start) / (60 * minutes))
         return min(fr, 1.0)
 
-    def lr_lambda(step):
-        if step < hp["warmup"]:
-            return (step + 1) / hp["warmup"]
-        fr = progress_frac(step)
-        lo = hp["final_lr_frac"]
-        return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * fr))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(hp["warmup"], hp["final_lr_frac"], progress_frac))
+    empty = model.text_encoder.tokenizer([""])
     e_ids, e_mask = empty["input_ids"].to(device), empty["attention_mask"].to(device)
 
     def loss_fn(m, batch):
@@ -376,14 +396,7 @@ def train_text_to_image(config: dict | None = None, steps: int | None = None, mi
         return diffusion.diffusion_loss(lambda x, t: m.denoise(x, t, states, pooled), x0, ac,
                                         cfg["prediction_type"], generator=g, min_snr_gamma=hp["min_snr_gamma"])
 
-    step_fn = make_step(model, loss_fn, opt, scheduler=sched, ema=ema, grad_clip=hp["grad_clip"])
-    wrapped_eval = (lambda step: eval_fn(ema.module, step)) if eval_fn is not None else None
-    history = fit(step_fn, loader, steps=steps, minutes=minutes, eval_fn=wrapped_eval, eval_every=eval_every,
-                  desc="shapes-t2i", progress=progress, callback=callback)
-    ema_model = ema.module
-    ema_model.config = cfg
-    ema_model.eval()
-    return ema_model, history, hp
+    return make_step(model, loss_fn, opt, scheduler=sched, ema=ema, grad_clip=hp["grad_clip"])
 
 
 # --------------------------------------------------------------------------------------------
