@@ -256,6 +256,8 @@ class LatentShapesPipeline(DiffusionPipeline):
     default_guidance_scale = T2I.ShapesPipeline.default_guidance_scale
     tokenizer = T2I.ShapesPipeline.tokenizer
     encode_prompt = T2I.ShapesPipeline.encode_prompt
+    denoise_loop = T2I.ShapesPipeline.denoise_loop
+    format_output = T2I.ShapesPipeline.format_output
 
     @torch.no_grad()
     def __call__(self, prompt, num_inference_steps: int | None = None, guidance_scale: float | None = None,
@@ -271,34 +273,12 @@ class LatentShapesPipeline(DiffusionPipeline):
         c, s = self.unet.config.in_channels, self.unet.config.sample_size
         if latents is None:
             latents = torch.randn((n, c, s, s), generator=generator, dtype=torch.float32)   # [n, 4, 8, 8]
-        z = latents.to(dev, dtype)
-        self.scheduler.set_timesteps(steps)
-        z = z * self.scheduler.init_noise_sigma
-        kw = {"class_labels": pooled} if self.unet.config.class_embed_type == "projection" else {}
-        for t in self.scheduler.timesteps:
-            zin = self.scheduler.scale_model_input(torch.cat([z, z]) if guide else z, t)
-            out = self.unet(zin, t.to(dev), encoder_hidden_states=states, **kw).sample
-            if guide:
-                u, cnd = out.chunk(2)
-                out = u + w * (cnd - u)
-            z = self.scheduler.step(out, t, z, generator=generator).prev_sample
-            if callback is not None:
-                callback(int(t), z)
+        z = self.denoise_loop(latents.to(dev, dtype), states, pooled, steps, w, generator, callback)
         if output_type == "latent":
             images = z.float().cpu()
         else:
             images = diffusion.to_image_range(decode(self.vae, z).float()).cpu()   # [n, 3, 32, 32] in [0, 1]
-        if output_type in ("pt", "latent"):
-            out_images = images
-        elif output_type == "np":
-            out_images = images.permute(0, 2, 3, 1).numpy()
-        elif output_type == "pil":
-            out_images = self.numpy_to_pil(images.permute(0, 2, 3, 1).numpy())
-        else:
-            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
-        if not return_dict:
-            return (out_images,)
-        return T2I.ShapesPipelineOutput(images=out_images)
+        return self.format_output(images, output_type, return_dict, extra_types=("latent",))
 
 
 def make_pipeline(model: LatentTextToImageModel, vae: AutoencoderKL, num_inference_steps: int | None = None,

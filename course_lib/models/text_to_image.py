@@ -236,13 +236,22 @@ class ShapesPipeline(DiffusionPipeline):
             latents = torch.randn((n, 3, shapes.IMAGE_SIZE, shapes.IMAGE_SIZE), generator=generator,
                                   dtype=torch.float32)
         x = F.pixel_unshuffle(latents, fold).to(dev, dtype) if fold > 1 else latents.to(dev, dtype)
+        x = self.denoise_loop(x, states, pooled, steps, w, generator, callback)
+        images = F.pixel_shuffle(x.float(), fold) if fold > 1 else x.float()
+        images = diffusion.to_image_range(images).cpu()                    # [n, 3, 32, 32] in [0, 1]
+        return self.format_output(images, output_type, return_dict)
+
+    @torch.no_grad()
+    def denoise_loop(self, x, states, pooled, steps: int, w: float, generator=None, callback=None):
+        """The sampling loop on the UNet's own grid ``x`` (noise): the scheduler's timesteps, one
+        batched pass of [uncond, cond] when ``w != 1`` (classifier-free guidance), ``scheduler.step``."""
+        guide = w != 1.0
+        dev = self.unet.device
         self.scheduler.set_timesteps(steps)
         x = x * self.scheduler.init_noise_sigma
-        kw_pooled = self.unet.config.class_embed_type == "projection"
+        kw = {"class_labels": pooled} if self.unet.config.class_embed_type == "projection" else {}
         for t in self.scheduler.timesteps:
-            xin = torch.cat([x, x]) if guide else x
-            xin = self.scheduler.scale_model_input(xin, t)
-            kw = {"class_labels": pooled} if kw_pooled else {}
+            xin = self.scheduler.scale_model_input(torch.cat([x, x]) if guide else x, t)
             out = self.unet(xin, t.to(dev), encoder_hidden_states=states, **kw).sample
             if guide:
                 u, c = out.chunk(2)
@@ -250,16 +259,21 @@ class ShapesPipeline(DiffusionPipeline):
             x = self.scheduler.step(out, t, x, generator=generator).prev_sample
             if callback is not None:
                 callback(int(t), x)
-        images = F.pixel_shuffle(x.float(), fold) if fold > 1 else x.float()
-        images = diffusion.to_image_range(images).cpu()                    # [n, 3, 32, 32] in [0, 1]
-        if output_type == "pt":
+        return x
+
+    def format_output(self, images: torch.Tensor, output_type: str, return_dict: bool = True,
+                      extra_types: tuple = ()):
+        """Pictures [n, 3, H, W] in [0, 1] as ``output_type``: "pt" (the tensor), "np" ([n, H, W, 3]) or
+        "pil"; ``extra_types`` are passed through as tensors (e.g. "latent")."""
+        if output_type == "pt" or output_type in extra_types:
             out_images = images
         elif output_type == "np":
             out_images = images.permute(0, 2, 3, 1).numpy()
         elif output_type == "pil":
             out_images = self.numpy_to_pil(images.permute(0, 2, 3, 1).numpy())
         else:
-            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+            allowed = ", ".join(repr(t) for t in ("pil", "np", "pt", *extra_types))
+            raise ValueError(f"output_type must be one of {allowed}, got {output_type!r}")
         if not return_dict:
             return (out_images,)
         return ShapesPipelineOutput(images=out_images)
