@@ -130,14 +130,7 @@ def train_autoencoder(steps: int | None = None, minutes: float | None = None, se
     loader = infinite_loader(data, hp["batch_size"], seed=seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=hp["lr"], weight_decay=0.0)
     g = torch.Generator().manual_seed(seed + 1)
-    t_start = time.perf_counter()
-
-    def frac(step):
-        fr = step / steps if steps else 0.0
-        if minutes:
-            fr = max(fr, (time.perf_counter() - t_start) / (60 * minutes))
-        return min(fr, 1.0)
-
+    frac = T2I.budget_fraction(steps, minutes)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, T2I.cosine_with_warmup(hp["warmup"], hp["final_lr_frac"], frac))
 
     def loss_fn(m, batch):

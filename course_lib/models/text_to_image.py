@@ -369,6 +369,19 @@ def train_text_to_image(config: dict | None = None, steps: int | None = None, mi
     return ema_model, history, hp
 
 
+def budget_fraction(steps: int | None, minutes: float | None):
+    """``frac(step)``: the fraction of the training budget used, the larger of ``step / steps`` and the
+    wall-clock minutes since this call over ``minutes`` (whichever budget is given), capped at 1."""
+    t_start = time.perf_counter()
+
+    def frac(step):
+        fr = step / steps if steps else 0.0
+        if minutes:
+            fr = max(fr, (time.perf_counter() - t_start) / (60 * minutes))
+        return min(fr, 1.0)
+    return frac
+
+
 def cosine_with_warmup(warmup: int, final_frac: float, frac_fn):
     """``LambdaLR`` factor: linear warm-up over ``warmup`` steps, then a cosine from 1 down to
     ``final_frac`` as ``frac_fn(step)`` (the fraction of the budget used) goes from 0 to 1."""
@@ -389,14 +402,7 @@ def make_train_step(model, ema, cfg: dict, hp: dict, device, seed: int, steps: i
     ac = diffusion.NoiseSchedule.make(cfg["schedule"], cfg["num_train_timesteps"]).alphas_cumprod.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
     g = torch.Generator().manual_seed(seed + 1)
-    t_start = time.perf_counter()
-
-    def progress_frac(step):
-        fr = step / steps if steps else 0.0
-        if minutes:
-            fr = max(fr, (time.perf_counter() - t_start) / (60 * minutes))
-        return min(fr, 1.0)
-
+    progress_frac = budget_fraction(steps, minutes)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(hp["warmup"], hp["final_lr_frac"], progress_frac))
     empty = model.text_encoder.tokenizer([""])
     e_ids, e_mask = empty["input_ids"].to(device), empty["attention_mask"].to(device)
