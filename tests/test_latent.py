@@ -63,7 +63,7 @@ def test_shipped_autoencoder_round_trip(shipped_vae):
     # floors: the recorded quality on 1000 fresh pictures with a margin for 64 pictures
     assert acc >= rec["train"]["judge_all_reconstructions"] - 0.1, (acc, rec["train"])
     assert p >= rec["train"]["psnr_db"] - 2.0, (p, rec["train"])
-    assert acc >= 0.9 and p >= 30.0, (acc, p)                    # measured: 0.95 and 38 dB on these 64
+    assert acc >= 0.9 and p >= 30.0, (acc, p)                    # measured: 0.98 and 39 dB on these 64
     # the normalised latents have about unit scale (what the diffusion model's noise assumes)
     z = L.encode(shipped_vae, diffusion.to_model_range(x))
     assert 0.7 < z.std().item() < 1.3 and abs(z.mean().item()) < 0.3
