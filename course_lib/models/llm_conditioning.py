@@ -1119,18 +1119,8 @@ def train_t2i_minilm(config: dict | None = None, steps: int | None = None, minut
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp["lr"],
                             weight_decay=hp["weight_decay"])
     g = torch.Generator().manual_seed(seed + 1)
-    total = steps
-    t_start = time.perf_counter()
-
-    def lr_lambda(step):
-        if step < hp["warmup"]:
-            return (step + 1) / hp["warmup"]
-        fr = step / total if total else 0.0
-        if minutes:
-            fr = max(fr, (time.perf_counter() - t_start) / (60 * minutes))
-        lo = hp["final_lr_frac"]
-        return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * min(fr, 1.0)))
-
+    # chapter 05's schedule: warm-up, then a cosine over the fraction of the step/minute budget used
+    lr_lambda = t2i.cosine_with_warmup(hp["warmup"], hp["final_lr_frac"], t2i.budget_fraction(steps, minutes))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
     empty = index[""]
 
