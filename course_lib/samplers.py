@@ -29,14 +29,17 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
-                       UniPCMultistepScheduler)
+from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                       EulerDiscreteScheduler, UniPCMultistepScheduler)
 
 from . import diffusion
 from .runtime import synchronize
 
 SAMPLERS = ("ddpm", "ddim", "dpm++", "unipc", "euler")
-LABELS = {"ddpm": "DDPM", "ddim": "DDIM", "dpm++": "DPM-Solver++(2M)", "unipc": "UniPC", "euler": "Euler"}
+# stochastic counterparts of the ODE samplers (fresh noise every step, like DDPM): chapter 08 compares them
+STOCHASTIC_SAMPLERS = ("euler-a", "dpm++sde")
+LABELS = {"ddpm": "DDPM", "ddim": "DDIM", "dpm++": "DPM-Solver++(2M)", "unipc": "UniPC", "euler": "Euler",
+          "euler-a": "Euler ancestral", "dpm++sde": "DPM-Solver++(2M) SDE"}
 
 
 def model_config(model) -> dict:
@@ -68,6 +71,13 @@ def make_scheduler(name: str, model_config_or_model, spacing: str = "trailing"):
     * ``"unipc"``: UniPC, bh2 predictor-corrector on x̂_0 (Zhao et al. 2023).
     * ``"euler"``: Euler's method on the probability-flow ODE in σ (Karras et al. 2022).
 
+    Stochastic ones (:data:`STOCHASTIC_SAMPLERS`; every step adds fresh noise, so the sampler also
+    corrects earlier errors, Karras et al. 2022 sec. 4):
+
+    * ``"euler-a"``: Euler ancestral; with this schedule it is DDPM's ancestral step written in σ
+      (the same pictures up to float rounding; ``tests/test_samplers.py`` checks it).
+    * ``"dpm++sde"``: DPM-Solver++(2M) SDE (Lu et al. 2022), the stochastic 2nd-order solver.
+
     ``spacing="trailing"`` (the default; see the module docstring) starts every sampler at t = T - 1.
     """
     cfg = model_config(model_config_or_model)
@@ -83,7 +93,11 @@ def make_scheduler(name: str, model_config_or_model, spacing: str = "trailing"):
         return UniPCMultistepScheduler(**kw, solver_order=2, predict_x0=True, solver_type="bh2")
     if name == "euler":
         return EulerDiscreteScheduler(**kw)
-    raise ValueError(f"sampler must be one of {SAMPLERS}, got {name!r}")
+    if name == "euler-a":
+        return EulerAncestralDiscreteScheduler(**kw)
+    if name == "dpm++sde":
+        return DPMSolverMultistepScheduler(**kw, algorithm_type="sde-dpmsolver++", solver_order=2)
+    raise ValueError(f"sampler must be one of {SAMPLERS + STOCHASTIC_SAMPLERS}, got {name!r}")
 
 
 def _run_loop(scheduler, denoise, x: torch.Tensor, steps: int, generator) -> torch.Tensor:
@@ -293,7 +307,7 @@ def warm_up(model, targets, samplers=SAMPLERS, **kw) -> None:
         generate(model, list(targets)[:2], s, 2, **kw)
 
 
-def sweep(model, targets, samplers=SAMPLERS, steps=(1, 2, 4, 8, 16, 32, 50), baseline_steps: int = 1000,
+def sweep(model, targets, samplers=SAMPLERS, steps=(1, 2, 4, 8, 16, 32, 50), baseline_steps: int | None = 1000,
           guidance_scale: float | None = None, seed: int = 0, repeats: int = 3, repeat_below_s: float = 3.0,
           reference: torch.Tensor | None = None, progress: bool = True) -> list[dict]:
     """Measure every (sampler, steps) on ``targets`` plus DDPM at ``baseline_steps`` (the baseline).
@@ -302,7 +316,7 @@ def sweep(model, targets, samplers=SAMPLERS, steps=(1, 2, 4, 8, 16, 32, 50), bas
     Returns rows ``{"sampler", "steps", "accuracy", "kid", "ms_per_picture", "runs", "n"}``, the
     baseline first, then by sampler and steps. ``reference`` (real pictures, default
     :func:`reference_set`) is what KID compares with. Same seed, so every sampler starts from the
-    same noise.
+    same noise. ``baseline_steps=None`` skips the baseline (to add samplers to an earlier sweep).
     """
     from tqdm.auto import tqdm
 
@@ -310,7 +324,7 @@ def sweep(model, targets, samplers=SAMPLERS, steps=(1, 2, 4, 8, 16, 32, 50), bas
     reference = reference if reference is not None else reference_set(model, targets)
     kw = {"guidance_scale": guidance_scale, "seed": seed}
     warm_up(model, targets, samplers, **kw)
-    plan = [("ddpm", baseline_steps)] + [(s, k) for s in samplers for k in steps]
+    plan = ([("ddpm", baseline_steps)] if baseline_steps else []) + [(s, k) for s in samplers for k in steps]
     rows = []
     for s, k in tqdm(plan, desc="sampler sweep", disable=not progress, leave=False):
         images, t = timed_generate(model, targets, s, k, repeats=repeats, repeat_below_s=repeat_below_s, **kw)

@@ -25,7 +25,7 @@ CONFIGS = {"shapes-t2i": {"schedule": "cosine", "num_train_timesteps": 1000, "pr
 
 
 @pytest.mark.parametrize("model", sorted(CONFIGS))
-@pytest.mark.parametrize("name", samplers.SAMPLERS)
+@pytest.mark.parametrize("name", samplers.SAMPLERS + samplers.STOCHASTIC_SAMPLERS)
 def test_factory_reproduces_the_models_schedule(model, name):
     cfg = CONFIGS[model]
     s = samplers.make_scheduler(name, cfg)
@@ -120,6 +120,34 @@ def test_tiny_sweep_returns_the_expected_rows(pipe):
     assert best["ms_per_picture"] == min(r["ms_per_picture"] for r in rows[1:])
     table = samplers.format_table(rows, ("ddpm", 4))
     assert "DPM-Solver++" in table and len(table.splitlines()) == 6
+
+
+def test_sweep_without_baseline_adds_only_the_asked_rows(pipe):
+    caps = shapes.all_captions("train")[::90]                                          # 3 captions
+    rows = samplers.sweep(pipe, caps, samplers=("dpm++sde",), steps=(2,), baseline_steps=None, repeats=1,
+                          progress=False)
+    assert [(r["sampler"], r["steps"]) for r in rows] == [("dpm++sde", 2)]
+
+
+def test_euler_ancestral_is_ddpm_written_in_sigma(pipe):
+    """The two stochastic samplers' bookkeeping differs (σ against ᾱ), the step is the same: with the
+    same noise draws they give the same pictures (v-prediction, so DDPM does not clip x̂_0)."""
+    caps = shapes.all_captions("train")[::60]                                          # 5 captions
+    for k in (2, 8):
+        a = samplers.generate(pipe, caps, "euler-a", k, seed=3)
+        b = samplers.generate(pipe, caps, "ddpm", k, seed=3)
+        assert (a - b).abs().max() < 2e-3, k
+    ode = samplers.generate(pipe, caps, "euler", 8, seed=3)
+    assert (ode - b).abs().max() > 0.05, "the ODE sampler must differ from the ancestral one"
+
+
+def test_sde_solver_is_stochastic_and_seeded(pipe):
+    caps = shapes.all_captions("train")[::90]
+    a = samplers.generate(pipe, caps, "dpm++sde", 4, seed=0)
+    assert torch.equal(a, samplers.generate(pipe, caps, "dpm++sde", 4, seed=0))
+    assert not torch.allclose(a, samplers.generate(pipe, caps, "dpm++sde", 4, seed=1), atol=1e-3)
+    ode = samplers.generate(pipe, caps, "dpm++", 4, seed=0)
+    assert (a - ode).abs().max() > 0.05, "fresh noise every step must change the picture"
 
 
 def test_cfg_cost_rows(pipe):
