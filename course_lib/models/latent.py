@@ -249,6 +249,7 @@ class LatentShapesPipeline(DiffusionPipeline):
     default_guidance_scale = T2I.ShapesPipeline.default_guidance_scale
     tokenizer = T2I.ShapesPipeline.tokenizer
     encode_prompt = T2I.ShapesPipeline.encode_prompt
+    prepare_call = T2I.ShapesPipeline.prepare_call
     denoise_loop = T2I.ShapesPipeline.denoise_loop
     format_output = T2I.ShapesPipeline.format_output
 
@@ -256,13 +257,8 @@ class LatentShapesPipeline(DiffusionPipeline):
     def __call__(self, prompt, num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  generator: torch.Generator | None = None, output_type: str = "pil", latents=None,
                  return_dict: bool = True, callback=None):
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        steps = num_inference_steps or self.default_num_inference_steps
-        w = self.default_guidance_scale if guidance_scale is None else float(guidance_scale)
-        guide = w != 1.0
-        dev, dtype = self.unet.device, self.unet.dtype
-        states, pooled = self.encode_prompt(prompts, guide)
-        n = len(prompts)
+        prompts, steps, w, states, pooled = self.prepare_call(prompt, num_inference_steps, guidance_scale)
+        dev, dtype, n = self.unet.device, self.unet.dtype, len(prompts)
         c, s = self.unet.config.in_channels, self.unet.config.sample_size
         if latents is None:
             latents = torch.randn((n, c, s, s), generator=generator, dtype=torch.float32)   # [n, 4, 8, 8]

@@ -219,19 +219,21 @@ class ShapesPipeline(DiffusionPipeline):
             states, pooled = torch.cat([s0, states]), torch.cat([p0, pooled])
         return states, pooled
 
+    def prepare_call(self, prompt, num_inference_steps: int | None, guidance_scale: float | None):
+        """The start of every Shapes pipeline's ``__call__``: ``(prompts as a list, steps, guidance w,
+        text states, pooled)``, the states [2n, ...] as [uncond, cond] when ``w != 1``."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        steps = num_inference_steps or self.default_num_inference_steps
+        w = self.default_guidance_scale if guidance_scale is None else float(guidance_scale)
+        states, pooled = self.encode_prompt(prompts, w != 1.0)
+        return prompts, steps, w, states, pooled
+
     @torch.no_grad()
     def __call__(self, prompt, num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  generator: torch.Generator | None = None, output_type: str = "pil", latents=None,
                  return_dict: bool = True, callback=None):
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        steps = num_inference_steps or self.default_num_inference_steps
-        w = self.default_guidance_scale if guidance_scale is None else float(guidance_scale)
-        guide = w != 1.0
-        dev = self.unet.device
-        dtype = self.unet.dtype
-        states, pooled = self.encode_prompt(prompts, guide)
-        fold = self.fold
-        n = len(prompts)
+        prompts, steps, w, states, pooled = self.prepare_call(prompt, num_inference_steps, guidance_scale)
+        dev, dtype, fold, n = self.unet.device, self.unet.dtype, self.fold, len(prompts)
         if latents is None:
             latents = torch.randn((n, 3, shapes.IMAGE_SIZE, shapes.IMAGE_SIZE), generator=generator,
                                   dtype=torch.float32)
