@@ -74,8 +74,9 @@ def make_scheduler(name: str, model_config_or_model, spacing: str = "trailing"):
     Stochastic ones (:data:`STOCHASTIC_SAMPLERS`; every step adds fresh noise, so the sampler also
     corrects earlier errors, Karras et al. 2022 sec. 4):
 
-    * ``"euler-a"``: Euler ancestral; with this schedule it is DDPM's ancestral step written in σ
-      (the same pictures up to float rounding; ``tests/test_samplers.py`` checks it).
+    * ``"euler-a"``: Euler ancestral: DDPM's ancestral step written in σ, so the same pictures up to
+      float rounding where DDPM does not clip x̂_0 (a v-network such as ``shapes-t2i``;
+      ``tests/test_samplers.py`` checks it). For an ε-network "ddpm" clips and the two differ.
     * ``"dpm++sde"``: DPM-Solver++(2M) SDE (Lu et al. 2022), the stochastic 2nd-order solver.
 
     ``spacing="trailing"`` (the default; see the module docstring) starts every sampler at t = T - 1.
