@@ -22,14 +22,14 @@ lab: setup
 
 # Every test: unit tests, then every notebook in notebooks/ executed under nbval (lax) in quick mode.
 test: setup
-	COURSE_QUICK=1 HF_HUB_OFFLINE=1 MPLBACKEND=Agg $(PY) -m pytest tests notebooks \
+	PYTHONPATH=$(CURDIR) COURSE_QUICK=1 HF_HUB_OFFLINE=1 MPLBACKEND=Agg $(PY) -m pytest tests notebooks \
 	  --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -q -rs --durations=15
 
 unit: setup
-	COURSE_QUICK=1 HF_HUB_OFFLINE=1 MPLBACKEND=Agg $(PY) -m pytest tests -q
+	PYTHONPATH=$(CURDIR) COURSE_QUICK=1 HF_HUB_OFFLINE=1 MPLBACKEND=Agg $(PY) -m pytest tests -q
 
 notebooks: setup
-	COURSE_QUICK=1 HF_HUB_OFFLINE=1 $(PY) -m pytest notebooks --nbval-lax --nbval-current-env -q
+	PYTHONPATH=$(CURDIR) COURSE_QUICK=1 HF_HUB_OFFLINE=1 $(PY) -m pytest notebooks --nbval-lax --nbval-current-env -q
 
 student: setup
 	$(PY) -m course_lib.student

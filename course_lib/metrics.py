@@ -22,7 +22,6 @@ Features are ``[n, d]`` tensors or arrays; pictures are ``[n, C, H, W]`` in ``[0
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 from pathlib import Path
 
@@ -389,9 +388,12 @@ def kid_torchmetrics(real_images: torch.Tensor, fake_images: torch.Tensor, net: 
 # Inception FID: the paper standard, online only
 # --------------------------------------------------------------------------------------------
 def online_allowed() -> bool:
-    """True only when ``COURSE_ONLINE`` is set to ``1``/``true``/``yes``: the explicit switch for
-    anything that downloads (Inception weights). Offline (the default) nothing is attempted."""
-    return os.environ.get(ONLINE_ENV, "").strip().lower() in ("1", "true", "yes")
+    """:func:`course_lib.runtime.online`: true only with ``COURSE_ONLINE=1`` (and no
+    ``HF_HUB_OFFLINE=1``), the explicit switch for anything that downloads (Inception weights).
+    Offline (the default) nothing is attempted."""
+    from .runtime import online
+
+    return online()
 
 
 def inception_fid(real_images: torch.Tensor, fake_images: torch.Tensor, batch_size: int = 50,

