@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from ..data import shapes
 from ..pretrained import TrainResult, register
-from ..runtime import budget, get_device
+from ..runtime import get_device
 from ..training import fit, infinite_loader, make_step
 from .attention import TransformerBlock
 
@@ -403,9 +403,8 @@ def evaluate_clip(model: TinyCLIP, seed: int = 10_000) -> dict:
             "n": len(caps), "seed": seed}
 
 
-def _train_clip_registered(seed: int = 0) -> TrainResult:
-    torch.set_num_threads(1)  # shared 2-core machines: one thread avoids thrashing
-    steps = budget(full=800, quick=20)
+def _train_clip_registered(seed: int = 0, quick: bool = False) -> TrainResult:
+    steps = 20 if quick else 800
     t0 = time.perf_counter()
     model, hist = train_clip(steps=steps, seed=seed)
     secs = time.perf_counter() - t0
@@ -857,10 +856,9 @@ PLANNER_CONFIG = {"d_text": MINILM_DIM, "d_model": 128, "n_heads": 4, "layers": 
                   "minilm_layers": [3, 4, 5]}
 
 
-def _train_planner_registered(seed: int = 0) -> TrainResult:
-    torch.set_num_threads(1)  # shared 2-core machines: one thread avoids thrashing
-    steps = budget(full=1000, quick=20)
-    n_train = budget(full=6000, quick=256)
+def _train_planner_registered(seed: int = 0, quick: bool = False) -> TrainResult:
+    steps = 20 if quick else 1000
+    n_train = 256 if quick else 6000
     t0 = time.perf_counter()
     heads, hist = train_planner(n_train=n_train, steps=steps, seed=seed, config=PLANNER_CONFIG)
     secs = time.perf_counter() - t0
@@ -1171,9 +1169,8 @@ def evaluate_t2i_minilm(model: MiniLMTextToImage) -> dict:
     return q
 
 
-def _train_t2i_minilm_registered(seed: int = 0) -> TrainResult:
-    torch.set_num_threads(1)  # shared 2-core machines: one thread avoids thrashing
-    steps = budget(full=1500, quick=20)   # chapter 05's curve: all five attributes ~99.6% right by step 1500
+def _train_t2i_minilm_registered(seed: int = 0, quick: bool = False) -> TrainResult:
+    steps = 20 if quick else 1500   # chapter 05's curve: all five attributes ~99.6% right by step 1500
     t0 = time.perf_counter()
     model, hist, hp = train_t2i_minilm(steps=steps, seed=seed, device=get_device())
     secs = time.perf_counter() - t0
