@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .data import mnist, shapes
 from .pretrained import TrainResult, register
-from .runtime import budget, get_device
+from .runtime import get_device
 from .training import fit, make_step, infinite_loader
 
 
@@ -201,10 +201,11 @@ def evaluate_shapes_judge(judge: ShapesJudge, n: int = 3000, seed: int = 10_000)
     return {k: round(v, 4) for k, v in res.items() if k != "correct"} | {"n": n, "seed": seed}
 
 
-def train_shapes_judge(seed: int = 0, steps: int | None = None, n_train: int | None = None) -> TrainResult:
+def train_shapes_judge(seed: int = 0, quick: bool = False, steps: int | None = None,
+                       n_train: int | None = None) -> TrainResult:
     device = get_device()
-    steps = steps or budget(full=2500, quick=30)
-    n_train = n_train or budget(full=20_000, quick=512)
+    steps = steps or (30 if quick else 2500)
+    n_train = n_train or (512 if quick else 20_000)
     ds = shapes.ShapesDataset(n_train, seed=seed + 1, split="all", with_labels=True)
     loader = infinite_loader(torch.utils.data.TensorDataset(ds.images, ds.labels), 128, seed=seed)
     model = ShapesJudge().to(device)
@@ -230,9 +231,9 @@ def evaluate_mnist_classifier(model: MnistClassifier) -> dict:
     return {"test_accuracy": round(acc, 4), "n": len(y)}
 
 
-def train_mnist_classifier(seed: int = 0, steps: int | None = None) -> TrainResult:
+def train_mnist_classifier(seed: int = 0, quick: bool = False, steps: int | None = None) -> TrainResult:
     device = get_device()
-    steps = steps or budget(full=1500, quick=30)
+    steps = steps or (30 if quick else 1500)
     x, y = mnist.load_mnist("train")
     loader = infinite_loader(torch.utils.data.TensorDataset(x, y), 128, seed=seed)
     model = MnistClassifier().to(device)

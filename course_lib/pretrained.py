@@ -9,6 +9,7 @@ Command line::
     python -m course_lib.pretrained list
     python -m course_lib.pretrained verify            # every hash (add --quality to re-measure)
     python -m course_lib.pretrained train NAME [--seed 0]   # reproduce one entry, update the manifest
+    python -m course_lib.pretrained train NAME --quick --out DIR   # the quick-mode stand-in, elsewhere
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import runtime
+from .config import Config
 from .runtime import get_device, seed_everything
 
 #: Modules that register shipped models. A module listed here that does not exist yet is skipped.
@@ -55,7 +57,7 @@ class TrainResult:
     """What a registered ``train`` function returns."""
 
     model: torch.nn.Module
-    config: dict
+    config: "dict | Config"
     quality: dict
     notes: str = ""
 
@@ -64,7 +66,7 @@ class TrainResult:
 class Entry:
     name: str
     build: Callable[[dict], torch.nn.Module]          # config -> untrained module of the right shape
-    train: Callable[..., TrainResult]                 # (seed=0) -> TrainResult
+    train: Callable[..., TrainResult]                 # (seed=0, quick=False) -> TrainResult
     evaluate: Callable[[torch.nn.Module], dict] | None = None  # module -> quality dict
     finalize: Callable[[torch.nn.Module], object] | None = None  # module -> what load() returns
     description: str = ""
@@ -99,19 +101,19 @@ def checkpoint_dir() -> Path:
     return runtime.checkpoint_dir()
 
 
-def manifest_path() -> Path:
-    return checkpoint_dir() / "manifest.json"
+def manifest_path(directory: "str | Path | None" = None) -> Path:
+    return Path(directory if directory is not None else checkpoint_dir()) / "manifest.json"
 
 
-def read_manifest() -> dict:
-    path = manifest_path()
+def read_manifest(directory: "str | Path | None" = None) -> dict:
+    path = manifest_path(directory)
     if not path.exists():
         return {"models": {}}
     return json.loads(path.read_text())
 
 
-def write_manifest(manifest: dict) -> None:
-    path = manifest_path()
+def write_manifest(manifest: dict, directory: "str | Path | None" = None) -> None:
+    path = manifest_path(directory)
     path.parent.mkdir(parents=True, exist_ok=True)
     manifest["models"] = dict(sorted(manifest["models"].items()))
     path.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -189,9 +191,10 @@ def load(name: str, device=None):
     return entry.finalize(module) if entry.finalize else module
 
 
-def save(name: str, result: TrainResult, seconds: float, seed: int, command: str | None = None) -> dict:
-    """Write ``<name>.safetensors`` and its manifest record."""
-    directory = checkpoint_dir()
+def save(name: str, result: TrainResult, seconds: float, seed: int, command: str | None = None,
+         budget: str = "full", directory: "str | Path | None" = None) -> dict:
+    """Write ``<name>.safetensors`` and its manifest record (``budget``: "full" or "quick")."""
+    directory = Path(directory) if directory is not None else checkpoint_dir()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.safetensors"
     state = {k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()}
@@ -203,8 +206,9 @@ def save(name: str, result: TrainResult, seconds: float, seed: int, command: str
         "sha256": sha256(path),
         "bytes": path.stat().st_size,
         "parameters": sum(p.numel() for p in result.model.parameters()),
-        "config": result.config,
+        "config": result.config.to_dict() if isinstance(result.config, Config) else result.config,
         "command": command or f"python -m course_lib.pretrained train {name} --seed {seed}",
+        "budget": budget,
         "train_seconds": round(seconds, 1),
         "trained_on": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
                       f"device {next(result.model.parameters()).device.type}, torch {torch.__version__}",
@@ -213,28 +217,68 @@ def save(name: str, result: TrainResult, seconds: float, seed: int, command: str
     }
     if result.notes:
         rec["notes"] = result.notes
-    manifest = read_manifest()
+    manifest = read_manifest(directory)
     manifest["models"][name] = rec
-    write_manifest(manifest)
+    write_manifest(manifest, directory)
     return rec
 
 
-def train(name: str, seed: int = 0) -> dict:
-    """Reproduce a registered model: train it, measure it, save it and record it in the manifest."""
+def run_recipe(train: Callable[[], tuple], evaluate: Callable | None = None, *, config=None,
+               notes: "str | Callable" = "") -> TrainResult:
+    """The shared body of every registered trainer: run ``train()``, timing it (wall clock and this
+    process's CPU time), evaluate the model it returns and record both in its quality.
+
+    ``train()`` returns ``(model, history)`` or ``(model, history, extra)`` with ``history`` a
+    :class:`course_lib.training.History` (or None). ``evaluate(model) -> dict`` measures it.
+    ``config``: what rebuilds the model (a :class:`course_lib.config.Config` or a dict; default
+    ``model.config``). ``notes``: a text, or ``notes(history, extra) -> str``.
+    """
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = train()
+    out = out if isinstance(out, tuple) else (out, None)
+    model, history, extra = out[0], out[1], (out[2] if len(out) > 2 else None)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    quality = dict(evaluate(model)) if evaluate is not None else {}
+    if history is not None:
+        quality["train_steps"] = history.steps
+        quality["train_loop_seconds"] = round(history.seconds, 1)
+    quality["train_seconds"] = round(seconds, 1)
+    quality["train_process_cpu_seconds"] = round(cpu, 1)
+    config = config if config is not None else getattr(model, "config", None)
+    text = notes(history, extra) if callable(notes) else notes
+    return TrainResult(model, config, quality, text)
+
+
+def train(name: str, seed: int = 0, quick: bool = False, directory: "str | Path | None" = None) -> dict:
+    """Reproduce a registered model: train it with its full recipe (``quick=True``: the short stand-in
+    budget that quick mode uses), measure it, save it and record it, with its budget, in the manifest.
+
+    Quick mode refuses to replace a checkpoint trained with the full recipe: give a scratch
+    ``directory`` (or ``COURSE_CHECKPOINTS``) instead.
+    """
     entry = _entry(name)
+    directory = Path(directory) if directory is not None else checkpoint_dir()
+    existing = read_manifest(directory)["models"].get(name)
+    if quick and existing is not None and existing.get("budget", "full") == "full":
+        raise CheckpointError(
+            f"quick mode trains {name!r} on a short stand-in budget, and {directory} holds its full-recipe "
+            f"checkpoint, which quick mode does not replace. Train into a scratch folder (--out DIR or "
+            f"COURSE_CHECKPOINTS=DIR), or without quick mode (unset COURSE_QUICK) for the full recipe.")
     seed_everything(seed)
     t0 = time.perf_counter()
-    result = entry.train(seed=seed)
+    result = entry.train(seed=seed, quick=quick)
     seconds = time.perf_counter() - t0
-    return save(name, result, seconds, seed)
+    command = f"python -m course_lib.pretrained train {name} --seed {seed}" + (" --quick" if quick else "")
+    return save(name, result, seconds, seed, command=command, budget="quick" if quick else "full",
+                directory=directory)
 
 
 def load_or_train(name: str, train_anyway: bool = False, device=None):
     """The load-or-train pattern: the shipped model, or (``train_anyway=True`` or not shipped yet) a
-    freshly trained one, which is then saved. Notebooks usually call :func:`load` and train a small
-    copy themselves to compare."""
+    freshly trained one with its full recipe, which is then saved. Notebooks usually call
+    :func:`load` and train a small copy themselves to compare."""
     if train_anyway or name not in read_manifest()["models"]:
-        train(name)
+        train(name, quick=False)
     return load(name, device)
 
 
@@ -248,6 +292,10 @@ def _main(argv=None) -> int:
     t = sub.add_parser("train", help="reproduce one checkpoint and record it")
     t.add_argument("name")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--quick", action="store_true", default=runtime.is_quick(),
+                   help="the short stand-in budget of quick mode (default: on when COURSE_QUICK=1); "
+                        "never replaces a full-recipe checkpoint")
+    t.add_argument("--out", default=None, help="the folder to write to (default: the checkpoint folder)")
     args = parser.parse_args(argv)
 
     if args.cmd == "list":
@@ -273,7 +321,11 @@ def _main(argv=None) -> int:
                 print(f"[BAD]  {n}: {exc}")
         return 1 if bad else 0
     if args.cmd == "train":
-        rec = train(args.name, seed=args.seed)
+        try:
+            rec = train(args.name, seed=args.seed, quick=args.quick, directory=args.out)
+        except CheckpointError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         print(json.dumps({k: rec[k] for k in ("file", "sha256", "train_seconds", "quality")}, indent=2))
         return 0
     return 2

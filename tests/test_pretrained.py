@@ -70,7 +70,7 @@ class _Tiny(torch.nn.Module):
 
 
 def test_registered_but_unshipped_then_train_save_load(scratch_checkpoints):
-    def train(seed=0):
+    def train(seed=0, quick=False):
         torch.manual_seed(seed)
         return pretrained.TrainResult(_Tiny(3), {"n": 3}, {"score": 1.0})
 
@@ -79,7 +79,7 @@ def test_registered_but_unshipped_then_train_save_load(scratch_checkpoints):
         with pytest.raises(pretrained.CheckpointError, match="not shipped yet"):
             pretrained.load("test-tiny")
         rec = pretrained.train("test-tiny", seed=1)
-        assert rec["quality"] == {"score": 1.0} and rec["parameters"] == 8
+        assert rec["quality"] == {"score": 1.0} and rec["parameters"] == 8 and rec["budget"] == "full"
         again = json.loads((scratch_checkpoints / "manifest.json").read_text())["models"]["test-tiny"]
         assert again["sha256"] == rec["sha256"] == pretrained.sha256(scratch_checkpoints / "test-tiny.safetensors")
         torch.manual_seed(1)
@@ -108,3 +108,49 @@ def test_mnist_classifier_meets_target_live():
     # a collapsed "generator" (one digit repeated) is seen as collapsed
     collapsed = judges.score_digits(x[y == 3][:50], judge=judges.load_mnist_classifier("cpu"))
     assert collapsed["hist_entropy"] < 0.5
+
+
+def test_quick_mode_never_replaces_a_full_recipe_checkpoint(scratch_checkpoints, tmp_path):
+    calls = []
+
+    def train(seed=0, quick=False):
+        calls.append(quick)
+        steps = 2 if quick else 50
+        return pretrained.TrainResult(_Tiny(3), {"n": 3}, {"steps": steps})
+
+    pretrained.register("test-tiny", build=lambda cfg: _Tiny(**cfg), train=train)
+    try:
+        full = pretrained.train("test-tiny", quick=False)
+        assert full["budget"] == "full" and full["command"].endswith("--seed 0")
+        with pytest.raises(pretrained.CheckpointError, match="full-recipe checkpoint"):
+            pretrained.train("test-tiny", quick=True)
+        assert calls == [False]                          # refused before any training
+        scratch = tmp_path / "scratch"
+        rec = pretrained.train("test-tiny", quick=True, directory=scratch)
+        assert rec["budget"] == "quick" and rec["quality"] == {"steps": 2} and rec["command"].endswith("--quick")
+        assert (scratch / "test-tiny.safetensors").exists()
+        kept = pretrained.read_manifest(scratch_checkpoints)["models"]["test-tiny"]
+        assert kept["sha256"] == full["sha256"] and kept["budget"] == "full"
+    finally:
+        pretrained._REGISTRY.pop("test-tiny", None)
+
+
+def test_quick_mode_command_line_refuses_shipped_checkpoint(scratch_checkpoints):
+    env = dict(os.environ, COURSE_CHECKPOINTS=str(scratch_checkpoints), COURSE_QUICK="1")
+    res = subprocess.run([sys.executable, "-m", "course_lib.pretrained", "train", "shapes-judge"], env=env,
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "does not replace" in res.stderr and "--out" in res.stderr
+
+
+def test_run_recipe_times_and_records():
+    from course_lib.training import History
+
+    def train():
+        h = History(steps=7, seconds=0.5)
+        return _Tiny(3), h, {"lr": 0.1}
+
+    res = pretrained.run_recipe(train, lambda m: {"params": sum(p.numel() for p in m.parameters())},
+                                config={"n": 3}, notes=lambda h, extra: f"{h.steps} steps at lr {extra['lr']}")
+    assert res.quality["params"] == 8 and res.quality["train_steps"] == 7
+    assert res.quality["train_loop_seconds"] == 0.5 and res.quality["train_seconds"] >= 0
+    assert res.notes == "7 steps at lr 0.1" and res.config == {"n": 3}

@@ -42,7 +42,7 @@ from diffusers import DDIMScheduler
 from .. import diffusion
 from ..data import shapes
 from ..pretrained import TrainResult, register
-from ..runtime import budget, get_device
+from ..runtime import get_device
 from . import text_to_image as T
 
 TEACHER = "shapes-t2i"
@@ -372,7 +372,8 @@ def finalize(model: T.TextToImageModel) -> T.ShapesPipeline:
     return make_fast_pipeline(model)
 
 
-def evaluate(model: T.TextToImageModel, teacher=None) -> dict:
+def evaluate(model: T.TextToImageModel, teacher=None, n_train: int | None = None,
+             n_heldout: int | None = None) -> dict:
     """Judged accuracy (270 train + 54 held-out captions, seed 0) of the student at 1, 2, 4 steps and
     of the teacher at 1 and 50 DDIM steps and at its default (DPM-Solver++ 20), FID on the judge's
     features, ms per picture (batch 32, this machine, same run)."""
@@ -382,7 +383,7 @@ def evaluate(model: T.TextToImageModel, teacher=None) -> dict:
     teacher = teacher.to(next(model.parameters()).device).eval()
     student_pipe = make_fast_pipeline(model)
     tp = teacher_pipelines(teacher)
-    n_train, n_held = budget(full=None, quick=27), budget(full=None, quick=9)
+    n_held = n_heldout
     seed_real = 7                 # real pictures of the same captions: the FID floor
     rows = {}
     for label, pipe, steps, passes in [("student_1_step", student_pipe, 1, 1), ("student_2_steps", student_pipe, 2, 1),
@@ -402,12 +403,11 @@ def evaluate(model: T.TextToImageModel, teacher=None) -> dict:
             "points_below_teacher_ddim50_at_1_step": round(100 * (ref - rows["student_1_step"]["train_captions"]["all"]), 2)}
 
 
-def train_registered(seed: int = 0) -> TrainResult:
+def train_registered(seed: int = 0, quick: bool = False) -> TrainResult:
     from .. import pretrained
 
     dev = get_device()
     teacher = pretrained.load_module(TEACHER, device=dev)
-    quick = budget(full=False, quick=True)
     over = {"steps_per_round": 3} if quick else {}
     def after_stage(name, m):         # the judge after each stage (not counted in the distillation time)
         pipe = make_fast_pipeline(m)
@@ -418,7 +418,7 @@ def train_registered(seed: int = 0) -> TrainResult:
 
     student, log = distill(teacher, seed=seed, device=dev, progress=True, after_stage=after_stage, **over)
     secs = log["seconds"]
-    quality = evaluate(student, teacher)
+    quality = evaluate(student, teacher, *((27, 9) if quick else (None, None)))
     quality["distill_seconds"] = round(secs, 1)
     quality["stages"] = log["stages"]
     hp = log["hp"]

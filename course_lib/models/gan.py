@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from ..data import mnist
 from ..pretrained import TrainResult, register
-from ..runtime import budget, get_device
+from ..runtime import get_device
 from ..training import fit, infinite_loader
 
 N_CLASSES = 10
@@ -427,12 +427,12 @@ RECIPES = {
 }
 
 
-def _train_registered(name: str, seed: int = 0, steps: int | None = None) -> TrainResult:
+def _train_registered(name: str, seed: int = 0, quick: bool = False) -> TrainResult:
     """Train a recipe; what ships is the sampling generator alone (the EMA copy), a few MB."""
     recipe = RECIPES[name]
     torch.manual_seed(seed)
     gan = GAN(**recipe["model"]).to(get_device())
-    steps = steps or budget(full=recipe["steps"], quick=20)
+    steps = 20 if quick else recipe["steps"]
     hist = train_gan(gan, steps=steps, seed=seed, desc=name, **recipe["train"])
     G = gan.sampler.eval()
     quality = evaluate_gan(G)
@@ -464,7 +464,7 @@ def build_generator(cfg: dict) -> DCGenerator:
     return DCGenerator(**cfg)
 
 
-register("dcgan-mnist", build=build_generator, train=lambda seed=0: _train_registered("dcgan-mnist", seed),
+register("dcgan-mnist", build=build_generator, train=lambda seed=0, quick=False: _train_registered("dcgan-mnist", seed, quick),
          evaluate=evaluate_gan, chapter="01", description="DCGAN generator on MNIST-5k (unconditional)")
-register("cgan-mnist", build=build_generator, train=lambda seed=0: _train_registered("cgan-mnist", seed),
+register("cgan-mnist", build=build_generator, train=lambda seed=0, quick=False: _train_registered("cgan-mnist", seed, quick),
          evaluate=evaluate_gan, chapter="01", description="class-conditional DCGAN generator on MNIST-5k")

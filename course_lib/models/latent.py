@@ -31,7 +31,7 @@ from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from .. import diffusion
 from ..data import shapes
 from ..pretrained import CheckpointError, TrainResult, register
-from ..runtime import budget, get_device
+from ..runtime import get_device
 from ..training import EMA, fit, infinite_loader, make_step
 from . import text_to_image as T2I
 
@@ -397,8 +397,8 @@ def compare_pixel_latent(latent_pipe, pixel_pipe, vae: AutoencoderKL, steps: int
 # --------------------------------------------------------------------------------------------
 # Registration
 # --------------------------------------------------------------------------------------------
-def _train_autoencoder_registered(seed: int = 0) -> TrainResult:
-    steps = budget(full=AE_TRAIN_DEFAULTS["steps"], quick=10)
+def _train_autoencoder_registered(seed: int = 0, quick: bool = False) -> TrainResult:
+    steps = 10 if quick else AE_TRAIN_DEFAULTS["steps"]
     c0 = time.process_time()
     vae, hist, hp = train_autoencoder(steps=steps, seed=seed)
     quality = evaluate_autoencoder(vae)
@@ -439,12 +439,12 @@ def _evaluate_latent(model: LatentTextToImageModel) -> dict:
             "guidance_scale": pipe.default_guidance_scale}
 
 
-def _train_latent_registered(seed: int = 0) -> TrainResult:
+def _train_latent_registered(seed: int = 0, quick: bool = False) -> TrainResult:
     from .. import pretrained
 
     rec = pretrained.verify("shapes-autoencoder")
     vae = pretrained.load_module("shapes-autoencoder")
-    steps = budget(full=T2I.TRAIN_DEFAULTS["steps"], quick=20)
+    steps = 20 if quick else T2I.TRAIN_DEFAULTS["steps"]
     c0 = time.process_time()
     model, hist, hp = train_latent_text_to_image(vae, {"autoencoder_sha256": rec["sha256"]}, steps=steps, seed=seed)
     cpu = round(time.process_time() - c0, 1)

@@ -18,7 +18,6 @@ runs at full resolution, where most of a small UNet's time went.
 from __future__ import annotations
 
 import math
-import os
 import time
 
 import numpy as np
@@ -33,7 +32,7 @@ from diffusers.utils import BaseOutput
 from .. import diffusion
 from ..data import shapes
 from ..pretrained import TrainResult, register
-from ..runtime import budget, get_device
+from ..runtime import get_device
 from ..training import EMA, History, fit, infinite_loader, make_step
 
 
@@ -445,10 +444,11 @@ def evaluate(model: TextToImageModel) -> dict:
     return q
 
 
-def train_registered(seed: int = 0) -> TrainResult:
-    steps = budget(full=TRAIN_DEFAULTS["steps"], quick=20)
-    # optional learning curve (judge on the 270 train captions every N steps; does not change training)
-    every = int(os.environ.get("COURSE_T2I_EVAL_EVERY", "0")) or None
+def train_registered(seed: int = 0, quick: bool = False, eval_every: int | None = None) -> TrainResult:
+    """The shipped recipe (``quick``: 20 steps). ``eval_every``: also record a learning curve (the judge
+    on the 270 train captions every N steps; does not change training)."""
+    steps = 20 if quick else TRAIN_DEFAULTS["steps"]
+    every = eval_every
     curve = []
 
     def eval_fn(m, step):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..data import shapes
 from ..pretrained import TrainResult, register
-from ..runtime import budget, get_device
+from ..runtime import get_device
 from ..training import fit, infinite_loader, make_step
 from .attention import (LearnedPositions, TransformerBlock, causal_mask, sinusoidal_positions_2d)
 
@@ -354,7 +354,7 @@ def evaluate_captioner(model: ShapesCaptioner, n: int = 2000, seed: int = 10_000
 CAPTIONER_CONFIG = {"d_model": 64, "n_heads": 4, "n_layers": 2, "width": 32, "max_len": 12}
 
 
-def train_captioner(seed: int = 0, steps: int | None = None, n_train: int | None = None,
+def train_captioner(seed: int = 0, quick: bool = False, steps: int | None = None, n_train: int | None = None,
                     batch_size: int = 128, lr: float = 2e-3, config: dict | None = None,
                     evaluate: bool = True, progress: bool = True) -> TrainResult:
     """Train a :class:`ShapesCaptioner` on the ``train`` split (held-out pairs never seen), with
@@ -363,8 +363,8 @@ def train_captioner(seed: int = 0, steps: int | None = None, n_train: int | None
 
     device = get_device()
     config = dict(config or CAPTIONER_CONFIG)
-    steps = steps or budget(full=1200, quick=20)
-    n_train = n_train or budget(full=20_000, quick=512)
+    steps = steps or (20 if quick else 1200)
+    n_train = n_train or (512 if quick else 20_000)
     model = ShapesCaptioner(**config).to(device)
     images, caps = shapes.sample(n_train, seed=seed + 1, split="train")
     enc = model.tokenizer(caps)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..data import mnist
 from ..pretrained import TrainResult, register
-from ..runtime import budget, get_device
+from ..runtime import get_device
 from ..training import fit, infinite_loader, make_step
 
 N_CLASSES = 10
@@ -347,11 +347,11 @@ RECIPES = {
 }
 
 
-def _train_registered(name: str, seed: int = 0, steps: int | None = None) -> TrainResult:
+def _train_registered(name: str, seed: int = 0, quick: bool = False) -> TrainResult:
     recipe = RECIPES[name]
     torch.manual_seed(seed)
     model = VAE(**recipe["model"]).to(get_device())
-    steps = steps or budget(full=recipe["steps"], quick=20)
+    steps = 20 if quick else recipe["steps"]
     hist = train_vae(model, steps=steps, seed=seed, desc=name, lr=recipe["lr"])
     # Shipped in float16 (half the bytes); measured after the round trip, as `load` will return it.
     model = model.half()
@@ -363,7 +363,7 @@ def _train_registered(name: str, seed: int = 0, steps: int | None = None) -> Tra
                              f"(step {hist.best_step}); weights stored in float16")
 
 
-register("vae-mnist", build=lambda cfg: VAE(**cfg), train=lambda seed=0: _train_registered("vae-mnist", seed),
+register("vae-mnist", build=lambda cfg: VAE(**cfg), train=lambda seed=0, quick=False: _train_registered("vae-mnist", seed, quick),
          evaluate=evaluate_vae, chapter="02", description="VAE on MNIST-5k, latent 16, Bernoulli decoder")
-register("cvae-mnist", build=lambda cfg: VAE(**cfg), train=lambda seed=0: _train_registered("cvae-mnist", seed),
+register("cvae-mnist", build=lambda cfg: VAE(**cfg), train=lambda seed=0, quick=False: _train_registered("cvae-mnist", seed, quick),
          evaluate=evaluate_vae, chapter="02", description="conditional VAE on MNIST-5k, latent 16")
