@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .data import shapes
 from .data.wordings import make_requests, paraphrase
-from .models.planner import PLANNER_CONFIG, PlannerHeads
+from .models.planner import PlannerHeads
 from .runtime import get_device
 from .text_encoders import MINILM_DIM, FrozenTextEncoder
 
@@ -48,7 +48,7 @@ def conditioning_probe(encoder: FrozenTextEncoder, how: str = "tokens", n_train:
     y = shapes.spec_labels([s[0] for s in scenes])
     y_test = shapes.spec_labels(test_specs)
     enc, enc_test = encoder.encode(texts), encoder.encode(test_texts)
-    heads = PlannerHeads(**dict(PLANNER_CONFIG, d_text=encoder.dim)) if how == "tokens" else PooledHeads(encoder.dim)
+    heads = PlannerHeads({"encoder": encoder.kind}) if how == "tokens" else PooledHeads(encoder.dim)
     model = heads.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
     g = torch.Generator().manual_seed(seed)

@@ -1,0 +1,133 @@
+"""The ladder of text encoders, measured (chapter 06).
+
+The same text-to-image recipe conditioned on encoders of growing size (chapter 05's learned word
+table, frozen all-MiniLM-L6-v2, frozen all-mpnet-base-v2) is asked for every training caption three
+ways: canonically, in the seen wording, and in the unseen wording (:func:`prompt_sets`). The
+shapes-judge reads each picture; :func:`judge_set` reports how often each asked-for attribute is
+there, with a 95% Wilson interval (:func:`wilson_interval`) and the chance level of guessing
+(:data:`CHANCE`). :func:`ladder_figure` draws the table.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .data import shapes
+from .data.wordings import paraphrase_prompts
+
+#: Accuracy of a guess uniform over the values: per attribute, and all five at once.
+CHANCE = {**{a: 1 / len(shapes.ATTRIBUTE_VALUES[a]) for a in shapes.ATTRIBUTES},
+          "all": 1 / math.prod(len(v) for v in shapes.ATTRIBUTE_VALUES.values())}
+PROMPT_SETS = ("canonical", "seen wording", "unseen wording")
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion (better than p ± z·se near 0 or 1)."""
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def prompt_sets(split: str = "train", seed: int = 30_000) -> dict:
+    """``{name: (prompts, canonical captions they mean)}`` for every caption of ``split`` (270 for
+    train): canonical, one seen-wording paraphrase each, one unseen-wording paraphrase each."""
+    canon = shapes.all_captions(split)
+    return {"canonical": (canon, canon),
+            "seen wording": paraphrase_prompts(split, "seen", seed),
+            "unseen wording": paraphrase_prompts(split, "unseen", seed)}
+
+
+@torch.no_grad()
+def generate(pipe, prompts: list[str], seed: int = 0, batch_size: int = 90, **kw) -> torch.Tensor:
+    """One picture per prompt [n, 3, 32, 32]; a learned-vocabulary pipeline reads unknown words as
+    ``<unk>`` (:class:`course_lib.text_encoders.unknown_as_unk`)."""
+    from .text_encoders import unknown_as_unk
+
+    g = torch.Generator().manual_seed(seed)
+    learned = hasattr(pipe.text_encoder, "tokenizer") and hasattr(pipe.text_encoder.tokenizer, "itos")
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i:i + batch_size]
+        if learned:
+            with unknown_as_unk(pipe):
+                out.append(pipe(chunk, generator=g, output_type="pt", **kw).images)
+        else:
+            out.append(pipe(chunk, generator=g, output_type="pt", **kw).images)
+    return torch.cat(out)
+
+
+def judge_set(images: torch.Tensor, targets: list[str], judge=None) -> dict:
+    """Per-attribute and all-five accuracy of pictures against the canonical captions they should show,
+    each with its 95% interval: ``{"size": (acc, lo, hi), ..., "all": (...), "n": n, "correct": [n, 5]}``."""
+    from .judges import score_shapes
+
+    res = score_shapes(images, targets, judge)
+    correct = res["correct"].bool()                                       # [n, 5]
+    n = len(targets)
+    out = {"n": n, "correct": correct}
+    cols = {a: correct[:, i] for i, a in enumerate(shapes.ATTRIBUTES)}
+    cols["all"] = correct.all(1)
+    for k, c in cols.items():
+        s = int(c.sum())
+        out[k] = (s / n, *wilson_interval(s, n))
+    return out
+
+
+def measure(pipes: dict, sets: dict | None = None, seed: int = 0, limit: int | None = None, **kw) -> dict:
+    """``{(encoder, prompt set): judge_set(...) plus "images", "prompts"}`` for every pipeline of
+    ``pipes`` (``{name: pipeline}``) on every prompt set (default :func:`prompt_sets`), the first
+    ``limit`` prompts of each (None: all)."""
+    sets = sets if sets is not None else prompt_sets()
+    out = {}
+    for name, pipe in pipes.items():
+        for set_name, (prompts, targets) in sets.items():
+            prompts, targets = prompts[:limit], targets[:limit]
+            images = generate(pipe, prompts, seed=seed, **kw)
+            out[(name, set_name)] = dict(judge_set(images, targets), images=images, prompts=prompts,
+                                         targets=targets)
+    return out
+
+
+def format_table(results: dict) -> str:
+    """The ladder as text: one row per (encoder, prompt set), accuracy per attribute and all five,
+    all five with its 95% interval, and a last row of chance levels."""
+    cols = (*shapes.ATTRIBUTES, "all")
+    lines = [f"{'encoder':22s}{'prompts':16s}" + "".join(f"{c:>7s}" for c in cols) + f"{'all five, 95% CI':>20s}"]
+    for (enc, set_name), r in results.items():
+        lines.append(f"{enc:22s}{set_name:16s}" + "".join(f"{r[c][0]:7.2f}" for c in cols)
+                     + f"{'':>6s}[{r['all'][1]:.2f}, {r['all'][2]:.2f}]")
+    lines.append(f"{'chance':22s}{'':16s}" + "".join(f"{CHANCE[c]:7.2f}" for c in cols))
+    return "\n".join(lines)
+
+
+def ladder_figure(results: dict, sizes: dict, attributes=("color", "shape", "all")):
+    """One panel per attribute: accuracy (with 95% intervals) against the text encoder's parameter
+    count (log scale), one line per prompt set, the chance level dashed. ``sizes``: ``{encoder:
+    parameters}``. Returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    encoders = list(dict.fromkeys(e for e, _ in results))
+    fig, axes = plt.subplots(1, len(attributes), figsize=(4.2 * len(attributes), 3.4), sharey=True)
+    for ax, attr in zip(np.atleast_1d(axes), attributes):
+        for set_name in dict.fromkeys(s for _, s in results):
+            xs = [sizes[e] for e in encoders if (e, set_name) in results]
+            rs = [results[(e, set_name)][attr] for e in encoders if (e, set_name) in results]
+            ys = np.array([r[0] for r in rs])
+            err = np.array([[r[0] - r[1], r[2] - r[0]] for r in rs]).T
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=set_name)
+        ax.axhline(CHANCE[attr], ls="--", c="gray", lw=1, label="chance")
+        ax.set_xscale("log")
+        ax.set_xticks([sizes[e] for e in encoders], [f"{e}\n{sizes[e] / 1e6:.1f}M" for e in encoders], fontsize=7)
+        ax.minorticks_off()
+        ax.set_title("all five attributes" if attr == "all" else attr)
+        ax.set_ylim(0, 1.02)
+    np.atleast_1d(axes)[0].set_ylabel("judged right (95% interval)")
+    np.atleast_1d(axes)[-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
