@@ -1,21 +1,34 @@
-"""The ladder of text encoders, measured (chapter 06).
+"""The ladder of text encoders (chapter 06): chapter 05's text-to-image model read through encoders
+of growing size, trained and measured the same way.
 
-The same text-to-image recipe conditioned on encoders of growing size (chapter 05's learned word
-table, frozen all-MiniLM-L6-v2, frozen all-mpnet-base-v2) is asked for every training caption three
-ways: canonically, in the seen wording, and in the unseen wording (:func:`prompt_sets`). The
-shapes-judge reads each picture; :func:`judge_set` reports how often each asked-for attribute is
-there, with a 95% Wilson interval (:func:`wilson_interval`) and the chance level of guessing
-(:data:`CHANCE`). :func:`ladder_figure` draws the table.
+The rungs: chapter 05's learned word table (``shapes-t2i``), frozen all-MiniLM-L6-v2
+(``shapes-t2i-minilm``) and frozen all-mpnet-base-v2 (``shapes-t2i-mpnet``). The two frozen rungs are
+chapter 05's :class:`~course_lib.models.text_to_image.TextToImageModel` with ``text.kind`` "minilm" or
+"mpnet" (:func:`ladder_config`), trained with chapter 05's loop on text like the real world's: each
+training caption kept canonical or reworded in the seen vocabulary
+(:func:`course_lib.data.wordings.training_captions`). The frozen states of every training text are
+computed once (:meth:`course_lib.text_encoders.FrozenConditioner.precompute`).
+
+Each model is asked for every training caption three ways: canonically, in the seen wording and in
+the unseen wording (:func:`prompt_sets`). The shapes-judge reads each picture; :func:`judge_set`
+reports how often each asked-for attribute is there, with a 95% Wilson interval
+(:func:`wilson_interval`) and the chance level of guessing (:data:`CHANCE`). :func:`ladder_figure`
+draws it.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 
 import numpy as np
 import torch
 
+from . import diffusion
 from .data import shapes
-from .data.wordings import paraphrase_prompts
+from .data.wordings import paraphrase_prompts, training_captions
+from .models import text_to_image as t2i
+from .pretrained import TrainResult, register, run_recipe
 
 #: Accuracy of a guess uniform over the values: per attribute, and all five at once.
 CHANCE = {**{a: 1 / len(shapes.ATTRIBUTE_VALUES[a]) for a in shapes.ATTRIBUTES},
@@ -49,17 +62,9 @@ def generate(pipe, prompts: list[str], seed: int = 0, batch_size: int = 90, **kw
     ``<unk>`` (:class:`course_lib.text_encoders.unknown_as_unk`)."""
     from .text_encoders import unknown_as_unk
 
-    g = torch.Generator().manual_seed(seed)
-    learned = hasattr(pipe.text_encoder, "tokenizer") and hasattr(pipe.text_encoder.tokenizer, "itos")
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        chunk = prompts[i:i + batch_size]
-        if learned:
-            with unknown_as_unk(pipe):
-                out.append(pipe(chunk, generator=g, output_type="pt", **kw).images)
-        else:
-            out.append(pipe(chunk, generator=g, output_type="pt", **kw).images)
-    return torch.cat(out)
+    learned = isinstance(pipe.text_encoder, t2i.ShapesTextEncoder)
+    with unknown_as_unk(pipe) if learned else contextlib.nullcontext():
+        return t2i.generate(pipe, list(prompts), seed=seed, batch_size=batch_size, **kw)
 
 
 def judge_set(images: torch.Tensor, targets: list[str], judge=None) -> dict:
@@ -131,3 +136,75 @@ def ladder_figure(results: dict, sizes: dict, attributes=("color", "shape", "all
     np.atleast_1d(axes)[-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# The two frozen rungs: shapes-t2i-minilm and shapes-t2i-mpnet
+# --------------------------------------------------------------------------------------------
+#: Registered name -> text-encoder kind.
+LADDER_MODELS = {"shapes-t2i-minilm": "minilm", "shapes-t2i-mpnet": "mpnet"}
+LADDER_STEPS = 2000
+P_CANONICAL = 0.25                 # share of training captions kept canonical; the rest reworded (seen)
+
+
+def ladder_config(kind: str, last_layers: int = 4) -> "t2i.TextToImageConfig":
+    """Chapter 05's model reading a frozen ``kind`` encoder: 24 tokens, the mean of its last
+    ``last_layers`` hidden layers (what generalised best to unseen wording in the probes)."""
+    if kind not in t2i.FROZEN_WIDTHS:
+        raise ValueError(f"kind must be one of {', '.join(t2i.FROZEN_WIDTHS)}, got {kind!r}")
+    return t2i.TextToImageConfig.from_dict({"text": {"kind": kind, "dim": t2i.FROZEN_WIDTHS[kind],
+                                                     "max_length": 24, "layers": last_layers}})
+
+
+def train_ladder_model(kind: str, steps: int = LADDER_STEPS, seed: int = 0, p_canonical: float = P_CANONICAL,
+                       device=None, progress: bool = True, **overrides):
+    """Chapter 05's recipe (:class:`~course_lib.models.text_to_image.TrainConfig`; ``overrides`` change
+    its fields) on a frozen ``kind`` encoder, with reworded training captions. Returns ``(ema_model,
+    history, settings)``."""
+    hp = t2i.TrainConfig.from_dict(dict(overrides, steps=steps))
+    torch.manual_seed(seed)
+    model = t2i.TextToImageModel(ladder_config(kind))
+    ds = shapes.ShapesDataset(hp.n_train, seed=seed + 100, split="train")
+    captions = training_captions(ds.captions, np.random.default_rng([seed, 66]), p_canonical)
+    model.text_encoder.precompute(captions + [""])                        # the frozen states, once
+    ema_model, history = t2i.train_on(model, diffusion.to_model_range(ds.images), captions, hp, steps,
+                                      seed=seed, device=device, progress=progress, desc=f"shapes-t2i-{kind}")
+    return ema_model, history, hp
+
+
+def evaluate_ladder_model(model) -> dict:
+    """The three prompt sets of :func:`prompt_sets` (270 prompts each), judged: accuracy per attribute
+    and all five, with the 95% interval of all five; and the sampling time per picture."""
+    pipe = t2i.make_pipeline(model)
+    q = {}
+    for set_name, (prompts, targets) in prompt_sets().items():
+        t0 = time.perf_counter()
+        r = judge_set(generate(pipe, prompts), targets)
+        q[set_name] = {k: round(r[k][0], 4) for k in (*shapes.ATTRIBUTES, "all")}
+        q[set_name]["all_ci95"] = [round(r["all"][1], 4), round(r["all"][2], 4)]
+        q[set_name]["n"] = r["n"]
+        q[set_name]["ms_per_picture"] = round(1000 * (time.perf_counter() - t0) / r["n"], 1)
+    q["num_inference_steps"] = pipe.default_num_inference_steps
+    q["guidance_scale"] = pipe.default_guidance_scale
+    return q
+
+
+def _registered_trainer(kind: str):
+    def train(seed: int = 0, quick: bool = False) -> TrainResult:
+        steps = 20 if quick else LADDER_STEPS
+
+        def notes(history, hp):
+            return (f"chapter 05's UNet and recipe ({history.steps} steps, batch {hp.batch_size}, EMA {hp.ema_decay}, "
+                    f"caption dropout {hp.caption_dropout}) reading frozen {kind} token states (mean of the last "
+                    f"4 layers) + pooled; {hp.n_train} training captions, {P_CANONICAL:.0%} canonical, the rest "
+                    f"reworded in the seen vocabulary; the language model is not in this file")
+
+        return run_recipe(lambda: train_ladder_model(kind, steps, seed, progress=False), evaluate_ladder_model,
+                          notes=notes)
+    return train
+
+
+for _name, _kind in LADDER_MODELS.items():
+    register(_name, build=t2i.TextToImageModel, train=_registered_trainer(_kind), evaluate=evaluate_ladder_model,
+             finalize=t2i.make_pipeline, chapter="06",
+             description=f"chapter 05's text-to-image UNet reading frozen {_kind} token states (ShapesPipeline)")

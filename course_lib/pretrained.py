@@ -42,7 +42,7 @@ ENTRY_MODULES = (
     "course_lib.models.text_to_image",
     "course_lib.models.clip",
     "course_lib.models.planner",
-    "course_lib.models.t2i_frozen",
+    "course_lib.ladder",
     "course_lib.models.fast",
     "course_lib.models.latent",
 )

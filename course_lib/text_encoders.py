@@ -19,6 +19,7 @@ saw as ``<unk>``: the bottom rung of the ladder.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import importlib.metadata
@@ -228,6 +229,14 @@ class FrozenTextEncoder(nn.Module):
     def device(self) -> torch.device:
         return self._device
 
+    def __deepcopy__(self, memo):
+        """A copy that shares the frozen weights (they never change): an EMA copy costs nothing."""
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        new.__dict__ = {k: v if k in ("_model", "tokenizer") else copy.deepcopy(v, memo)
+                        for k, v in self.__dict__.items()}
+        return new
+
     def to(self, device, *args, **kwargs):
         if isinstance(device, (str, torch.device)):
             self._device = torch.device(device)
@@ -308,17 +317,46 @@ def cosine_table(encoder: FrozenTextEncoder, texts: list[str], how: str = "poole
 # --------------------------------------------------------------------------------------------
 # Chapter 05's encoder interface over a frozen language model
 # --------------------------------------------------------------------------------------------
-class FrozenConditioner(nn.Module):
-    """Chapter 05's text-encoder interface over a frozen language model: ``tokenize(prompts, device)``
-    and ``forward(input_ids, attention_mask) -> (states [n, L, d], pooled [n, d])``. Only a LayerNorm
-    on top trains (these models' states have a few very large channels); the language model is the
-    installed package, never in a checkpoint. Any wording goes in: there is no unknown word.
-    ``layers``: which hidden layers to average (see :class:`FrozenTextEncoder`)."""
+class _SharedCache(dict):
+    """Frozen states of texts seen before, keyed by token ids: shared, never copied (an EMA copy of a
+    model reads the same cache)."""
 
-    def __init__(self, kind: str = "minilm", max_length: int = 24, layers: tuple | list | None = None):
+    def __deepcopy__(self, memo):
+        return self
+
+
+class _Tokenizer:
+    """``tokenizer(texts) -> {"input_ids", "attention_mask"}`` padded to ``max_length`` (on the CPU), what
+    chapter 05's training loop calls."""
+
+    def __init__(self, encoder: FrozenTextEncoder):
+        self.encoder = encoder
+
+    def __call__(self, texts) -> dict:
+        return self.encoder.tokenize(texts, "cpu")
+
+
+class FrozenConditioner(nn.Module):
+    """Chapter 05's text-encoder interface over a frozen language model: ``tokenize(prompts, device)``,
+    ``tokenizer(texts)`` and ``forward(input_ids, attention_mask) -> (states [n, L, d], pooled [n, d])``.
+    Only a LayerNorm on top trains (these models' states have a few very large channels); the
+    language model is the installed package, never in a checkpoint. Any wording goes in: there is no
+    unknown word. ``last_layers``: average the model's last this many hidden layers.
+
+    The frozen model's output for a text never changes, so it is computed once per distinct text and
+    kept (:meth:`precompute` fills the cache for a whole training set in large batches); training then
+    runs only the LayerNorm and the UNet.
+    """
+
+    def __init__(self, kind: str = "minilm", max_length: int = 24, last_layers: int = 1):
         super().__init__()
+        n_layers = _load_tower(kind, None)[1].config.num_hidden_layers
+        if not 1 <= last_layers <= n_layers:
+            raise ValueError(f"last_layers must be between 1 and {n_layers} for {kind}, got {last_layers}")
+        layers = None if last_layers == 1 else tuple(range(n_layers - last_layers + 1, n_layers + 1))
         self.frozen = FrozenTextEncoder(kind, max_length=max_length, layers=layers)
         self.norm = nn.LayerNorm(self.frozen.dim)
+        self.cache = _SharedCache()
 
     @property
     def device(self):
@@ -327,6 +365,10 @@ class FrozenConditioner(nn.Module):
     @property
     def dtype(self):
         return self.norm.weight.dtype
+
+    @property
+    def tokenizer(self) -> _Tokenizer:
+        return _Tokenizer(self.frozen)
 
     def to(self, *args, **kwargs):
         out = super().to(*args, **kwargs)
@@ -337,13 +379,40 @@ class FrozenConditioner(nn.Module):
         return self.frozen.tokenize(prompts, device or self.device)
 
     def adapt(self, states, pooled, mask):
-        """The trainable part, on (cached) frozen states [n, L, d], pooled [n, d], mask [n, L]."""
+        """The trainable part, on frozen states [n, L, d], pooled [n, d], mask [n, L]."""
         m = mask.unsqueeze(-1).to(states.dtype)
         return self.norm(states) * m, self.norm(pooled)
 
+    @torch.no_grad()
+    def precompute(self, texts: list[str], batch_size: int = 256) -> int:
+        """Encode every distinct text not cached yet (float16 in the cache); returns how many."""
+        todo = {}
+        for t in dict.fromkeys(texts):
+            ids = self.frozen.tokenize([t], "cpu")["input_ids"][0]
+            key = ids.numpy().tobytes()
+            if key not in self.cache and key not in todo:
+                todo[key] = t
+        keys, texts = list(todo), list(todo.values())
+        for i in range(0, len(texts), batch_size):
+            tok = self.frozen.tokenize(texts[i:i + batch_size])
+            enc = self.frozen.encode_tokens(tok["input_ids"], tok["attention_mask"])
+            for j, key in enumerate(keys[i:i + batch_size]):
+                self.cache[key] = (enc.states[j].half().cpu(), enc.pooled[j].half().cpu())
+        return len(texts)
+
+    def frozen_states(self, input_ids, attention_mask):
+        """The frozen model's (states [n, L, d], pooled [n, d]), from the cache where it has them."""
+        keys = [row.numpy().tobytes() for row in input_ids.cpu()]
+        if not all(k in self.cache for k in keys):
+            enc = self.frozen.encode_tokens(input_ids.to(self.frozen.device), attention_mask.to(self.frozen.device))
+            return enc.states, enc.pooled
+        states = torch.stack([self.cache[k][0] for k in keys]).float()
+        pooled = torch.stack([self.cache[k][1] for k in keys]).float()
+        return states, pooled
+
     def forward(self, input_ids, attention_mask):
-        enc = self.frozen.encode_tokens(input_ids.to(self.frozen.device), attention_mask.to(self.frozen.device))
-        return self.adapt(enc.states.to(self.device), enc.pooled.to(self.device), attention_mask.to(self.device))
+        states, pooled = self.frozen_states(input_ids, attention_mask)
+        return self.adapt(states.to(self.device), pooled.to(self.device), attention_mask.to(self.device))
 
 
 class unknown_as_unk:
