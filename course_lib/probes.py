@@ -33,11 +33,15 @@ class PooledHeads(nn.Module):
 
 
 def conditioning_probe(encoder: FrozenTextEncoder, how: str = "tokens", n_train: int = 2000, steps: int = 400,
-                       n_test: int = 324, seed: int = 0, device=None) -> dict:
-    """Train small heads to read one object's attributes off MiniLM's output, on requests in the seen
-    wording, and test them on unseen wording (``wordings.paraphrase(..., "unseen")``). ``how="tokens"``:
-    learned queries cross-attend to the token states (:class:`PlannerHeads`); ``how="pooled"``: an MLP
-    on the single pooled vector (:class:`PooledHeads`). Returns per-attribute accuracy and ``all``."""
+                       n_test: int = 324, seed: int = 0, device=None, encoded: dict | None = None) -> dict:
+    """Train small heads to read one object's attributes off a frozen encoder's output, on requests in
+    the seen wording, and test them on unseen wording (``wordings.paraphrase(..., "unseen")``).
+    ``how="tokens"``: learned queries cross-attend to the token states (:class:`PlannerHeads`);
+    ``how="pooled"``: an MLP on the single pooled vector (:class:`PooledHeads`). ``encoded``: a dict
+    that keeps the encoder's output between calls (pass the same one for both ``how``). Returns
+    per-attribute accuracy and ``all``."""
+    if how not in ("tokens", "pooled"):
+        raise ValueError(f"how must be 'tokens' or 'pooled', got {how!r}")
     device = device or get_device()
     torch.manual_seed(seed)
     texts, scenes = make_requests(n_train, seed=seed, vocab="seen", kind="one")
@@ -47,7 +51,11 @@ def conditioning_probe(encoder: FrozenTextEncoder, how: str = "tokens", n_train:
     test_texts = [paraphrase(s, rng, "unseen") for s in test_specs]
     y = shapes.spec_labels([s[0] for s in scenes])
     y_test = shapes.spec_labels(test_specs)
-    enc, enc_test = encoder.encode(texts), encoder.encode(test_texts)
+    encoded = {} if encoded is None else encoded
+    key = (n_train, n_test, seed)
+    if key not in encoded:
+        encoded[key] = (encoder.encode(texts), encoder.encode(test_texts))
+    enc, enc_test = encoded[key]
     heads = PlannerHeads({"encoder": encoder.kind}) if how == "tokens" else PooledHeads(encoder.dim)
     model = heads.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
