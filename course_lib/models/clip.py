@@ -8,6 +8,7 @@ a picture and its caption land close together in one 64-d space. Text-to-image r
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 
@@ -147,18 +148,16 @@ def clip_score(images: torch.Tensor, captions: list[str], model: TinyCLIP | None
     return s if reduction == "none" else s.mean().item()
 
 
-_cache: dict = {}
-
-
 def load_shapes_clip(device=None) -> TinyCLIP:
-    """The shipped ``shapes-clip`` (cached per device)."""
+    """The shipped ``shapes-clip``, loaded once per device."""
+    return _load_once(str(device if device is not None else get_device()))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_once(device: str) -> TinyCLIP:
     from .. import pretrained
 
-    device = device if device is not None else get_device()
-    key = ("shapes-clip", str(device))
-    if key not in _cache:
-        _cache[key] = pretrained.load("shapes-clip", device)
-    return _cache[key]
+    return pretrained.load("shapes-clip", device)
 
 
 def clip_training_pool(renders_per_caption: int, seed: int = 0):

@@ -362,8 +362,9 @@ def calibrate(heads: PlannerHeads, encoder=None, n: int = 1500, seed: int = 1000
 
 def plan_scores(planner: Planner, texts: list[str], scenes: list, preds: list | None = None) -> dict:
     """How the planner does on requests with known scenes: ``coverage`` (share of scene requests it
-    accepts), ``exact_among_accepted`` (share of those plans exactly right; None if it accepts none), ``exact_match`` (share of
-    all requests answered right: an exact plan, or a refusal of a non-scene), ``refused``, and
+    accepts), ``exact_among_accepted`` (share of those plans exactly right; None if it accepts none),
+    ``exact_match`` (share of all requests answered right: an exact plan, or a refusal of a
+    non-scene), ``refused``, and
     per-attribute accuracy over accepted plans with the right number of objects. ``preds``: the
     planner's :meth:`Planner.predict` of ``texts``, if already computed."""
     preds = preds if preds is not None else planner.predict(texts)
@@ -451,8 +452,9 @@ def _train_planner_registered(seed: int = 0, quick: bool = False) -> TrainResult
 
 
 register("shapes-planner", build=PlannerHeads, train=_train_planner_registered,
-         evaluate=lambda heads: evaluate_planner_module(heads), finalize=lambda heads: Planner(heads), chapter="06",
-         description="request -> scene spec JSON: frozen all-mpnet-base-v2 + cross-attention heads, calibrated refusals")
+         evaluate=lambda heads: evaluate_planner_module(heads), finalize=lambda heads: Planner(heads),
+         chapter="06", description="request -> scene spec JSON: frozen all-mpnet-base-v2 + cross-attention "
+                                   "heads, refusals calibrated on held-out seen wording")
 
 
 class LLMPlanner:
@@ -476,7 +478,8 @@ class LLMPlanner:
     @torch.no_grad()
     def raw(self, text: str) -> str:
         msgs = [{"role": "user", "content": self.PROMPT + text}]
-        ids = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt").to(self.model.device)
+        ids = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt")
+        ids = ids.to(self.model.device)
         out = self.model.generate(ids, max_new_tokens=self.max_new_tokens, do_sample=False)
         return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
