@@ -196,8 +196,9 @@ def _registered_trainer(kind: str):
         def notes(history, hp):
             return (f"chapter 05's UNet and recipe ({history.steps} steps, batch {hp.batch_size}, EMA {hp.ema_decay}, "
                     f"caption dropout {hp.caption_dropout}) reading frozen {kind} token states (mean of the last "
-                    f"4 layers) + pooled; {hp.n_train} training captions, {P_CANONICAL:.0%} canonical, the rest "
-                    f"reworded in the seen vocabulary; the language model is not in this file")
+                    f"4 layers) + pooled; {hp.n_train} training pictures, {P_CANONICAL:.0%} of their captions "
+                    f"canonical, the rest one of 8 seen-vocabulary wordings per caption; the language model "
+                    f"is not in this file")
 
         return run_recipe(lambda: train_ladder_model(kind, steps, seed, progress=False), evaluate_ladder_model,
                           notes=notes)

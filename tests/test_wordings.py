@@ -81,3 +81,5 @@ def test_training_captions_mix_canonical_and_seen_wording():
     assert 0.15 < same < 0.4
     unseen = wordings.content_words("unseen")
     assert not any(set(shapes.split_words(t)) & unseen for t in out)
+    many = wordings.training_captions(caps * 20, np.random.default_rng(1), per_caption=4)
+    assert len(set(many)) <= 5 * len(caps)                 # a bank of 4 wordings per caption, plus the caption

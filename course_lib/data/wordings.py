@@ -315,7 +315,13 @@ def paraphrase_prompts(split: str = "train", vocab: str = "unseen", seed: int = 
     return [paraphrase(s, rng, vocab) for s in specs], [shapes.caption(s) for s in specs]
 
 
-def training_captions(captions: list[str], rng: np.random.Generator, p_canonical: float = 0.25) -> list[str]:
+def training_captions(captions: list[str], rng: np.random.Generator, p_canonical: float = 0.25,
+                      per_caption: int = 8) -> list[str]:
     """Training text for a text-to-image model: each canonical caption kept with probability
-    ``p_canonical``, otherwise replaced by a free wording from the seen vocabulary."""
-    return [c if rng.random() < p_canonical else paraphrase(c, rng, "seen") for c in captions]
+    ``p_canonical``, otherwise replaced by one of ``per_caption`` free wordings of it drawn once from
+    the seen vocabulary (a bank per caption: a frozen encoder then encodes a few thousand distinct
+    texts, not one per training picture)."""
+    if not 0 <= p_canonical <= 1:
+        raise ValueError(f"p_canonical must be between 0 and 1, got {p_canonical}")
+    bank = {c: [paraphrase(c, rng, "seen") for _ in range(per_caption)] for c in dict.fromkeys(captions)}
+    return [c if rng.random() < p_canonical else bank[c][int(rng.integers(per_caption))] for c in captions]
