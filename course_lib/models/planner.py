@@ -117,7 +117,8 @@ class PlannerConfig(Config):
     #                                          hidden layers averaged (mpnet's last four; None: the last)
     d_model: int = 128                       # width of the heads
     n_heads: int = 4
-    layers: int = 2                          # cross-attention blocks the queries go through
+    layers: int = 2                          # cross-attention blocks the queries go through (0: one
+    #                                          attention pooling per decision, read by a linear head)
     dropout: float = 0.1
     threshold: float = 0.5                   # plans less confident than this are refused
     target_precision: float = 0.98           # what calibration asks of accepted held-out seen-wording plans
@@ -126,9 +127,12 @@ class PlannerConfig(Config):
 class PlannerHeads(nn.Module):
     """Trainable part of the planner, on top of frozen token states [n, L, d].
 
-    ``1 + MAX_OBJECTS`` learned queries (one for "how many objects", one per object slot) read the
-    request through Transformer blocks with cross-attention (chapter 03's), then small linear heads
-    classify the number of objects (none / one / two) and each slot's five attributes.
+    Learned queries read the request: one decides "how many objects" (none / one / two), and each
+    object slot has one query per attribute. With ``layers=0`` each query is one
+    attention pooling over the projected token states, read by a linear head: little capacity of its
+    own, so what it reads off an unseen word is what the frozen encoder knows about it. With
+    ``layers > 0`` the queries (one per slot) first go through Transformer blocks with cross-attention
+    (chapter 03's).
     """
 
     def __init__(self, config: PlannerConfig | dict | None = None):
@@ -138,7 +142,8 @@ class PlannerHeads(nn.Module):
             raise ValueError(f"encoder must be one of {', '.join(DIMS)}, got {cfg.encoder!r}")
         d_text, d = DIMS[cfg.encoder], cfg.d_model
         self.proj = nn.Sequential(nn.LayerNorm(d_text), nn.Dropout(cfg.dropout), nn.Linear(d_text, d))
-        self.queries = nn.Parameter(torch.randn(1 + MAX_OBJECTS, d) * 0.02)
+        per_slot = len(shapes.ATTRIBUTES) if cfg.layers == 0 else 1
+        self.queries = nn.Parameter(torch.randn(1 + MAX_OBJECTS * per_slot, d) * 0.02)
         self.blocks = nn.ModuleList(TransformerBlock(d, cfg.n_heads, dropout=cfg.dropout, d_context=d)
                                     for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(d)
@@ -148,6 +153,14 @@ class PlannerHeads(nn.Module):
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> dict:
         """``{"kind": [n, 3], "size": [n, 2, 2], "color": [n, 2, 6], ...}`` logits."""
         ctx = self.proj(states)                                            # [n, L, d]
+        if self.config.layers == 0:
+            scores = torch.einsum("nld,qd->nql", ctx, self.queries) / ctx.shape[-1] ** 0.5
+            scores = scores.masked_fill(mask[:, None, :] == 0, float("-inf"))
+            q = self.norm(scores.softmax(-1) @ ctx)                        # [n, 1 + 2 * 5, d]
+            slots = q[:, 1:].unflatten(1, (MAX_OBJECTS, len(shapes.ATTRIBUTES)))     # [n, 2, 5, d]
+            out = {"kind": self.kind_head(q[:, 0])}
+            out.update({a: h(slots[:, :, i]) for i, (a, h) in enumerate(self.heads.items())})
+            return out
         q = self.queries.unsqueeze(0).expand(len(states), -1, -1)          # [n, 3, d]
         for blk in self.blocks:
             q = blk(q, context=ctx, context_mask=mask)
