@@ -44,7 +44,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))   # p inside, as rounding may not
 
 
 def prompt_sets(split: str = "train", seed: int = 30_000) -> dict:
@@ -124,7 +124,7 @@ def ladder_figure(results: dict, sizes: dict, attributes=("color", "shape", "all
             xs = [sizes[e] for e in encoders if (e, set_name) in results]
             rs = [results[(e, set_name)][attr] for e in encoders if (e, set_name) in results]
             ys = np.array([r[0] for r in rs])
-            err = np.array([[r[0] - r[1], r[2] - r[0]] for r in rs]).T
+            err = np.clip(np.array([[r[0] - r[1], r[2] - r[0]] for r in rs]).T, 0, None)
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=set_name)
         ax.axhline(CHANCE[attr], ls="--", c="gray", lw=1, label="chance")
         ax.set_xscale("log")

@@ -79,9 +79,11 @@ def renderer(seed: int = 0):
 
 
 def pipeline_generator(pipe, seed: int = 0, **kw):
-    """``generate(captions) -> images`` from a diffusers-style pipeline (``output_type="pt"``)."""
+    """``generate(captions) -> images`` from a course pipeline (chapter 05's generate: no progress bar)."""
+    from .models.text_to_image import generate as generate_pictures
+
     def generate(captions):
-        return pipe(list(captions), generator=torch.Generator().manual_seed(seed), output_type="pt", **kw).images
+        return generate_pictures(pipe, list(captions), seed=seed, **kw)
     return generate
 
 
