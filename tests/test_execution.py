@@ -45,3 +45,14 @@ def test_time_line_states_the_measured_time_rounded_up():
     assert line.startswith("**Time**: full run about 11 minutes")
     assert "10.0 min wall, 15.0 CPU-minutes" in line and "make execute NB=05" in line and "about 2 minutes" in line
     assert execution.TIME_LINE.search(_nb().cells[0].source)
+
+
+def test_time_statement_is_replaced_whole():
+    head = ("Intro.\n\n**Time**: full run about 18 minutes (measured on a laptop\nCPU); quick run about 2 "
+            "minutes. **Prerequisites**: chapters 03 and 04.\n\nMore.")
+    rec = {"wall_seconds": 61.0, "cpu_seconds": 70.0, "threads": 1, "machine": "2 CPU cores", "chapter": "05"}
+    new = execution.TIME_LINE.sub(execution.time_line(rec, 1), head, count=1)
+    assert "laptop" not in new and "18 minutes" not in new
+    assert "full run about 2 minutes" in new and "1 torch thread," in new
+    assert new.endswith("minute. **Prerequisites**: chapters 03 and 04.\n\nMore.") or \
+        "**Prerequisites**: chapters 03 and 04." in new
