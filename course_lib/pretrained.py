@@ -40,7 +40,9 @@ ENTRY_MODULES = (
     "course_lib.models.transformer",
     "course_lib.models.ddpm",
     "course_lib.models.text_to_image",
-    "course_lib.models.llm_conditioning",
+    "course_lib.models.clip",
+    "course_lib.models.planner",
+    "course_lib.ladder",
     "course_lib.models.fast",
     "course_lib.models.latent",
 )
