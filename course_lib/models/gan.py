@@ -1,6 +1,6 @@
-"""Generative adversarial networks (chapter 01): the losses, the seeds' MLP pair, a DCGAN and a
-class-conditional DCGAN for 28x28 digits, and the registered checkpoints ``dcgan-mnist`` and
-``cgan-mnist``. Chapter 07 scores these generators.
+"""Generative adversarial networks (chapter 01): the losses, the training step, a fully connected
+pair, a DCGAN and a class-conditional DCGAN for 28x28 digits, and the registered checkpoints
+``dcgan-mnist`` and ``cgan-mnist``. Chapter 07 scores these generators.
 
 The game (Goodfellow et al., 2014). A discriminator ``D(x) = sigmoid(l(x))`` and a generator ``G(z)``:
 
@@ -135,7 +135,7 @@ class _GeneratorMixin:
 
 
 class MLPGenerator(_GeneratorMixin, nn.Module):
-    """The seeds' generator: fully connected layers from noise to 784 pixels (unconditional)."""
+    """A fully connected generator, as in the first GANs: noise -> 784 pixels (unconditional)."""
 
     def __init__(self, z_dim: int = 64, hidden: int = 256):
         super().__init__()
@@ -150,7 +150,7 @@ class MLPGenerator(_GeneratorMixin, nn.Module):
 
 
 class MLPDiscriminator(nn.Module):
-    """The seeds' discriminator: 784 pixels -> one logit."""
+    """A fully connected discriminator: 784 pixels -> one logit."""
 
     def __init__(self, hidden: int = 256):
         super().__init__()
