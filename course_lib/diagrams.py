@@ -55,18 +55,18 @@ def gan_loop(ax=None):
     _box(ax, 52, 70, 13, 12, "fakes\nG(z)", "data")
     _box(ax, 52, 25, 13, 12, "real digits\nx", "data")
     _box(ax, 74, 47, 12, 14, "discriminator\nD", "model")
-    _box(ax, 92, 72, 14, 16, "G's loss\n-log D(G(z))", "loss", fontsize=FONT - 1)
-    _box(ax, 92, 22, 14, 20, "D's loss\n-log D(x)\n-log(1-D(G(z)))", "loss", fontsize=FONT - 1)
+    _box(ax, 90, 72, 16, 16, "G's loss\n-log D(G(z))", "loss", fontsize=FONT - 1)
+    _box(ax, 89, 22, 19, 20, "D's loss\n-log D(x)\n-log(1-D(G(z)))", "loss", fontsize=FONT - 2)
     _arrow(ax, (14.5, 70), (23.5, 70))
     _arrow(ax, (36.5, 70), (45, 70))
     _arrow(ax, (58.5, 67), (67.5, 51), "detached for D's step,\nattached for G's step",
            offset=(-12, -13))
     _arrow(ax, (58.5, 28), (67.5, 43))
-    _arrow(ax, (80.5, 52), (85, 66))
-    _arrow(ax, (80.5, 42), (85, 30))
-    _arrow(ax, (86, 16), (76, 39), "1. opt_d.step()", dashed=True, color="#1f5fa8", offset=(-10, -9),
+    _arrow(ax, (80.5, 52), (83, 66))
+    _arrow(ax, (80.5, 42), (83, 30))
+    _arrow(ax, (84, 16), (76, 39), "1. opt_d.step()", dashed=True, color="#1f5fa8", offset=(-10, -9),
            rad=-0.3)
-    _arrow(ax, (88, 82), (30, 78), "2. opt_g.step(): gradients through D into G", dashed=True,
+    _arrow(ax, (87, 82), (30, 78), "2. opt_g.step(): gradients through D into G", dashed=True,
            color="#a61c1c", offset=(0, 6), rad=0.25)
     ax.set_title("one step of the GAN game: D learns first, then G learns to fool the updated D",
                  fontsize=FONT + 1)

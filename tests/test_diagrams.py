@@ -22,6 +22,15 @@ def test_diagram_draws_with_readable_text(name):
         for t in labels:                                  # nothing runs off the figure's sides
             box = t.get_window_extent(renderer)
             assert box.x0 >= -1 and box.x1 <= width + 1, (name, t.get_text())
+        boxes = [p.get_window_extent(renderer) for ax in fig.axes for p in ax.patches
+                 if type(p).__name__ == "FancyBboxPatch"]
+        for t in fig.axes[0].texts:                       # a box's label stays inside its box
+            b = t.get_window_extent(renderer)
+            cx, cy = (b.x0 + b.x1) / 2, (b.y0 + b.y1) / 2
+            for p in boxes:
+                if p.x0 <= cx <= p.x1 and p.y0 <= cy <= p.y1:
+                    assert p.x0 - 1 <= b.x0 and b.x1 <= p.x1 + 1 and p.y0 - 1 <= b.y0 and \
+                        b.y1 <= p.y1 + 1, (name, t.get_text())
     finally:
         plt.close(fig)
 
