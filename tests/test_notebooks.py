@@ -63,8 +63,7 @@ def test_every_exercise_is_followed_by_its_check(path):
 
 
 #: Chapters that do not have their three exercises yet (the same rule as LONG_LINES_EXPECTED).
-FEW_EXERCISES_EXPECTED = {"04_diffusion", "05_text_to_image", "06_llm_conditioning",
-                          "08_fast_generation"}
+FEW_EXERCISES_EXPECTED = {"04_diffusion", "08_fast_generation"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
