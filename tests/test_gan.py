@@ -200,28 +200,6 @@ def test_make_gan_step_rejects_bad_arguments():
         gan.make_gan_step(G, D, opt_g, opt_d, d_loss="bce")
 
 
-def test_learning_rate_decay_reaches_zero_and_rejects_bad_steps(monkeypatch):
-    seen = []
-    real_adam = torch.optim.Adam
-
-    def adam(params, **kw):
-        opt = real_adam(params, **kw)
-        seen.append(opt)
-        return opt
-
-    monkeypatch.setattr(torch.optim, "Adam", adam)
-    g = gan.GAN(z_dim=8, g_width=8, d_width=8, n_classes=0, extra_conv=False)
-    data = (torch.rand(32, 1, 28, 28) * 2 - 1, torch.zeros(32, dtype=torch.long))
-    gan.train_gan(g, steps=8, decay_from=4, lr_g=1e-3, lr_d=2e-3, data=data, batch_size=16,
-                  progress=False)
-    assert [o.param_groups[0]["lr"] for o in seen] == [0.0, 0.0]
-    for bad in (8, -1, 9):
-        with pytest.raises(ValueError, match="decay_from"):
-            gan.train_gan(g, steps=8, decay_from=bad, data=data, progress=False)
-    with pytest.raises(ValueError, match="decay_from"):
-        gan.train_gan(g, minutes=0.01, decay_from=2, data=data, progress=False)
-
-
 def test_registered():
     names = pretrained.known()
     assert "dcgan-mnist" in names and "cgan-mnist" in names

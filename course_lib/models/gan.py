@@ -406,16 +406,12 @@ def train_gan(gan: GAN, steps: int | None = None, minutes: float | None = None, 
               lr_g: float = 2e-4, lr_d: float = 2e-4, betas=(0.5, 0.999), g_loss: str = "nonsaturating",
               g_steps: int = 1, ema_decay: float = 0.999, seed: int = 0, data=None, callback=None,
               callback_every: int = 0, progress: bool = True, desc: str = "GAN", update=None,
-              d_loss=discriminator_loss, decay_from: int | None = None):
+              d_loss=discriminator_loss):
     """Train ``gan`` in place on MNIST-5k train (or ``data=(x, y)``); returns the :class:`History`.
 
     ``update``, ``d_loss``, ``g_loss``: the step of the game and its losses (default :func:`gan_step`
     with the library's losses; see :func:`make_gan_step`). ``callback(step, gan)`` every
-    ``callback_every`` steps (a live sample grid). ``decay_from``: both learning rates fall linearly
-    from this step to zero at ``steps`` (needs ``steps``); ``None`` keeps them constant."""
-    if decay_from is not None and (steps is None or not 0 <= decay_from < steps):
-        raise ValueError(f"decay_from must be a step in [0, steps) with steps given; got "
-                         f"decay_from={decay_from!r}, steps={steps!r}")
+    ``callback_every`` steps (a live sample grid)."""
     device = next(gan.parameters()).device
     x, y = data if data is not None else mnist.load_mnist("train")
     loader = infinite_loader(torch.utils.data.TensorDataset(x, y), batch_size, seed=seed)
@@ -426,15 +422,7 @@ def train_gan(gan: GAN, steps: int | None = None, minutes: float | None = None, 
                             device=device, noise_generator=torch.Generator().manual_seed(seed + 1),
                             update=update, d_loss=d_loss)
 
-    schedulers = []
-    if decay_from is not None:
-        def factor(i):                               # i optimiser steps done so far
-            return 1.0 if i < decay_from else (steps - i) / (steps - decay_from)
-        schedulers = [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in (opt_g, opt_d)]
-
     def cb(step, history):
-        for sched in schedulers:
-            sched.step()
         if callback is not None and callback_every and (step + 1) % callback_every == 0:
             _sync_ema(gan, ema)
             callback(step + 1, gan)
@@ -479,13 +467,11 @@ def evaluate_gan(model) -> dict:
     return evaluate_conditional(model) if model.n_classes else evaluate_unconditional(model)
 
 
-#: The recipes of the shipped checkpoints (the notebook's runs use the same model and ``train``
-#: settings, for fewer steps). ``train`` goes to :func:`train_gan`; the step of the game is
-#: :func:`gan_step`. ``decay_from``: the shipped run's learning rates fall to 0 from this step.
+#: The recipes of the shipped checkpoints (the notebook's full run uses the same ones). ``train``
+#: goes to :func:`train_gan`; the step of the game is :func:`gan_step`.
 RECIPES = {
     "dcgan-mnist": dict(model=dict(z_dim=64, g_width=32, d_width=32, n_classes=0, extra_conv=False),
-                        train=dict(lr_g=5e-4, lr_d=5e-4, ema_decay=0.999), steps=12000,
-                        decay_from=6000),
+                        train=dict(lr_g=5e-4, lr_d=5e-4, ema_decay=0.999), steps=10000),
     "cgan-mnist": dict(model=dict(z_dim=64, g_width=32, d_width=32, n_classes=10, extra_conv=False),
                        train=dict(lr_g=5e-4, lr_d=5e-4, ema_decay=0.999), steps=7000),
 }
@@ -513,20 +499,14 @@ def _train_registered(name: str, seed: int = 0, quick: bool = False) -> TrainRes
     def train():
         torch.manual_seed(seed)
         model = GAN(**recipe["model"]).to(get_device())
-        decay_from = recipe.get("decay_from")
-        if quick and decay_from is not None:
-            decay_from = steps // 2                  # the same shape of schedule, on the short budget
-        hist = train_gan(model, steps=steps, seed=seed, desc=name, decay_from=decay_from,
-                         **recipe["train"])
+        hist = train_gan(model, steps=steps, seed=seed, desc=name, **recipe["train"])
         return model.sampler.eval(), hist
 
     def notes(hist, extra):
         t = recipe["train"]
         return (f"{hist.steps} steps of gan_step, batch 64, Adam lr {t['lr_g']} (G) / {t['lr_d']} (D), "
                 f"betas (0.5, 0.999), non-saturating loss, spectral-norm discriminator; ships the EMA "
-                f"({t['ema_decay']}, warmed up) generator only, batch-norm statistics recomputed"
-                + (f"; both learning rates fall linearly to 0 from step {recipe['decay_from']}"
-                   if recipe.get("decay_from") is not None else ""))
+                f"({t['ema_decay']}, warmed up) generator only, batch-norm statistics recomputed")
 
     return run_recipe(train, evaluate_shipped, notes=notes)
 
