@@ -121,7 +121,7 @@ def test_shipped_hash_and_record():
     q = rec["quality"]
     assert rec["config"]["sampler"] == "ddim" and rec["config"]["guidance_scale"] == 1.0
     assert q["distill_seconds"] > 0
-    # the issue's target, on the recorded numbers: at 4 steps at most 5 points below the teacher at 50
+    # chapter 08's target, on the recorded numbers: at 4 steps at most 5 points below the teacher at 50
     assert q["points_below_teacher_ddim50_at_4_steps"] <= 5
     rows = q["rows"]
     assert rows["student_1_step"]["unet_evals_per_picture"] == 1
