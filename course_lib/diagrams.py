@@ -1,6 +1,7 @@
 """Architecture diagrams drawn by code (matplotlib), one per chapter where a picture explains the
 model better than prose: the GAN training loop (chapter 01), the VAE (chapter 02), the pre-norm
-Transformer block (chapter 03).
+Transformer block (chapter 03), the diffusion process and its training step (chapter 04), the
+text-conditioned U-Net inside its sampling pipeline (chapter 05).
 
 Each function draws into a new figure (or the ``ax`` it is given) and returns the figure; nothing
 is shown or saved here. Boxes are model parts, solid arrows the forward pass, dashed arrows where
@@ -134,4 +135,104 @@ def transformer_block(ax=None, heads: int = 4):
     return fig
 
 
-DIAGRAMS = {"gan_loop": gan_loop, "vae": vae, "transformer_block": transformer_block}
+def diffusion_process(ax=None):
+    """Chapter 04: the forward process adds noise step by step (or in one closed-form jump), the
+    reverse process removes it; the row under the states gives each one's index in code (papers
+    count 1..T with the clean picture at 0; diffusers and the course count 0..T-1, clean at -1);
+    below, the training step: draw t and ε, noise x_0 in closed form, regress ε."""
+    fig, ax = _axes(ax, (11, 5.2))
+    row, xs = 62, {"x_0": 16, "x_1": 30, "x_{t-1}": 58, "x_t": 74, "x_T": 94}
+    names = {"x_0": "clean\ndigit", "x_T": "pure\nnoise"}
+    for key, x in xs.items():
+        kind = "data" if key == "x_0" else "noise" if key == "x_T" else "op"
+        label = f"${key}$" + (f"\n{names[key]}" if key in names else "")
+        _box(ax, x, row, 9 if key in names else 7, 14 if key in names else 8, label, kind)
+    for x in (44, 84):
+        ax.text(x, row, "· · ·", ha="center", va="center", fontsize=FONT + 2)
+    for a, b in [("x_0", "x_1"), ("x_{t-1}", "x_t")]:
+        _arrow(ax, (xs[a] + 5, row + 2.5), (xs[b] - 4.5, row + 2.5))
+        _arrow(ax, (xs[b] - 4.5, row - 2.5), (xs[a] + 5, row - 2.5), color="#a61c1c")
+    ax.text(44, row + 6, r"$q(x_t \mid x_{t-1})$: add noise", ha="center", fontsize=FONT - 1)
+    ax.text(44, row - 6, r"$p_\theta(x_{t-1} \mid x_t)$: remove it", ha="center", va="top",
+            fontsize=FONT - 1, color="#a61c1c")
+    _arrow(ax, (xs["x_0"], row + 7.5), (xs["x_t"], row + 5.5), color="#1f5fa8", rad=-0.22)
+    ax.text(45, 92, r"closed form $q(x_t \mid x_0)$: one jump, $\sqrt{\bar\alpha_t}\,x_0 + "
+            r"\sqrt{1-\bar\alpha_t}\,\varepsilon$", ha="center", fontsize=FONT - 1, color="#1f5fa8")
+    ax.text(0, 44, "index\nin code:", ha="left", va="center", fontsize=FONT - 1)
+    for key, code in (("x_0", "-1"), ("x_1", "0"), ("x_{t-1}", "t-2"), ("x_t", "t-1"),
+                      ("x_T", "T-1")):
+        ax.text(xs[key], 44, code, ha="center", va="center", fontsize=FONT - 1,
+                family="monospace")
+    ty = 20
+    ax.text(0, ty + 13, "training step:", ha="left", fontsize=FONT - 1)
+    _box(ax, 9, ty, 12, 10, "t ~ uniform\nε ~ N(0, I)", "noise", fontsize=FONT - 1)
+    _box(ax, 34, ty, 22, 10, r"$x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\varepsilon$",
+         "op", fontsize=FONT - 1)
+    _box(ax, 60, ty, 14, 10, "network\n" + r"$\varepsilon_\theta(x_t, t)$", "model")
+    _box(ax, 87, ty, 16, 10, r"loss $\|\varepsilon - \varepsilon_\theta\|^2$", "loss",
+         fontsize=FONT - 1)
+    _arrow(ax, (16, ty), (22, ty))
+    _arrow(ax, (46, ty), (52, ty))
+    _arrow(ax, (68, ty), (78, ty))
+    _arrow(ax, (9, ty - 6.5), (85, ty - 6.5), "ε is the target", color="#444444", rad=0.12,
+           offset=(0, -9.5))
+    ax.set_title("diffusion: a fixed noising process forward, a learned denoiser backward",
+                 fontsize=FONT + 1)
+    return fig
+
+
+def text_to_image_unet(ax=None):
+    """Chapter 05: the caption's words feed the U-Net's cross-attention (keys and values), the
+    timestep (plus the pooled caption) is added in every ResNet block; the sampler calls the U-Net
+    twice a step (with and without the caption), guides, steps, and repeats."""
+    fig, ax = _axes(ax, (12, 6.2))
+    # the text path (top) and the time path (left)
+    _box(ax, 8, 90, 13, 8, "caption\n\"a red circle ...\"", "data", fontsize=FONT - 1)
+    _box(ax, 27, 90, 13, 8, "text encoder\n(Transformer)", "model", fontsize=FONT - 1)
+    _box(ax, 50, 90, 18, 8, "word states [L, d]\n= keys and values", "op", fontsize=FONT - 1)
+    _arrow(ax, (15, 90), (20, 90))
+    _arrow(ax, (34, 90), (40.5, 90))
+    _box(ax, 8, 62, 13, 8, "timestep t", "noise", fontsize=FONT - 1)
+    _box(ax, 8, 44, 13, 12, "time embedding\nsinusoid + MLP\n+ pooled caption", "op",
+         fontsize=FONT - 2)
+    _arrow(ax, (8, 57.5), (8, 51))
+    _arrow(ax, (27, 85.5), (12, 51), "pooled", offset=(-1, 0))
+    # the U-Net: down the left leg, across the middle, up the right leg
+    left, right = 36, 70
+    _box(ax, left, 68, 16, 8, "16x16 ResNet", "model", fontsize=FONT - 1)
+    _box(ax, left, 48, 16, 10, "8x8 ResNet\n+ cross-attention", "model", fontsize=FONT - 1)
+    _box(ax, 53, 28, 24, 8, "middle 8x8: ResNet, cross-attn", "model", fontsize=FONT - 1)
+    _box(ax, right, 48, 16, 10, "8x8 ResNet\n+ cross-attention", "model", fontsize=FONT - 1)
+    _box(ax, right, 68, 16, 8, "16x16 ResNet", "model", fontsize=FONT - 1)
+    _arrow(ax, (left, 63.5), (left, 54.5))
+    _arrow(ax, (left + 3, 42.5), (45, 32.5))
+    _arrow(ax, (61, 32.5), (right - 3, 42.5))
+    _arrow(ax, (right, 54.5), (right, 63.5))
+    _arrow(ax, (left + 8.5, 68), (right - 8.5, 68), "skip", dashed=True, color="#666666",
+           offset=(0, -6))
+    _arrow(ax, (left + 8.5, 48), (right - 8.5, 48), "skip", dashed=True, color="#666666",
+           offset=(0, -6))
+    _arrow(ax, (50, 85.5), (left + 2, 53.5), color="#1f5fa8")
+    _arrow(ax, (52, 85.5), (right - 2, 53.5), "cross-attention:\nqueries = positions",
+           color="#1f5fa8", offset=(9, 3))
+    _arrow(ax, (14.5, 44), (27.5, 47), "added in every\nResNet block", color="#7f6000",
+           offset=(0, -16))
+    # the picture in, the prediction out, the sampler around it
+    _box(ax, 36, 8, 20, 8, "noisy picture x_t\n3x32x32, folded to 12x16x16", "data",
+         fontsize=FONT - 2)
+    _arrow(ax, (30, 12.5), (left - 6, 63.5), color="#333333", rad=-0.25)
+    _box(ax, 90, 68, 15, 8, "prediction v\n(unfolded)", "data", fontsize=FONT - 1)
+    _arrow(ax, (right + 8.5, 68), (82, 68))
+    _box(ax, 88, 36, 20, 14, "guidance, twice a step:\nv(empty) + w (v(caption)\n- v(empty))",
+         "op", fontsize=FONT - 2)
+    _box(ax, 72, 8, 20, 8, "sampler step (DPM++)\nx_t -> x_t-1", "op", fontsize=FONT - 1)
+    _arrow(ax, (90, 63.5), (89, 43.5))
+    _arrow(ax, (86, 29), (80, 12.5))
+    _arrow(ax, (61.5, 8), (46.5, 8), "repeat, 20 steps", offset=(0, 2))
+    ax.set_title("chapter 05's text-to-image model: a U-Net that listens to the words, inside "
+                 "its sampling loop", fontsize=FONT + 1)
+    return fig
+
+
+DIAGRAMS = {"gan_loop": gan_loop, "vae": vae, "transformer_block": transformer_block,
+            "diffusion_process": diffusion_process, "text_to_image_unet": text_to_image_unet}

@@ -1,4 +1,4 @@
-"""The architecture diagrams of chapters 01-03 (course_lib.diagrams): each draws, with readable text."""
+"""The architecture diagrams of chapters 01-05 (course_lib.diagrams): each draws, with readable text."""
 import matplotlib
 
 matplotlib.use("Agg")

@@ -165,3 +165,14 @@ def test_shipped_quick_accuracy(shipped):
     got = score_shapes(images, caps)["all"]
     recorded = pretrained.info(fast.NAME)["quality"]["rows"]["student_1_step"]["train_captions"]["all"]
     assert got >= recorded - 0.15, (got, recorded)
+
+
+def test_measure_reports_kid_beside_fid_when_given_a_reference():
+    """Chapter 08's distillation table: KID (unbiased at a few pictures) next to FID."""
+    from course_lib import samplers
+
+    pipe = pretrained.load("shapes-t2i-fast")
+    caps = shapes.all_captions("train")[:4]
+    row = fast.measure(pipe, 1, 1, n_train=4, n_heldout=2, timing_captions=2,
+                       kid_reference=samplers.reference_set(pipe, caps, per_target=2))
+    assert np.isfinite(row["judge_kid"]) and np.isfinite(row["judge_fid"])

@@ -118,12 +118,17 @@ def sample_digits(model: DigitDenoiser, n: int = 64, labels=None, guidance_scale
 
 
 def train_ddpm(config: dict | None = None, steps: int | None = None, minutes: float | None = None, seed: int = 0,
-               device=None, callback=None, progress: bool = True, **overrides):
+               device=None, callback=None, progress: bool = True, loss=None, **overrides):
     """Train a :class:`DigitDenoiser` with the ε-prediction loss on MNIST-5k train digits.
 
-    Returns ``(ema_model, history)``.
+    ``loss(model_fn, x0, alphas_cumprod, generator) -> scalar`` is the training step's loss (draw t,
+    draw ε, noise x0, compare); default :func:`course_lib.diffusion.diffusion_loss`, which chapter
+    04's exercise writes. Returns ``(ema_model, history)``.
     """
     hp = DDPMTrainConfig.from_dict(overrides)
+    if loss is not None and not callable(loss):
+        raise TypeError(f"loss must be None or a function (model_fn, x0, alphas_cumprod, generator) -> "
+                        f"loss, got {type(loss).__name__}")
     if steps is None and minutes is None:
         steps = hp.steps
     device = device or get_device()
@@ -146,6 +151,8 @@ def train_ddpm(config: dict | None = None, steps: int | None = None, minutes: fl
         xb = xb.to(device)
         drop = torch.rand(len(yb), generator=g) < hp.class_dropout
         yb = torch.where(drop, torch.full_like(yb, NULL_CLASS), yb).to(device)
+        if loss is not None:
+            return loss(lambda a, t: m(a, t, yb), xb, ac, g)
         return diffusion.diffusion_loss(lambda a, t: m(a, t, yb), xb, ac, pt, generator=g)
 
     hist = fit(make_step(model, loss_fn, opt, scheduler=sched, ema=ema, grad_clip=1.0), loader, steps=steps,
