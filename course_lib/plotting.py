@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from matplotlib import ticker
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -96,6 +97,9 @@ def plot_losses(history, keys=None, window: int = 25, ax=None, title: str | None
     ax.set_xlabel("step")
     if logy:
         ax.set_yscale("log")
+        # plain numbers ("0.05", "1.2") on the log axis, not 1.2x10^0 on a short range of losses
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(ticker.LogFormatter(minor_thresholds=(2, 0.4)))
     ax.legend()
     if title:
         ax.set_title(title)

@@ -44,3 +44,12 @@ def test_smooth_and_plot_losses():
     ax = plot_losses({"loss": v}, window=2, title="t")
     assert ax.get_title() == "t" and len(ax.lines) == 2
     plt.close(ax.figure)
+
+
+def test_loss_plot_on_a_log_axis_labels_plain_numbers():
+    losses = (1.05 + 0.15 * torch.exp(-torch.arange(200) / 50)).tolist()      # less than one decade
+    ax = plot_losses({"loss": losses}, logy=True)
+    ax.figure.canvas.draw()
+    labels = [t.get_text() for t in ax.get_yticklabels(minor=True) + ax.get_yticklabels()]
+    assert any(label for label in labels) and not any("times" in s or "^" in s for s in labels), labels
+    plt.close(ax.figure)
