@@ -189,7 +189,11 @@ def diffusion_loss(model_fn, x0: torch.Tensor, alphas_cumprod: torch.Tensor, pre
                    return_parts: bool = False):
     """One Monte Carlo estimate of the denoising loss: draw t and ε, noise x_0 in closed form, ask
     ``model_fn(x_t, t)`` for ``prediction_type``'s target, return the (optionally Min-SNR-weighted)
-    mean squared error."""
+    mean squared error. ``"flow_prediction"`` is flow matching (:func:`course_lib.flow.flow_matching_loss`:
+    the straight path, times in [0, 1], no ``alphas_cumprod``)."""
+    if prediction_type == "flow_prediction":
+        from . import flow
+        return flow.flow_matching_loss(model_fn, x0, generator=generator, return_parts=return_parts)
     n = x0.shape[0]
     T = len(alphas_cumprod)
     t = torch.randint(0, T, (n,), generator=generator).to(x0.device)

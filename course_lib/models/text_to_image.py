@@ -338,8 +338,10 @@ TRAIN_DEFAULTS = {
 
 def train_text_to_image(config: dict | None = None, steps: int | None = None, minutes: float | None = None,
                         seed: int = 0, device=None, eval_every: int | None = None, eval_fn=None,
-                        callback=None, progress: bool = True, **overrides):
-    """Train a :class:`TextToImageModel` from scratch on Shapes (train split).
+                        callback=None, progress: bool = True, model: nn.Module | None = None, **overrides):
+    """Train a :class:`TextToImageModel` from scratch on Shapes (train split); ``model``: another
+    backbone with the same ``text_encoder`` / ``encode`` / ``denoise`` and a ``config`` dict (chapter
+    05's Diffusion Transformer), trained with the same step.
 
     Budget: ``steps`` and/or ``minutes`` (whichever ends first; the learning rate decays with the
     fraction of the budget used, so a minutes budget still ends at a low rate). Returns
@@ -350,9 +352,9 @@ def train_text_to_image(config: dict | None = None, steps: int | None = None, mi
     if steps is None and minutes is None:
         steps = hp["steps"]
     device = device or get_device()
-    cfg = _merged(config)
     torch.manual_seed(seed)
-    model = TextToImageModel(cfg).to(device)
+    cfg = model.config if model is not None else _merged(config)
+    model = (model if model is not None else TextToImageModel(cfg)).to(device)
     ema = EMA(model, decay=hp["ema_decay"])
     ds = shapes.ShapesDataset(hp["n_train"], seed=seed + 100, split="train")
     tok = model.text_encoder.tokenizer
