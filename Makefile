@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.course-installed
 
-.PHONY: setup lab test unit notebooks student verify clean-venv
+.PHONY: setup lab test unit notebooks student verify execute clean-venv
 
 setup: $(STAMP)
 
@@ -30,6 +30,11 @@ unit: setup
 
 notebooks: setup
 	PYTHONPATH=$(CURDIR) COURSE_QUICK=1 HF_HUB_OFFLINE=1 $(PY) -m pytest notebooks --nbval-lax --nbval-current-env -q
+
+# Store every notebook (or one: make execute NB=05) with the outputs of one full run, its measured
+# time in its header and in docs/chapters.md (scripts/execute_notebooks.py; minutes to hours on a CPU).
+execute: setup
+	$(PY) scripts/execute_notebooks.py $(NB)
 
 student: setup
 	$(PY) -m course_lib.student

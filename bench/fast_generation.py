@@ -32,7 +32,7 @@ def main(argv=None) -> list[dict]:
     import torch
 
     torch.set_num_threads(args.threads)
-    from course_lib import pretrained, runtime, samplers, speedups
+    from course_lib import pretrained, runtime, samplers, sampling, speedups
     from course_lib.data import shapes
 
     t_start = time.perf_counter()
@@ -41,7 +41,7 @@ def main(argv=None) -> list[dict]:
     caps = shapes.all_captions("train")[::every]
     baseline_steps = 50 if q else 1000
     steps = (1, 2, 4) if q else (1, 2, 4, 8, 16, 32, 50)
-    names = ("ddim", "dpm++") if q else samplers.SAMPLERS
+    names = ("ddim", "dpm++") if q else sampling.SAMPLERS
     fixed_steps = 4 if q else 20
     repeats = 1 if q else 3
     variants = ["fp32", "channels-last"] if q else [v for v in speedups.VARIANTS
@@ -59,7 +59,7 @@ def main(argv=None) -> list[dict]:
     print(speedups.format_combined(table))
     best = samplers.fastest_within(rows, 2.0, ("ddpm", baseline_steps))
     if best:
-        print(f"fastest sampler within 2 points of DDPM-{baseline_steps}: {samplers.LABELS[best['sampler']]}-"
+        print(f"fastest sampler within 2 points of DDPM-{baseline_steps}: {sampling.LABELS[best['sampler']]}-"
               f"{best['steps']}, {best['speedup']:.0f}x faster ({100 * best['accuracy']:.1f}% vs "
               f"{100 * rows[0]['accuracy']:.1f}%)")
     print(f"benchmark took {time.perf_counter() - t_start:.0f} s")

@@ -1,168 +1,54 @@
-"""Fast sampling: the field's samplers as diffusers schedulers, and a sweep that measures what each
-costs and what it gives (chapter 08).
+"""Fast sampling, measured (chapter 08): what each of the field's samplers costs and what it gives.
 
-* :func:`make_scheduler` builds ``"ddpm"``, ``"ddim"``, ``"dpm++"`` (DPM-Solver++ 2nd order),
-  ``"unipc"`` or ``"euler"`` from a model's config (its noise schedule and prediction type), for
-  ``shapes-t2i`` (swap ``pipe.scheduler``) and ``ddpm-mnist`` (:func:`sample_digits`).
-* :func:`sample_shapes` is :class:`~course_lib.models.text_to_image.ShapesPipeline`'s sampling loop
-  with the two classifier-free-guidance passes either batched as one batch of 2n (what the pipeline
-  does), run one after the other, or switched off: the cost of guidance, measured.
+The samplers themselves are diffusers schedulers built by the course's one factory,
+:func:`course_lib.sampling.make_scheduler` (DDPM, DDIM, DPM-Solver++, UniPC, Euler and the stochastic
+Euler ancestral and DPM-Solver++ SDE), and they all run in the course's one loop,
+:func:`course_lib.sampling.denoise_loop` (see its module for why every sampler starts at t = T - 1).
+
+* :func:`sample_shapes` is a Shapes pipeline's own call with another scheduler and with the two
+  classifier-free-guidance passes batched (the pipeline's way), sequential or off: the cost of
+  guidance, measured by :func:`cfg_cost`.
+* :func:`sample_digits` samples ``ddpm-mnist`` with any scheduler.
 * :func:`sweep` measures, per (sampler, steps): the judge's accuracy, KID on the judge's features
   (a quality measure that keeps falling after the accuracy has saturated) and wall milliseconds per
   picture. :func:`fastest_within` answers the chapter's question: which sampler is the fastest one
   that stays within a few points of DDPM's 1000 steps?
-
-Timestep spacing (why ``"trailing"``): a sampler with n steps visits n of the T = 1000 training
-timesteps. diffusers' default "leading" spacing takes ``0, k, 2k, ... , (n-1)k`` with ``k = T // n``:
-with 1 step it asks the network to denoise at t = 0, a nearly clean picture, although it starts
-from pure noise; with 4 steps it starts at t = 750, where the training pictures still had a visible
-signal. "Trailing" spacing counts back from t = T - 1 (``999, 999 - k, ...``), so the first step
-always starts where pure noise is what the network was trained on (Lin et al. 2024, "Common
-diffusion noise schedules and sample steps are flawed", table 2). At 50+ steps the two hardly
-differ; at 1-8 steps trailing is what makes them work.
 """
 from __future__ import annotations
 
-import inspect
 import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                       EulerDiscreteScheduler, UniPCMultistepScheduler)
 
-from . import diffusion
+from . import arguments, diffusion, sampling
+from .progress import progress_bar
 from .runtime import synchronize
 
-SAMPLERS = ("ddpm", "ddim", "dpm++", "unipc", "euler")
-# stochastic counterparts of the ODE samplers (fresh noise every step, like DDPM): chapter 08 compares them
-STOCHASTIC_SAMPLERS = ("euler-a", "dpm++sde")
-LABELS = {"ddpm": "DDPM", "ddim": "DDIM", "dpm++": "DPM-Solver++(2M)", "unipc": "UniPC", "euler": "Euler",
-          "euler-a": "Euler ancestral", "dpm++sde": "DPM-Solver++(2M) SDE"}
-
-
-def model_config(model) -> dict:
-    """The schedule part of a model's config: ``{"schedule", "num_train_timesteps", "prediction_type"}``.
-    ``model`` is a config dict, a ``DigitDenoiser``/``TextToImageModel`` (``.config`` dict) or a
-    ``ShapesPipeline`` (read off its scheduler's config)."""
-    if hasattr(model, "scheduler"):                                        # a ShapesPipeline
-        sc = model.scheduler.config
-        names = {v: k for k, v in diffusion.DIFFUSERS_SCHEDULE_NAMES.items()}
-        cfg = {"schedule": names[sc.beta_schedule], "num_train_timesteps": sc.num_train_timesteps,
-               "prediction_type": sc.prediction_type}
-    elif isinstance(model, dict):
-        cfg = model
-    elif isinstance(getattr(model, "config", None), dict):
-        cfg = model.config
-    else:
-        raise TypeError(f"cannot read a noise schedule off {type(model).__name__}")
-    return {"schedule": cfg.get("schedule", "linear"), "num_train_timesteps": int(cfg.get("num_train_timesteps", 1000)),
-            "prediction_type": cfg.get("prediction_type", "epsilon")}
-
-
-def make_scheduler(name: str, model_config_or_model, spacing: str = "trailing"):
-    """A diffusers scheduler for sampler ``name`` with the model's schedule and prediction type.
-
-    * ``"ddpm"``: ancestral sampling (Ho et al. 2020); x̂_0 clipped to [-1, 1] only for an
-      ε-network (as chapter 04's sampler; a v-network's x̂_0 must not be clipped).
-    * ``"ddim"``: η = 0, deterministic (Song et al. 2021); ``clip_sample=False``.
-    * ``"dpm++"``: DPM-Solver++ 2nd-order multistep (Lu et al. 2022), first order on the last step.
-    * ``"unipc"``: UniPC, bh2 predictor-corrector on x̂_0 (Zhao et al. 2023).
-    * ``"euler"``: Euler's method on the probability-flow ODE in σ (Karras et al. 2022).
-
-    Stochastic ones (:data:`STOCHASTIC_SAMPLERS`; every step adds fresh noise, so the sampler also
-    corrects earlier errors, Karras et al. 2022 sec. 4):
-
-    * ``"euler-a"``: Euler ancestral: DDPM's ancestral step written in σ, so the same pictures up to
-      float rounding where DDPM does not clip x̂_0 (a v-network such as ``shapes-t2i``;
-      ``tests/test_samplers.py`` checks it). For an ε-network "ddpm" clips and the two differ.
-    * ``"dpm++sde"``: DPM-Solver++(2M) SDE (Lu et al. 2022), the stochastic 2nd-order solver.
-
-    ``spacing="trailing"`` (the default; see the module docstring) starts every sampler at t = T - 1.
-    """
-    cfg = model_config(model_config_or_model)
-    kw = dict(diffusion.NoiseSchedule.make(cfg["schedule"], cfg["num_train_timesteps"]).diffusers_kwargs(),
-              prediction_type=cfg["prediction_type"], timestep_spacing=spacing)
-    if name == "ddpm":
-        return DDPMScheduler(**kw, clip_sample=cfg["prediction_type"] == "epsilon", variance_type="fixed_small")
-    if name == "ddim":
-        return DDIMScheduler(**kw, clip_sample=False, set_alpha_to_one=True)
-    if name == "dpm++":
-        return DPMSolverMultistepScheduler(**kw, algorithm_type="dpmsolver++", solver_order=2)
-    if name == "unipc":
-        return UniPCMultistepScheduler(**kw, solver_order=2, predict_x0=True, solver_type="bh2")
-    if name == "euler":
-        return EulerDiscreteScheduler(**kw)
-    if name == "euler-a":
-        return EulerAncestralDiscreteScheduler(**kw)
-    if name == "dpm++sde":
-        return DPMSolverMultistepScheduler(**kw, algorithm_type="sde-dpmsolver++", solver_order=2)
-    raise ValueError(f"sampler must be one of {SAMPLERS + STOCHASTIC_SAMPLERS}, got {name!r}")
-
-
-def _run_loop(scheduler, denoise, x: torch.Tensor, steps: int, generator) -> torch.Tensor:
-    """The loop every diffusers pipeline runs: ``denoise(x_in, t) -> network output``."""
-    scheduler.set_timesteps(steps)
-    x = x * scheduler.init_noise_sigma
-    # the stochastic schedulers draw their noise from `generator`; the others take no such argument
-    kw = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
-    for t in scheduler.timesteps:
-        out = denoise(scheduler.scale_model_input(x, t), t)
-        x = scheduler.step(out, t, x, **kw).prev_sample
-    return x
-
-
-# --------------------------------------------------------------------------------------------
-# shapes-t2i: the pipeline's loop, with the two guidance passes batched, sequential or off
-# --------------------------------------------------------------------------------------------
-CFG_MODES = ("batched", "sequential", "off")
+#: How the two guidance passes run (the pipeline's ``guidance_mode``).
+CFG_MODES = sampling.GUIDANCE_MODES
 
 
 @torch.no_grad()
 def sample_shapes(pipe, captions: list[str], scheduler=None, num_inference_steps: int | None = None,
                   guidance_scale: float | None = None, seed: int = 0, cfg: str = "batched") -> torch.Tensor:
-    """Pictures [n, 3, 32, 32] in [0, 1] for ``captions``, as ``pipe(captions, generator=
-    torch.Generator().manual_seed(seed), output_type="pt")`` makes them, with ``scheduler`` (default:
-    the pipeline's own) and classifier-free guidance done as ``cfg``:
+    """Pictures [n, 3, 32, 32] in [0, 1] for ``captions``: exactly ``pipe(captions, generator=
+    torch.Generator().manual_seed(seed), output_type="pt", guidance_mode=cfg)`` with ``scheduler``
+    (default: the pipeline's own) in place of the pipeline's scheduler.
 
-    * ``"batched"``: one network call on a batch of 2n (unconditional + conditional), the pipeline's way;
-    * ``"sequential"``: two calls of n each, the same result up to float rounding;
-    * ``"off"``: one call on the conditional half only (no guidance; guidance_scale ignored).
+    ``cfg``: ``"batched"`` (one network call on a batch of 2n, unconditional + conditional, the
+    pipeline's way), ``"sequential"`` (two calls of n each, the same result up to float rounding) or
+    ``"off"`` (one call on the conditional half only; guidance_scale ignored).
     """
-    if cfg not in CFG_MODES:
-        raise ValueError(f"cfg must be one of {CFG_MODES}, got {cfg!r}")
-    scheduler = scheduler if scheduler is not None else pipe.scheduler
-    steps = num_inference_steps or pipe.default_num_inference_steps
-    w = pipe.default_guidance_scale if guidance_scale is None else float(guidance_scale)
-    guide = cfg != "off" and w != 1.0
-    dev, dtype, fold, n = pipe.unet.device, pipe.unet.dtype, pipe.fold, len(captions)
-    states, pooled = pipe.encode_prompt(list(captions), guide)                  # [2n or n, L, d], [2n or n, d]
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn((n, 3, 32, 32), generator=g, dtype=torch.float32)   # same draw as the pipeline
-    x = F.pixel_unshuffle(noise, fold).to(dev, dtype)                        # [n, 3 f^2, 32/f, 32/f]
-    pooled_kw = pipe.unet.config.class_embed_type == "projection"
+    from .pipelines import quiet
 
-    def unet(z, t, s, p):
-        return pipe.unet(z, t.to(dev), encoder_hidden_states=s, **({"class_labels": p} if pooled_kw else {})).sample
-
-    def denoise(z, t):
-        if not guide:
-            return unet(z, t, states, pooled)
-        if cfg == "batched":
-            u, c = unet(torch.cat([z, z]), t, states, pooled).chunk(2)
-        else:
-            u = unet(z, t, states[:n], pooled[:n])
-            c = unet(z, t, states[n:], pooled[n:])
-        return u + w * (c - u)
-
-    x = _run_loop(scheduler, denoise, x, steps, g)
-    return diffusion.to_image_range(F.pixel_shuffle(x.float(), fold)).cpu()
+    arguments.choice(cfg, CFG_MODES, "cfg")
+    p = pipe.with_scheduler(scheduler) if scheduler is not None else pipe
+    with quiet(p):
+        return p(list(captions), num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                 generator=torch.Generator().manual_seed(seed), output_type="pt", guidance_mode=cfg).images
 
 
-# --------------------------------------------------------------------------------------------
-# ddpm-mnist with any diffusers scheduler
-# --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def sample_digits(model, labels, scheduler, num_inference_steps: int, guidance_scale: float = 1.0,
                   seed: int = 0, cfg: str = "batched", n: int | None = None) -> torch.Tensor:
@@ -178,22 +64,15 @@ def sample_digits(model, labels, scheduler, num_inference_steps: int, guidance_s
         n = len(y)
     elif n is None:
         raise ValueError("give labels, or n for unconditional digits")
+    steps = arguments.steps(num_inference_steps, scheduler.config.num_train_timesteps)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn((n, 1, 28, 28), generator=g).to(dev)
-    guide = y is not None and cfg != "off" and guidance_scale != 1.0
-    null = torch.full((n,), NULL_CLASS, dtype=torch.long, device=dev)
+    uncond = None if y is None else torch.full((n,), NULL_CLASS, dtype=torch.long, device=dev)
 
-    def denoise(z, t):
-        tt = t.to(dev).expand(n)
-        if not guide:
-            return model(z, tt, y)
-        if cfg == "batched":
-            u, c = model(torch.cat([z, z]), torch.cat([tt, tt]), torch.cat([null, y])).chunk(2)
-        else:
-            u, c = model(z, tt, null), model(z, tt, y)
-        return u + guidance_scale * (c - u)
+    def net(z, t, labels_):
+        return model(z, t.to(dev).expand(len(z)), labels_)
 
-    x = _run_loop(scheduler, denoise, x, num_inference_steps, g)
+    x = sampling.denoise_loop(scheduler, net, x, steps, y, uncond, arguments.guidance(guidance_scale), cfg, g)
     return diffusion.to_image_range(x).cpu()
 
 
@@ -201,7 +80,7 @@ def sample_digits(model, labels, scheduler, num_inference_steps: int, guidance_s
 # The sweep
 # --------------------------------------------------------------------------------------------
 def _is_pipeline(model) -> bool:
-    return hasattr(model, "scheduler") and hasattr(model, "encode_prompt")
+    return hasattr(model, "scheduler") and hasattr(model, "with_scheduler")
 
 
 def reference_set(model, targets, per_target: int = 8, seed: int = 1234) -> torch.Tensor:
@@ -274,7 +153,7 @@ def quality(model, images: torch.Tensor, targets, reference: torch.Tensor | None
 def generate(model, targets, sampler: str, steps: int, guidance_scale: float | None = None, seed: int = 0,
              cfg: str = "batched", scheduler=None) -> torch.Tensor:
     """Pictures from ``model`` (a ShapesPipeline: ``targets`` are captions; a DigitDenoiser: labels)."""
-    scheduler = scheduler if scheduler is not None else make_scheduler(sampler, model)
+    scheduler = scheduler if scheduler is not None else sampling.make_scheduler(sampler, model)
     if _is_pipeline(model):
         return sample_shapes(model, list(targets), scheduler, steps, guidance_scale, seed, cfg)
     return sample_digits(model, targets, scheduler, steps, 1.0 if guidance_scale is None else guidance_scale,
@@ -286,7 +165,7 @@ def timed_generate(model, targets, sampler: str, steps: int, repeats: int = 3, r
     """Generate once (timed); if that took under ``repeat_below_s`` seconds, time ``repeats - 1`` more
     identical runs and report the median. Returns ``(images, {"ms_per_picture", "runs", "seconds"})``.
     Warm-up (first-call costs) is the caller's job: :func:`sweep` does one tiny run per sampler first."""
-    sched = make_scheduler(sampler, model)
+    sched = sampling.make_scheduler(sampler, model)
     times = []
     t0 = time.perf_counter()
     images = generate(model, targets, sampler, steps, scheduler=sched, **kw)
@@ -302,13 +181,13 @@ def timed_generate(model, targets, sampler: str, steps: int, repeats: int = 3, r
     return images, {"ms_per_picture": 1000 * med / len(targets), "runs": len(times), "seconds": float(sum(times))}
 
 
-def warm_up(model, targets, samplers=SAMPLERS, **kw) -> None:
+def warm_up(model, targets, samplers=sampling.SAMPLERS, **kw) -> None:
     """One untimed 2-step run per sampler on two targets (first-call allocations, lazy imports)."""
     for s in samplers:
         generate(model, list(targets)[:2], s, 2, **kw)
 
 
-def sweep(model, targets, samplers=SAMPLERS, steps=(1, 2, 4, 8, 16, 32, 50), baseline_steps: int | None = 1000,
+def sweep(model, targets, samplers=sampling.SAMPLERS, steps=(1, 2, 4, 8, 16, 32, 50), baseline_steps: int | None = 1000,
           guidance_scale: float | None = None, seed: int = 0, repeats: int = 3, repeat_below_s: float = 3.0,
           reference: torch.Tensor | None = None, progress: bool = True) -> list[dict]:
     """Measure every (sampler, steps) on ``targets`` plus DDPM at ``baseline_steps`` (the baseline).
@@ -319,15 +198,13 @@ def sweep(model, targets, samplers=SAMPLERS, steps=(1, 2, 4, 8, 16, 32, 50), bas
     :func:`reference_set`) is what KID compares with. Same seed, so every sampler starts from the
     same noise. ``baseline_steps=None`` skips the baseline (to add samplers to an earlier sweep).
     """
-    from tqdm.auto import tqdm
-
     targets = list(targets) if _is_pipeline(model) else torch.as_tensor(targets)
     reference = reference if reference is not None else reference_set(model, targets)
     kw = {"guidance_scale": guidance_scale, "seed": seed}
     warm_up(model, targets, samplers, **kw)
     plan = ([("ddpm", baseline_steps)] if baseline_steps else []) + [(s, k) for s in samplers for k in steps]
     rows = []
-    for s, k in tqdm(plan, desc="sampler sweep", disable=not progress, leave=False):
+    for s, k in progress_bar(plan, desc="sampler sweep", disable=not progress):
         images, t = timed_generate(model, targets, s, k, repeats=repeats, repeat_below_s=repeat_below_s, **kw)
         rows.append({"sampler": s, "steps": int(k), **quality(model, images, targets, reference),
                      "ms_per_picture": t["ms_per_picture"], "runs": t["runs"], "n": len(targets)})
@@ -357,7 +234,7 @@ def format_table(rows: list[dict], baseline: tuple = ("ddpm", 1000)) -> str:
              f"{'ms/picture':>12}{'speed-up':>10}"]
     for r in rows:
         kid = f"{r['kid']:.1f}" if "kid" in r else "-"
-        lines.append(f"{LABELS.get(r['sampler'], r['sampler']):<18}{r['steps']:>6}{100 * r['accuracy']:>9.1f}%"
+        lines.append(f"{sampling.LABELS.get(r['sampler'], r['sampler']):<18}{r['steps']:>6}{100 * r['accuracy']:>9.1f}%"
                      f"{r['delta_points']:>+10.1f}{kid:>11}{r['ms_per_picture']:>12.2f}{r['speedup']:>9.1f}x")
     return "\n".join(lines)
 
@@ -368,7 +245,7 @@ def cfg_cost(pipe, captions: list[str], sampler: str = "dpm++", steps: int = 20,
     the two passes batched as 2n, and the two passes one after the other, measured round-robin in
     one run (median of ``repeats`` each), with the judge's accuracy of each. Rows
     ``{"cfg", "ms_per_picture", "accuracy", "ratio_to_off"}``."""
-    sched = make_scheduler(sampler, pipe)
+    sched = sampling.make_scheduler(sampler, pipe)
     kw = dict(scheduler=sched, num_inference_steps=steps, guidance_scale=guidance_scale, seed=seed)
     for mode in CFG_MODES:                                                     # warm-up
         sample_shapes(pipe, captions[:2], cfg=mode, **dict(kw, num_inference_steps=2))

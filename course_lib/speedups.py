@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .progress import progress_bar
 from .runtime import synchronize
 
 VARIANTS = ("fp32", "bf16-autocast", "channels-last", "compile", "int8-dynamic", "prune-50%")
@@ -102,16 +103,16 @@ def measure_variants(pipe, captions: list[str], variants=VARIANTS, sampler: str 
     "max_pixel_change", "setup_s", "note", "error"}``; ``speedup`` and the deltas are against the
     ``"fp32"`` row (measured in the same rounds). A variant that fails (e.g. ``torch.compile`` without
     a C++ compiler) keeps its row, with the reason in ``error`` and no numbers."""
-    from tqdm.auto import tqdm
 
     from .judges import score_shapes
-    from .samplers import make_scheduler, sample_shapes
+    from .sampling import make_scheduler
+    from .samplers import sample_shapes
 
     variants = list(variants)
     if "fp32" not in variants:
         variants.insert(0, "fp32")
     made, rows = {}, {}
-    for v in tqdm(variants, desc="variants: set up", disable=not progress, leave=False):
+    for v in progress_bar(variants, desc="variants: set up", disable=not progress):
         rows[v] = {"variant": v, "note": "", "error": None}
         t0 = time.perf_counter()
         try:
@@ -128,7 +129,7 @@ def measure_variants(pipe, captions: list[str], variants=VARIANTS, sampler: str 
         rows[v]["setup_s"] = time.perf_counter() - t0
     times = {v: [] for v in made}
     images = {}
-    for _ in tqdm(range(repeats), desc="variants: timing", disable=not progress, leave=False):
+    for _ in progress_bar(range(repeats), desc="variants: timing", disable=not progress):
         for v, (p, ctx, sched) in made.items():
             t0 = time.perf_counter()
             with ctx():
@@ -215,7 +216,7 @@ def combined_rows(baseline: dict, sweep_rows=(), cfg_rows=(), variant_rows=(), o
     """Everything measured, as rows ``{"name", "ms_per_picture", "speedup", "accuracy", "kid", "note"}``
     with ``speedup`` = baseline ms / row ms (all measured in the same run). ``baseline`` is the
     DDPM-1000 fp32 row of :func:`course_lib.samplers.sweep`."""
-    from .samplers import LABELS
+    from .sampling import LABELS
 
     base_ms = baseline["ms_per_picture"]
     out = [{"name": f"{LABELS['ddpm']}-{baseline['steps']} fp32 (baseline)", **_pick(baseline), "note": ""}]

@@ -1,4 +1,4 @@
-"""One training loop for every chapter: a budget in steps or minutes, tqdm.auto progress, a loss
+"""One training loop for every chapter: a budget in steps or minutes, a progress bar, a loss
 history, periodic evaluation, optional EMA of the weights. Introduced in chapter 00, used by all.
 
 Two ways in:
@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
+
+from .progress import progress_bar
 
 
 @dataclass
@@ -113,7 +114,7 @@ def fit(step_fn, batches, steps: int | None = None, minutes: float | None = None
     history = history or History()
     deadline = time.perf_counter() + 60 * minutes if minutes is not None else math.inf
     limit = steps if steps is not None else None
-    bar = tqdm(total=limit, desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(total=limit, desc=desc, disable=not progress)
     start = time.perf_counter()
     first = history.steps
     last_eval = None

@@ -2,7 +2,7 @@
 
 The same model, data, loss (v-prediction, cosine schedule, caption dropout), optimiser, learning-rate
 schedule, gradient clipping and EMA as ``course_lib.models.text_to_image.train_text_to_image``, and the
-same hyper-parameters (``TRAIN_DEFAULTS``); what changes is who places the model, the optimiser and the
+same hyper-parameters (``TrainConfig``); what changes is who places the model, the optimiser and the
 batches: ``accelerator.prepare(...)`` and ``accelerator.backward(loss)``. So the one script runs on a
 laptop CPU, one GPU, several GPUs or several machines, chosen at launch time:
 
@@ -33,10 +33,10 @@ def main(argv=None) -> dict:
 
     from course_lib import diffusion
     from course_lib.data import shapes
-    from course_lib.models import text_to_image as T2I
+    from course_lib.models import text_to_image as t2i
     from course_lib.training import EMA, cycle, infinite_loader
 
-    hp = dict(T2I.TRAIN_DEFAULTS)
+    hp = t2i.TrainConfig().to_dict()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=hp["steps"])
     ap.add_argument("--out", default="runs/shapes-t2i-accelerate")
@@ -51,8 +51,8 @@ def main(argv=None) -> dict:
 
     accelerator = Accelerator()
     torch.manual_seed(args.seed)                                   # same initial weights in every process
-    cfg = T2I._merged(None)
-    model = T2I.TextToImageModel(cfg)
+    cfg = t2i.TextToImageConfig()
+    model = t2i.TextToImageModel(cfg)
     ds = shapes.ShapesDataset(hp["n_train"], seed=args.seed + 100, split="train")
     tok = model.text_encoder.tokenizer
     ids, empty = tok(ds.captions), tok([""])
@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
     model, opt, loader, sched = accelerator.prepare(model, opt, loader, sched)
     ema = EMA(accelerator.unwrap_model(model), decay=hp["ema_decay"])
     dev = accelerator.device
-    ac = diffusion.NoiseSchedule.make(cfg["schedule"], cfg["num_train_timesteps"]).alphas_cumprod.to(dev)
+    ac = diffusion.NoiseSchedule.make(cfg.schedule, cfg.num_train_timesteps).alphas_cumprod.to(dev)
     g = torch.Generator().manual_seed(args.seed + 1 + accelerator.process_index)
     e_ids, e_mask = empty["input_ids"].to(dev), empty["attention_mask"].to(dev)
 
@@ -83,7 +83,7 @@ def main(argv=None) -> dict:
         drop = (torch.rand(len(x0), generator=g) < hp["caption_dropout"]).to(dev)       # caption dropout
         in_ids = torch.where(drop[:, None], e_ids.expand_as(in_ids), in_ids)
         mask = torch.where(drop[:, None], e_mask.expand_as(mask), mask)
-        loss = diffusion.diffusion_loss(lambda x, t: model(x, t, in_ids, mask), x0, ac, cfg["prediction_type"],
+        loss = diffusion.diffusion_loss(lambda x, t: model(x, t, in_ids, mask), x0, ac, cfg.prediction_type,
                                         generator=g)
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)

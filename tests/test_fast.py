@@ -6,27 +6,27 @@ import torch
 
 from course_lib import diffusion, pretrained
 from course_lib.data import shapes
-from course_lib.models import fast as F
-from course_lib.models import text_to_image as T
+from course_lib.models import fast
+from course_lib.models import text_to_image as t2i
 
 AC = diffusion.NoiseSchedule.make("cosine", 1000).alphas_cumprod.float()
 
 
 def _as(t, like):
-    return F.alpha_sigma(torch.as_tensor(t).reshape(-1).expand(len(like)), AC, like)
+    return fast.alpha_sigma(torch.as_tensor(t).reshape(-1).expand(len(like)), AC, like)
 
 
 def test_trailing_grid_is_diffusers_ddim_trailing():
-    sched = F.make_scheduler(T.DEFAULT_CONFIG)
+    sched = fast.make_scheduler(t2i.TextToImageConfig())
     for n in (1, 2, 4, 8):
         sched.set_timesteps(n)
-        assert F.trailing_grid(n) == sched.timesteps.tolist()
-    assert set(F.trailing_grid(1)) <= set(F.trailing_grid(2)) <= set(F.trailing_grid(4)) <= set(F.trailing_grid(8))
+        assert fast.trailing_grid(n) == sched.timesteps.tolist()
+    assert set(fast.trailing_grid(1)) <= set(fast.trailing_grid(2)) <= set(fast.trailing_grid(4)) <= set(fast.trailing_grid(8))
 
 
 def test_alpha_sigma_clean_end_and_values():
     x = torch.zeros(3, 3, 4, 4)
-    a, s = F.alpha_sigma(torch.tensor([-1, 0, 999]), AC, x)
+    a, s = fast.alpha_sigma(torch.tensor([-1, 0, 999]), AC, x)
     assert a.shape == (3, 1, 1, 1)
     assert a[0].item() == 1.0 and s[0].item() == 0.0
     assert torch.allclose(a[1:].flatten() ** 2 + s[1:].flatten() ** 2, torch.ones(2))
@@ -37,14 +37,14 @@ def test_alpha_sigma_clean_end_and_values():
 def test_ddim_step_v_matches_diffusers(t, prev):
     g = torch.Generator().manual_seed(0)
     z, v = torch.randn(2, 12, 16, 16, generator=g), torch.randn(2, 12, 16, 16, generator=g)
-    sched = F.make_scheduler(T.DEFAULT_CONFIG)
+    sched = fast.make_scheduler(t2i.TextToImageConfig())
     n = 1000 // (t - prev)
     sched.set_timesteps(n)
     assert t in sched.timesteps.tolist()
     want = sched.step(v, torch.tensor(t), z).prev_sample
     a_t, s_t = _as(t, z)
     a_s, s_s = _as(prev, z)
-    assert torch.allclose(F.ddim_step_v(v, z, a_t, s_t, a_s, s_s), want, atol=1e-5)
+    assert torch.allclose(fast.ddim_step_v(v, z, a_t, s_t, a_s, s_s), want, atol=1e-5)
 
 
 def test_target_makes_one_step_land_where_two_teacher_steps_land():
@@ -55,12 +55,12 @@ def test_target_makes_one_step_land_where_two_teacher_steps_land():
     a_m, s_m = _as(mid, z_t)
     a_e, s_e = _as(end, z_t)
     # an arbitrary (wrong) teacher: two DDIM steps with random v's
-    z_m = F.ddim_step_v(torch.randn(z_t.shape, generator=g), z_t, a_t, s_t, a_m, s_m)
-    z_e = F.ddim_step_v(torch.randn(z_t.shape, generator=g), z_m, a_m, s_m, a_e, s_e)
-    x_tilde = F.distillation_target(z_t, z_e, a_t, s_t, a_e, s_e)
+    z_m = fast.ddim_step_v(torch.randn(z_t.shape, generator=g), z_t, a_t, s_t, a_m, s_m)
+    z_e = fast.ddim_step_v(torch.randn(z_t.shape, generator=g), z_m, a_m, s_m, a_e, s_e)
+    x_tilde = fast.distillation_target(z_t, z_e, a_t, s_t, a_e, s_e)
     assert x_tilde.shape == z_t.shape
-    v = F.v_from_x0(x_tilde, z_t, a_t, s_t)
-    assert torch.allclose(F.ddim_step_v(v, z_t, a_t, s_t, a_e, s_e), z_e, atol=1e-4)
+    v = fast.v_from_x0(x_tilde, z_t, a_t, s_t)
+    assert torch.allclose(fast.ddim_step_v(v, z_t, a_t, s_t, a_e, s_e), z_e, atol=1e-4)
 
 
 def test_target_recovers_x0_from_an_exact_teacher():
@@ -72,14 +72,14 @@ def test_target_recovers_x0_from_an_exact_teacher():
         a_e, s_e = _as(end, x0)
         z_t = a_t * x0 + s_t * eps
         # the exact teacher knows x0: its v at any point on the path is the one that predicts x0
-        z_m = F.ddim_step_v(F.v_from_x0(x0, z_t, a_t, s_t), z_t, a_t, s_t, a_m, s_m)
-        z_e = F.ddim_step_v(F.v_from_x0(x0, z_m, a_m, s_m), z_m, a_m, s_m, a_e, s_e)
-        assert torch.allclose(F.distillation_target(z_t, z_e, a_t, s_t, a_e, s_e), x0, atol=2e-3), (t, end)
+        z_m = fast.ddim_step_v(fast.v_from_x0(x0, z_t, a_t, s_t), z_t, a_t, s_t, a_m, s_m)
+        z_e = fast.ddim_step_v(fast.v_from_x0(x0, z_m, a_m, s_m), z_m, a_m, s_m, a_e, s_e)
+        assert torch.allclose(fast.distillation_target(z_t, z_e, a_t, s_t, a_e, s_e), x0, atol=2e-3), (t, end)
     # at the clean end the target is the teacher's end point itself
     z = torch.randn(2, 3, 4, 4, generator=g)
     a_t, s_t = _as(499, z)
     one, zero = torch.ones(2, 1, 1, 1), torch.zeros(2, 1, 1, 1)
-    assert torch.allclose(F.distillation_target(z, 3 * z, a_t, s_t, one, zero), 3 * z)
+    assert torch.allclose(fast.distillation_target(z, 3 * z, a_t, s_t, one, zero), 3 * z)
 
 
 TINY = {"fold": 2, "text": {"dim": 16, "layers": 1, "heads": 2},
@@ -88,19 +88,19 @@ TINY = {"fold": 2, "text": {"dim": 16, "layers": 1, "heads": 2},
 
 def test_distill_loop_runs_and_configures_the_student():
     torch.manual_seed(0)
-    teacher = T.TextToImageModel(TINY).eval()
+    teacher = t2i.TextToImageModel(TINY).eval()
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     seen = []
-    student, log = F.distill(teacher, device="cpu", progress=False, steps_guided=2, steps_per_round=1,
+    student, log = fast.distill(teacher, device="cpu", progress=False, steps_guided=2, steps_per_round=1,
                              rounds=[2, 1], n_train=16, batch_size=4,
                              after_stage=lambda name, m: seen.append(name) or {"x": 1})
     assert [s["stage"] for s in log["stages"]] == ["guided", "4->2", "2->1"] == seen
     assert all(np.isfinite(s["final_loss"]) and s["x"] == 1 for s in log["stages"])
-    assert student.config["sampler"] == "ddim" and student.config["num_inference_steps"] == 1
-    assert student.config["guidance_scale"] == 1.0
+    assert student.config.sampler == "ddim" and student.config.num_inference_steps == 1
+    assert student.config.guidance_scale == 1.0
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items()), "the teacher changed"
     assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items()), "the student did not learn"
-    pipe = F.make_fast_pipeline(student)
+    pipe = fast.make_fast_pipeline(student)
     assert pipe.default_num_inference_steps == 1 and pipe.default_guidance_scale == 1.0
 
 
@@ -109,15 +109,15 @@ def test_distill_loop_runs_and_configures_the_student():
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def shipped():
-    assert F.NAME in pretrained.read_manifest()["models"], "shapes-t2i-fast is registered but not shipped"
-    return pretrained.load(F.NAME, device="cpu")
+    assert fast.NAME in pretrained.read_manifest()["models"], "shapes-t2i-fast is registered but not shipped"
+    return pretrained.load(fast.NAME, device="cpu")
 
 
 CAPS = shapes.all_captions("train")[::30][:6]
 
 
 def test_shipped_hash_and_record():
-    rec = pretrained.verify(F.NAME)
+    rec = pretrained.verify(fast.NAME)
     q = rec["quality"]
     assert rec["config"]["sampler"] == "ddim" and rec["config"]["guidance_scale"] == 1.0
     assert q["distill_seconds"] > 0
@@ -129,8 +129,8 @@ def test_shipped_hash_and_record():
 
 
 def test_shipped_pipeline_api(shipped):
-    assert isinstance(shipped, T.ShapesPipeline)
-    assert shipped.default_num_inference_steps == pretrained.info(F.NAME)["config"]["num_inference_steps"]
+    assert isinstance(shipped, t2i.ShapesPipeline)
+    assert shipped.default_num_inference_steps == pretrained.info(fast.NAME)["config"]["num_inference_steps"]
     assert shipped.default_guidance_scale == 1.0
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     pt = shipped(CAPS[:2], generator=g(), output_type="pt").images
@@ -161,7 +161,7 @@ def test_shipped_quick_accuracy(shipped):
     from course_lib.judges import score_shapes
 
     caps = shapes.all_captions("train")[::9]                          # 30 captions
-    images = T.generate(shipped, caps, seed=0)                         # default: one step
+    images = t2i.generate(shipped, caps, seed=0)                         # default: one step
     got = score_shapes(images, caps)["all"]
-    recorded = pretrained.info(F.NAME)["quality"]["rows"]["student_1_step"]["train_captions"]["all"]
+    recorded = pretrained.info(fast.NAME)["quality"]["rows"]["student_1_step"]["train_captions"]["all"]
     assert got >= recorded - 0.15, (got, recorded)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from course_lib import diffusion, pretrained, samplers
+from course_lib import diffusion, pretrained, samplers, sampling
 from course_lib.data import shapes
 from course_lib.models import ddpm
 
@@ -25,10 +25,10 @@ CONFIGS = {"shapes-t2i": {"schedule": "cosine", "num_train_timesteps": 1000, "pr
 
 
 @pytest.mark.parametrize("model", sorted(CONFIGS))
-@pytest.mark.parametrize("name", samplers.SAMPLERS + samplers.STOCHASTIC_SAMPLERS)
+@pytest.mark.parametrize("name", sampling.SAMPLERS + sampling.STOCHASTIC_SAMPLERS)
 def test_factory_reproduces_the_models_schedule(model, name):
     cfg = CONFIGS[model]
-    s = samplers.make_scheduler(name, cfg)
+    s = sampling.make_scheduler(name, cfg)
     ours = diffusion.NoiseSchedule.make(cfg["schedule"], 1000).alphas_cumprod.float()
     assert torch.allclose(s.alphas_cumprod, ours, atol=1e-6)
     assert s.config.prediction_type == cfg["prediction_type"]
@@ -41,17 +41,17 @@ def test_factory_reproduces_the_models_schedule(model, name):
 
 
 def test_factory_reads_a_pipeline_and_a_model(pipe, digits):
-    assert samplers.model_config(pipe) == CONFIGS["shapes-t2i"]
-    assert samplers.model_config(digits) == CONFIGS["ddpm-mnist"]
+    assert sampling.schedule_of(pipe) == CONFIGS["shapes-t2i"]
+    assert sampling.schedule_of(digits) == CONFIGS["ddpm-mnist"]
     with pytest.raises(ValueError):
-        samplers.make_scheduler("heun", pipe)
+        sampling.make_scheduler("heun", pipe)
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 def test_handwritten_ddim_eta_step_matches_diffusers_with_v_prediction(eta):
     """Chapter 04's ddim_step, with η, on the shapes-t2i schedule (cosine, v, trailing timesteps)."""
     cfg = CONFIGS["shapes-t2i"]
-    sched = samplers.make_scheduler("ddim", cfg)
+    sched = sampling.make_scheduler("ddim", cfg)
     n = 10
     sched.set_timesteps(n)
     ac = diffusion.NoiseSchedule.make("cosine").alphas_cumprod
@@ -87,7 +87,7 @@ def test_sample_shapes_is_the_pipelines_loop(pipe):
 def test_sample_digits_with_diffusers_ddim_matches_chapter_04(digits):
     """The diffusers loop with DDIM ("leading" spacing, as chapter 04) = the hand-written DDIM sampler."""
     labels = torch.tensor([0, 3, 7])
-    sched = samplers.make_scheduler("ddim", digits, spacing="leading")
+    sched = sampling.make_scheduler("ddim", digits, spacing="leading")
     ours = samplers.sample_digits(digits, labels, sched, 4, seed=0)
     ch04 = ddpm.sample_digits(digits, labels=labels, sampler="ddim", num_inference_steps=4, seed=0)
     assert torch.allclose(ours, ch04, atol=1e-4)

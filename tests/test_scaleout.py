@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from course_lib.models import text_to_image as T2I
+from course_lib.models import text_to_image as t2i
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,9 +27,9 @@ def test_accelerate_launch_runs_the_chapter_05_recipe_unchanged(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["num_processes"] == 1 and metrics["device"] == "cpu"
     assert all(math.isfinite(v) for v in metrics["losses"])
-    assert metrics["hyper_parameters"]["lr"] == T2I.TRAIN_DEFAULTS["lr"]
-    _, hist, _ = T2I.train_text_to_image(steps=2, n_train=128, device="cpu", progress=False)
+    assert metrics["hyper_parameters"]["lr"] == t2i.TrainConfig().lr
+    _, hist, _ = t2i.train_text_to_image(steps=2, n_train=128, device="cpu", progress=False)
     assert metrics["losses"] == hist.losses, "the Accelerate run must be the same recipe, step for step"
-    model = T2I.build(None)
+    model = t2i.build(None)
     model.load_state_dict(load_file(str(out / "shapes-t2i-accelerate.safetensors")))
     assert all(torch.isfinite(p).all() for p in model.parameters())

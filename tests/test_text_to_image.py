@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from course_lib.data import shapes
-from course_lib.models import text_to_image as T
+from course_lib.models import text_to_image as t2i
 
 TINY = {"fold": 2, "text": {"dim": 16, "layers": 1, "heads": 2},
         "unet": {"block_out_channels": [8, 16], "attention_head_dim": 8, "norm_num_groups": 4,
@@ -18,12 +18,12 @@ PROMPTS = ["a small red circle in the top left", "a large blue triangle at the b
 @pytest.fixture(scope="module")
 def pipe():
     torch.manual_seed(0)
-    model = T.TextToImageModel(TINY).eval()
-    return T.make_pipeline(model, num_inference_steps=3, guidance_scale=2.0)
+    model = t2i.TextToImageModel(TINY).eval()
+    return t2i.make_pipeline(model, num_inference_steps=3, guidance_scale=2.0)
 
 
 def test_text_encoder_shapes_and_padding():
-    enc = T.ShapesTextEncoder(dim=16, heads=2).eval()
+    enc = t2i.ShapesTextEncoder(dim=16, heads=2).eval()
     tok = enc.tokenize(PROMPTS + [""])
     states, pooled = enc(tok["input_ids"], tok["attention_mask"])
     assert states.shape == (3, enc.config.max_length, 16) and pooled.shape == (3, 16)
@@ -41,7 +41,7 @@ def test_fold_is_lossless():
 
 
 def test_model_forward_shape():
-    model = T.TextToImageModel(TINY)
+    model = t2i.TextToImageModel(TINY)
     tok = model.text_encoder.tokenize(PROMPTS)
     out = model(torch.randn(2, 3, 32, 32), torch.tensor([10, 500]), tok["input_ids"], tok["attention_mask"])
     assert out.shape == (2, 3, 32, 32)
@@ -74,7 +74,7 @@ def test_guidance_scale_changes_output(pipe):
 
 def test_save_pretrained_round_trip(pipe, tmp_path):
     pipe.save_pretrained(tmp_path)
-    loaded = T.ShapesPipeline.from_pretrained(tmp_path)
+    loaded = t2i.ShapesPipeline.from_pretrained(tmp_path)
     assert loaded.default_num_inference_steps == 3 and loaded.default_guidance_scale == 2.0
     assert type(loaded.scheduler) is type(pipe.scheduler)
     a = pipe(PROMPTS, generator=torch.Generator().manual_seed(0), output_type="pt").images
@@ -92,9 +92,9 @@ def test_bad_prompt_names_allowed_words(pipe):
 
 
 def test_training_runs_and_loss_is_finite():
-    model, hist, hp = T.train_text_to_image(TINY, steps=2, progress=False, n_train=64, batch_size=8)
+    model, hist, hp = t2i.train_text_to_image(TINY, steps=2, progress=False, n_train=64, batch_size=8)
     assert len(hist.losses) == 2 and all(np.isfinite(hist.losses))
-    assert isinstance(T.make_pipeline(model), T.ShapesPipeline)
+    assert isinstance(t2i.make_pipeline(model), t2i.ShapesPipeline)
 
 
 def test_shipped_checkpoint_loads_as_pipeline():
@@ -102,7 +102,7 @@ def test_shipped_checkpoint_loads_as_pipeline():
 
     assert "shapes-t2i" in pretrained.read_manifest()["models"], "shapes-t2i is registered but not shipped"
     pipe = pretrained.load("shapes-t2i", device="cpu")
-    assert isinstance(pipe, T.ShapesPipeline)
+    assert isinstance(pipe, t2i.ShapesPipeline)
     caps = shapes.all_captions("train")[:2]
     a = pipe(caps, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
     assert a.shape == (2, 3, 32, 32)

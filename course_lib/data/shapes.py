@@ -379,7 +379,7 @@ PARAPHRASE_WORDS = {
 }
 
 
-def _article(text: str) -> str:
+def with_article(text: str) -> str:
     """Fix 'a' before a vowel: 'a amber box' -> 'an amber box'."""
     return re.sub(r"\ba ([aeiou])", r"an \1", text)
 
@@ -401,7 +401,7 @@ def paraphrase(spec: ShapeSpec | str, rng: np.random.Generator | int | None = No
     text = pick(table["templates"]).format(
         size=pick(table["size"][spec.size]), color=pick(table["color"][spec.color]),
         shape=pick(table["shape"][spec.shape]), where=pick(table["where"][(spec.row, spec.col)]))
-    return _article(text)
+    return with_article(text)
 
 
 def paraphrase_vocabulary(vocab: str = "seen") -> list[str]:

@@ -10,31 +10,48 @@ check them against diffusers' schedulers.
 """
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 from diffusers import UNet2DModel
 
-from .. import diffusion
+from .. import arguments, diffusion, sampling
+from ..config import Config
 from ..data import mnist
-from ..pretrained import TrainResult, register
+from ..pretrained import TrainResult, register, run_recipe
 from ..runtime import get_device
 from ..training import EMA, fit, infinite_loader, make_step
 
 NULL_CLASS = 10
 
-DEFAULT_CONFIG = {
-    "block_out_channels": [32, 64, 64],
-    "down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
-    "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
-    "layers_per_block": 1,
-    "norm_num_groups": 8,
-    "attention_head_dim": 32,
-    "schedule": "linear",
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-}
+@dataclass
+class DDPMConfig(Config):
+    """The digit denoiser: a ``UNet2DModel`` (28 -> 14 -> 7, self-attention at 7x7) and its noise process."""
+    block_out_channels: list = field(default_factory=lambda: [32, 64, 64])
+    down_block_types: list = field(default_factory=lambda: ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"])
+    up_block_types: list = field(default_factory=lambda: ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"])
+    layers_per_block: int = 1
+    norm_num_groups: int = 8
+    attention_head_dim: int = 32
+    schedule: str = "linear"
+    num_train_timesteps: int = 1000
+    prediction_type: str = "epsilon"
+
+    def __post_init__(self):
+        arguments.choice(self.prediction_type, ("epsilon", "v_prediction", "sample"), "prediction_type")
+        arguments.choice(self.schedule, tuple(diffusion.DIFFUSERS_SCHEDULE_NAMES), "schedule")
+
+
+@dataclass
+class DDPMTrainConfig(Config):
+    """The ``ddpm-mnist`` recipe."""
+    steps: int = 6000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 200
+    ema_decay: float = 0.999
+    class_dropout: float = 0.1    # fraction of labels replaced by "no class" (for guidance)
 
 
 class DigitDenoiser(nn.Module):
@@ -43,19 +60,19 @@ class DigitDenoiser(nn.Module):
     ``forward(x_t, t, labels=None)``: ``labels`` None means unconditional.
     """
 
-    def __init__(self, config: dict | None = None):
+    def __init__(self, config: "DDPMConfig | dict | None" = None):
         super().__init__()
-        self.config = dict(DEFAULT_CONFIG, **(config or {}))
+        self.config = DDPMConfig.from_dict(config)
         c = self.config
         self.unet = UNet2DModel(
-            sample_size=28, in_channels=1, out_channels=1, block_out_channels=tuple(c["block_out_channels"]),
-            down_block_types=tuple(c["down_block_types"]), up_block_types=tuple(c["up_block_types"]),
-            layers_per_block=c["layers_per_block"], norm_num_groups=c["norm_num_groups"],
-            attention_head_dim=c["attention_head_dim"], num_class_embeds=NULL_CLASS + 1)
+            sample_size=28, in_channels=1, out_channels=1, block_out_channels=tuple(c.block_out_channels),
+            down_block_types=tuple(c.down_block_types), up_block_types=tuple(c.up_block_types),
+            layers_per_block=c.layers_per_block, norm_num_groups=c.norm_num_groups,
+            attention_head_dim=c.attention_head_dim, num_class_embeds=NULL_CLASS + 1)
 
     @property
     def alphas_cumprod(self) -> torch.Tensor:
-        return diffusion.NoiseSchedule.make(self.config["schedule"], self.config["num_train_timesteps"]).alphas_cumprod
+        return diffusion.NoiseSchedule.make(self.config.schedule, self.config.num_train_timesteps).alphas_cumprod
 
     def forward(self, x_t, t, labels=None):
         if labels is None:
@@ -63,19 +80,15 @@ class DigitDenoiser(nn.Module):
         return self.unet(x_t, t, class_labels=labels.to(x_t.device)).sample
 
 
-def model_fn(model: DigitDenoiser, labels=None, guidance_scale: float = 1.0):
+def model_fn(model: DigitDenoiser, labels=None, guidance_scale: float = 1.0, mode: str = "batched"):
     """``(x_t, t) -> ε̂`` for the samplers; with ``labels`` and ``guidance_scale != 1``,
-    classifier-free guidance ε̂ = ε̂(∅) + w (ε̂(y) - ε̂(∅))."""
+    classifier-free guidance ε̂ = ε̂(∅) + w (ε̂(y) - ε̂(∅)) (:func:`course_lib.sampling.guided`; the
+    "no class" label 10 is the unconditional side)."""
     def fn(x, t):
         if labels is None:
             return model(x, t)
-        y = labels.to(x.device)
-        if guidance_scale == 1.0:
-            return model(x, t, y)
-        e = model(torch.cat([x, x]), torch.cat([t, t]),
-                  torch.cat([torch.full_like(y, NULL_CLASS), y]))
-        u, c = e.chunk(2)
-        return u + guidance_scale * (c - u)
+        y = torch.as_tensor(labels, dtype=torch.long).to(x.device)
+        return sampling.guided(model, x, t, y, torch.full_like(y, NULL_CLASS), guidance_scale, mode)
     return fn
 
 
@@ -92,7 +105,7 @@ def sample_digits(model: DigitDenoiser, n: int = 64, labels=None, guidance_scale
     g = torch.Generator().manual_seed(seed)
     ac = model.alphas_cumprod
     fn = model_fn(model, labels, guidance_scale)
-    pt = model.config["prediction_type"]
+    pt = model.config.prediction_type
     if sampler == "ddpm":
         x = diffusion.sample_ddpm(fn, (n, 1, 28, 28), ac, generator=g, num_inference_steps=num_inference_steps,
                                   prediction_type=pt, device=dev, callback=callback)
@@ -104,38 +117,34 @@ def sample_digits(model: DigitDenoiser, n: int = 64, labels=None, guidance_scale
     return diffusion.to_image_range(x).cpu()
 
 
-TRAIN_DEFAULTS = {"steps": 6000, "batch_size": 64, "lr": 1e-3, "warmup": 200, "ema_decay": 0.999,
-                  "class_dropout": 0.1}
-
-
 def train_ddpm(config: dict | None = None, steps: int | None = None, minutes: float | None = None, seed: int = 0,
                device=None, callback=None, progress: bool = True, **overrides):
     """Train a :class:`DigitDenoiser` with the ε-prediction loss on MNIST-5k train digits.
 
     Returns ``(ema_model, history)``.
     """
-    hp = dict(TRAIN_DEFAULTS, **overrides)
+    hp = DDPMTrainConfig.from_dict(overrides)
     if steps is None and minutes is None:
-        steps = hp["steps"]
+        steps = hp.steps
     device = device or get_device()
     torch.manual_seed(seed)
     model = DigitDenoiser(config).to(device)
-    ema = EMA(model, decay=hp["ema_decay"])
+    ema = EMA(model, decay=hp.ema_decay)
     x, y = mnist.load_mnist("train")
-    loader = infinite_loader(torch.utils.data.TensorDataset(diffusion.to_model_range(x), y), hp["batch_size"],
+    loader = infinite_loader(torch.utils.data.TensorDataset(diffusion.to_model_range(x), y), hp.batch_size,
                              seed=seed)
     ac = model.alphas_cumprod.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=hp["lr"])
+    opt = torch.optim.AdamW(model.parameters(), lr=hp.lr)
     total = steps or 10 ** 9
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / hp["warmup"]) * (0.1 + 0.9 * max(0.0, 1 - s / total)))
+        opt, lambda s: min(1.0, (s + 1) / hp.warmup) * (0.1 + 0.9 * max(0.0, 1 - s / total)))
     g = torch.Generator().manual_seed(seed + 1)
-    pt = model.config["prediction_type"]
+    pt = model.config.prediction_type
 
     def loss_fn(m, batch):
         xb, yb = batch
         xb = xb.to(device)
-        drop = torch.rand(len(yb), generator=g) < hp["class_dropout"]
+        drop = torch.rand(len(yb), generator=g) < hp.class_dropout
         yb = torch.where(drop, torch.full_like(yb, NULL_CLASS), yb).to(device)
         return diffusion.diffusion_loss(lambda a, t: m(a, t, yb), xb, ac, pt, generator=g)
 
@@ -163,17 +172,12 @@ def evaluate(model: DigitDenoiser, n: int = 500, num_inference_steps: int = 50) 
 
 
 def train_registered(seed: int = 0, quick: bool = False) -> TrainResult:
-    steps = 20 if quick else TRAIN_DEFAULTS["steps"]
-    t0 = time.perf_counter()
-    model, hist = train_ddpm(steps=steps, seed=seed)
-    secs = time.perf_counter() - t0
-    q = evaluate(model)
-    q["train_steps"] = hist.steps
-    q["train_loop_seconds"] = round(secs, 1)
-    return TrainResult(model, model.config, q,
-                       notes=f"{hist.steps} steps, batch {TRAIN_DEFAULTS['batch_size']}, AdamW lr "
-                             f"{TRAIN_DEFAULTS['lr']}, EMA {TRAIN_DEFAULTS['ema_decay']}, epsilon loss, "
-                             f"linear schedule T=1000, class dropout 0.1")
+    steps = 20 if quick else DDPMTrainConfig().steps
+    hp = DDPMTrainConfig()
+    return run_recipe(lambda: train_ddpm(steps=steps, seed=seed), evaluate,
+                      notes=lambda hist, _: f"{hist.steps} steps, batch {hp.batch_size}, AdamW lr {hp.lr}, EMA "
+                                            f"{hp.ema_decay}, epsilon loss, linear schedule T=1000, class dropout "
+                                            f"{hp.class_dropout}")
 
 
 register("ddpm-mnist", build=lambda cfg: DigitDenoiser(cfg), train=train_registered, evaluate=evaluate,

@@ -34,16 +34,19 @@ from __future__ import annotations
 import copy
 import math
 import time
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
-from .. import diffusion
+from .. import diffusion, sampling
+from ..config import Config
 from ..data import shapes
 from ..pretrained import TrainResult, register
+from ..progress import progress_bar
 from ..runtime import get_device
-from . import text_to_image as T
+from . import text_to_image as t2i
 
 TEACHER = "shapes-t2i"
 NAME = "shapes-t2i-fast"
@@ -106,9 +109,9 @@ def trailing_grid(num_steps: int, num_train_timesteps: int = 1000) -> list[int]:
     return [int(round(num_train_timesteps - i * k)) - 1 for i in range(num_steps)]
 
 
-def make_scheduler(config: dict) -> DDIMScheduler:
+def make_scheduler(config) -> DDIMScheduler:
     """The student's sampler: DDIM, trailing spacing, v-prediction, no clipping."""
-    return T.make_scheduler(dict(config, sampler="ddim"))
+    return sampling.make_scheduler("ddim", config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,9 +119,9 @@ def make_scheduler(config: dict) -> DDIMScheduler:
 # --------------------------------------------------------------------------------------------
 class Denoiser:
     """A frozen :class:`text_to_image.TextToImageModel` as a v-predictor, optionally with classifier-free
-    guidance ``w`` (then one batched call of 2n: empty caption and caption)."""
+    guidance ``w`` (:func:`course_lib.sampling.guided`: one batched call of 2n, empty caption and caption)."""
 
-    def __init__(self, model: T.TextToImageModel, guidance_scale: float = 1.0):
+    def __init__(self, model: t2i.TextToImageModel, guidance_scale: float = 1.0):
         self.model = model.eval().requires_grad_(False)
         self.w = float(guidance_scale)
         dev = next(model.parameters()).device
@@ -126,39 +129,42 @@ class Denoiser:
         with torch.no_grad():
             self.empty = model.encode(empty["input_ids"], empty["attention_mask"])   # [1, L, d], [1, d]
 
+    def _net(self, z, t, cond):
+        return self.model.denoise(z, t, *cond)
+
     @torch.no_grad()
     def __call__(self, z, t, ids, mask):
-        states, pooled = self.model.encode(ids, mask)
-        if self.w == 1.0:
-            return self.model.denoise(z, t, states, pooled)
-        n = len(z)
-        s0, p0 = (e.expand(n, *e.shape[1:]) for e in self.empty)
-        out = self.model.denoise(torch.cat([z, z]), torch.cat([t, t]), torch.cat([s0, states]),
-                                 torch.cat([p0, pooled]))
-        u, c = out.chunk(2)
-        return u + self.w * (c - u)
+        cond = self.model.encode(ids, mask)                                          # [n, L, d], [n, d]
+        uncond = tuple(e.expand(len(z), *e.shape[1:]) for e in self.empty)
+        return sampling.guided(self._net, z, t, cond, uncond, self.w)
 
 
 # --------------------------------------------------------------------------------------------
 # The distillation loop
 # --------------------------------------------------------------------------------------------
-DISTILL_DEFAULTS = {
-    "guidance_scale": 3.0,      # the teacher's guidance, folded into the student
-    "grid_steps": 8,            # stage A (if any) trains at this grid's timesteps (1, 2, 4 steps are subsets)
-    "rounds": [2, 1],           # stage B: student step counts (teacher = previous student at twice as many)
-    "steps_guided": 0,          # optimiser steps of stage A; 0: fold guidance into the first round instead
-                                # (its teacher is the guided teacher)
-    "steps_per_round": [450, 550],        # optimiser steps of each progressive round (or one number)
-    "hold": 0.5,                # fraction of a round's batch spent at the other timesteps of the
-    "hold_steps": 4,            # 4-step grid, with the frozen teacher's own output as the target there
-                                # (so the 1-step student still samples well in 2 and 4 steps)
-    "batch_size": 32,
-    "lr": 3e-4,
-    "final_lr_frac": 0.1,
-    "n_train": 4000,
-    "caption_dropout": 0.1,     # keep the empty caption meaningful (guidance_scale > 1 still works)
-    "grad_clip": 1.0,
-}
+@dataclass
+class DistillConfig(Config):
+    """The ``shapes-t2i-fast`` recipe."""
+    guidance_scale: float = 3.0   # the teacher's guidance, folded into the student
+    grid_steps: int = 8           # stage A (if any) trains at this grid's timesteps (1, 2, 4 steps are subsets)
+    rounds: list = field(default_factory=lambda: [2, 1])   # stage B: student step counts (teacher =
+                                                            # previous student at twice as many)
+    steps_guided: int = 0         # optimiser steps of stage A; 0: fold guidance into the first round
+                                  # instead (its teacher is the guided teacher)
+    steps_per_round: object = field(default_factory=lambda: [450, 550])   # per round (or one number)
+    hold: float = 0.5             # fraction of a round's batch spent at the other timesteps of the
+    hold_steps: int = 4           # 4-step grid, with the frozen teacher's own output as the target there
+                                  # (so the 1-step student still samples well in 2 and 4 steps)
+    batch_size: int = 32
+    lr: float = 3e-4
+    final_lr_frac: float = 0.1
+    n_train: int = 4000
+    caption_dropout: float = 0.1  # keep the empty caption meaningful (guidance_scale > 1 still works)
+    grad_clip: float = 1.0
+
+
+#: The recipe as a plain dict (what :func:`distill` logs).
+DISTILL_DEFAULTS = DistillConfig().to_dict()
 
 
 def _cosine_lr(opt, base, frac, lo):
@@ -166,7 +172,7 @@ def _cosine_lr(opt, base, frac, lo):
         g["lr"] = base * (lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
-def distill(teacher: T.TextToImageModel, seed: int = 0, device=None, progress: bool = True,
+def distill(teacher: t2i.TextToImageModel, seed: int = 0, device=None, progress: bool = True,
             minutes: float | None = None, callback=None, after_stage=None, **overrides):
     """Distil ``teacher`` (guided, many steps) into a one-pass few-step student.
 
@@ -178,18 +184,18 @@ def distill(teacher: T.TextToImageModel, seed: int = 0, device=None, progress: b
     the steps. ``callback(stage, step, loss)`` sees every optimiser step; ``after_stage(stage, student)``
     may return a dict (say accuracies) that is stored in that stage's row.
     """
-    hp = dict(DISTILL_DEFAULTS, **overrides)
+    hp = DistillConfig.from_dict(overrides).to_dict()        # an unknown setting is an error here
     device = device or get_device()
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed + 1)
-    cfg = dict(teacher.config)
-    T_train = cfg["num_train_timesteps"]
-    ac = diffusion.NoiseSchedule.make(cfg["schedule"], T_train).alphas_cumprod.float().to(device)
+    cfg = teacher.config
+    T_train = cfg.num_train_timesteps
+    ac = diffusion.NoiseSchedule.make(cfg.schedule, T_train).alphas_cumprod.float().to(device)
 
     teacher = teacher.to(device)
     student = copy.deepcopy(teacher).to(device).requires_grad_(True)
-    student_config = dict(cfg, sampler="ddim", guidance_scale=1.0, distilled_from=TEACHER,
-                          distilled_guidance_scale=hp["guidance_scale"])
+    student_config = cfg.replace(sampler="ddim", guidance_scale=1.0, distilled_from=TEACHER,
+                                 distilled_guidance_scale=hp["guidance_scale"])
     tok = student.text_encoder.tokenizer
     ds = shapes.ShapesDataset(hp["n_train"], seed=seed + 200, split="train")
     x_all = diffusion.to_model_range(ds.images)                                  # [N, 3, 32, 32]
@@ -230,8 +236,7 @@ def distill(teacher: T.TextToImageModel, seed: int = 0, device=None, progress: b
         losses = []
         it = range(steps)
         if progress:
-            from tqdm.auto import tqdm
-            it = tqdm(it, desc=f"distil {name}", leave=False)
+            it = progress_bar(it, desc=f"distil {name}")
         for step in it:
             if stage_budget is not None and time.perf_counter() - t0 > stage_budget:
                 break
@@ -284,25 +289,25 @@ def distill(teacher: T.TextToImageModel, seed: int = 0, device=None, progress: b
             e0 = time.perf_counter()
             student.eval()
             # the student as it now is: DDIM, its step count, no guidance on top (guidance is inside)
-            student.config = dict(student_config, num_inference_steps=int(n_student or hp["grid_steps"]))
+            student.config = student_config.replace(num_inference_steps=int(n_student or hp["grid_steps"]))
             log["stages"][-1].update(after_stage(name, student) or {})
             eval_seconds += time.perf_counter() - e0
     log["seconds"] = round(time.perf_counter() - t_start - eval_seconds, 1)   # distillation only
     student.eval().requires_grad_(False)
     last = hp["rounds"][-1] if hp["rounds"] else hp["grid_steps"]
-    student.config = dict(student_config, num_inference_steps=int(last))
+    student.config = student_config.replace(num_inference_steps=int(last))
     return student, log
 
 
 # --------------------------------------------------------------------------------------------
 # The pipeline: the same ShapesPipeline, DDIM trailing, guidance 1 (it is inside the weights)
 # --------------------------------------------------------------------------------------------
-def make_fast_pipeline(model: T.TextToImageModel, num_inference_steps: int | None = None) -> T.ShapesPipeline:
+def make_fast_pipeline(model: t2i.TextToImageModel, num_inference_steps: int | None = None) -> t2i.ShapesPipeline:
     """A :class:`text_to_image.ShapesPipeline` over a distilled student (shares its weights)."""
     cfg = model.config
-    return T.ShapesPipeline(unet=model.unet, text_encoder=model.text_encoder, scheduler=make_scheduler(cfg),
-                            default_num_inference_steps=int(num_inference_steps or cfg.get("num_inference_steps", 1)),
-                            default_guidance_scale=float(cfg.get("guidance_scale", 1.0)))
+    return t2i.ShapesPipeline(unet=model.unet, text_encoder=model.text_encoder, scheduler=make_scheduler(cfg),
+                            default_num_inference_steps=int(num_inference_steps or cfg.num_inference_steps),
+                            default_guidance_scale=float(cfg.guidance_scale))
 
 
 def ms_per_picture(pipe, captions, repeats: int = 2, **kw) -> float:
@@ -311,7 +316,7 @@ def ms_per_picture(pipe, captions, repeats: int = 2, **kw) -> float:
     best = math.inf
     for r in range(repeats):
         t0 = time.perf_counter()
-        T.generate(pipe, captions, seed=r, **kw)
+        t2i.generate(pipe, captions, seed=r, **kw)
         best = min(best, time.perf_counter() - t0)
     return round(1000 * best / len(captions), 3)
 
@@ -342,7 +347,7 @@ def measure(pipe, num_inference_steps: int, passes_per_step: int, n_train: int |
            "unet_evals_per_picture": num_inference_steps * passes_per_step}
     for split, n in (("train", n_train), ("heldout", n_heldout)):
         caps = shapes.all_captions(split)[:n]
-        images = T.generate(pipe, caps, seed=seed, num_inference_steps=num_inference_steps)
+        images = t2i.generate(pipe, caps, seed=seed, num_inference_steps=num_inference_steps)
         res = score_shapes(images, caps)
         row[f"{split}_captions"] = {k: round(float(res[k]), 4) for k in ("all", "shape", "color", "size", "row", "col")}
         row[f"{split}_captions"]["n"] = len(caps)
@@ -353,26 +358,26 @@ def measure(pipe, num_inference_steps: int, passes_per_step: int, n_train: int |
     return row
 
 
-def teacher_pipelines(teacher: T.TextToImageModel) -> dict:
+def teacher_pipelines(teacher: t2i.TextToImageModel) -> dict:
     """The teacher with its default sampler (DPM-Solver++) and with DDIM trailing (the student's sampler)."""
-    ddim = T.ShapesPipeline(unet=teacher.unet, text_encoder=teacher.text_encoder,
+    ddim = t2i.ShapesPipeline(unet=teacher.unet, text_encoder=teacher.text_encoder,
                             scheduler=make_scheduler(teacher.config), default_num_inference_steps=50,
-                            default_guidance_scale=teacher.config["guidance_scale"])
-    return {"default": T.make_pipeline(teacher), "ddim": ddim}
+                            default_guidance_scale=teacher.config.guidance_scale)
+    return {"default": t2i.make_pipeline(teacher), "ddim": ddim}
 
 
 # --------------------------------------------------------------------------------------------
 # Registration: `python -m course_lib.pretrained train shapes-t2i-fast`
 # --------------------------------------------------------------------------------------------
-def build(config: dict) -> T.TextToImageModel:
-    return T.TextToImageModel(config)
+def build(config: dict) -> t2i.TextToImageModel:
+    return t2i.TextToImageModel(config)
 
 
-def finalize(model: T.TextToImageModel) -> T.ShapesPipeline:
+def finalize(model: t2i.TextToImageModel) -> t2i.ShapesPipeline:
     return make_fast_pipeline(model)
 
 
-def evaluate(model: T.TextToImageModel, teacher=None, n_train: int | None = None,
+def evaluate(model: t2i.TextToImageModel, teacher=None, n_train: int | None = None,
              n_heldout: int | None = None) -> dict:
     """Judged accuracy (270 train + 54 held-out captions, seed 0) of the student at 1, 2, 4 steps and
     of the teacher at 1 and 50 DDIM steps and at its default (DPM-Solver++ 20), FID on the judge's
@@ -411,7 +416,7 @@ def train_registered(seed: int = 0, quick: bool = False) -> TrainResult:
     over = {"steps_per_round": 3} if quick else {}
     def after_stage(name, m):         # the judge after each stage (not counted in the distillation time)
         pipe = make_fast_pipeline(m)
-        res = {f"train_all_{n}_steps": T.judge_pipeline(pipe, "train", num_inference_steps=n)["all"]
+        res = {f"train_all_{n}_steps": t2i.judge_pipeline(pipe, "train", num_inference_steps=n)["all"]
                for n in (1, 2, 4)}
         print(f"after stage {name}: {res}", flush=True)
         return res

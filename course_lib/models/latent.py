@@ -22,18 +22,18 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from .. import diffusion
+from .. import diffusion, sampling
 from ..data import shapes
-from ..pretrained import CheckpointError, TrainResult, register
+from ..config import Config
+from ..pretrained import CheckpointError, TrainResult, register, run_recipe
 from ..runtime import get_device
 from ..training import EMA, fit, infinite_loader, make_step
-from . import text_to_image as T2I
+from . import text_to_image as t2i
 
 # --------------------------------------------------------------------------------------------
 # The autoencoder
@@ -53,29 +53,34 @@ AE_CONFIG = {
     "shift_factor": 0.0,                               # set after training: mean of the latents
 }
 
-AE_TRAIN_DEFAULTS = {
-    "steps": 2500,
-    "minutes": None,         # a step budget only, so the recorded command reproduces the shipped weights
-    "batch_size": 32,
-    "lr": 2e-3,
-    "warmup": 50,
-    "final_lr_frac": 0.05,
+@dataclass
+class AutoencoderTrainConfig(Config):
+    """The ``shapes-autoencoder`` recipe."""
+    steps: int = 2500        # a step budget, so the recorded command reproduces the shipped weights
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup: int = 50
+    final_lr_frac: float = 0.05
     # KL weight per latent number against the per-pixel reconstruction error: enough to keep the
     # encoder's posterior a distribution of moderate scale (a plain autoencoder's latents can drift to
     # any scale and grow holes the diffusion model would have to learn around), small enough that
     # reconstructions stay sharp (weight 1 would be chapter 02's VAE, whose pictures the prior blurs).
     # Measured while choosing it: 1e-3 kept the posterior std near 0.7, an information bottleneck.
-    "kl_weight": 1e-4,
+    kl_weight: float = 1e-4
     # L1 + squared error: on Shapes 85% of the pixels are flat black background, where L1's gradient
     # (a constant-size sign) is noise; the squared error's gradient grows with the error, so the
     # object's wrong colour dominates it (L1 alone learnt colour slowly: 35% judged right after 783 steps).
-    "mse_weight": 1.0,
-    "n_train": 12000,
-}
+    mse_weight: float = 1.0
+    n_train: int = 12000
 
 
 def build_autoencoder(config: dict | None = None) -> AutoencoderKL:
-    """A tiny ``AutoencoderKL``: [n, 3, 32, 32] in [-1, 1] <-> [n, 4, 8, 8]."""
+    """A tiny ``AutoencoderKL``: [n, 3, 32, 32] in [-1, 1] <-> [n, 4, 8, 8]. ``config`` changes keys of
+    :data:`AE_CONFIG` (an unknown key is an error naming the allowed ones)."""
+    unknown = sorted(set(config or {}) - set(AE_CONFIG))
+    if unknown:
+        raise ValueError(f"the autoencoder config has no key {', '.join(map(repr, unknown))}; "
+                         f"allowed: {', '.join(AE_CONFIG)}")
     return AutoencoderKL(**dict(AE_CONFIG, **(config or {})))
 
 
@@ -119,19 +124,19 @@ def train_autoencoder(steps: int | None = None, minutes: float | None = None, se
     the latents' mean and std over the training pictures set ``shift_factor`` and ``scaling_factor``.
     Returns ``(vae, history, settings)``.
     """
-    hp = dict(AE_TRAIN_DEFAULTS, **overrides)
+    hp = AutoencoderTrainConfig.from_dict(overrides)
     if steps is None and minutes is None:
-        steps, minutes = hp["steps"], hp["minutes"]
+        steps = hp.steps
     device = device or get_device()
     torch.manual_seed(seed)
     vae = build_autoencoder(config).to(device)
-    ds = shapes.ShapesDataset(hp["n_train"], seed=seed + 200, split="train")
+    ds = shapes.ShapesDataset(hp.n_train, seed=seed + 200, split="train")
     data = torch.utils.data.TensorDataset(diffusion.to_model_range(ds.images))
-    loader = infinite_loader(data, hp["batch_size"], seed=seed)
-    opt = torch.optim.AdamW(vae.parameters(), lr=hp["lr"], weight_decay=0.0)
+    loader = infinite_loader(data, hp.batch_size, seed=seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=hp.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(seed + 1)
-    frac = T2I.budget_fraction(steps, minutes)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, T2I.cosine_with_warmup(hp["warmup"], hp["final_lr_frac"], frac))
+    frac = t2i.budget_fraction(steps, minutes)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, t2i.cosine_with_warmup(hp.warmup, hp.final_lr_frac, frac))
 
     def loss_fn(m, batch):
         x = batch[0].to(device)                                             # [b, 3, 32, 32]
@@ -142,7 +147,7 @@ def train_autoencoder(steps: int | None = None, minutes: float | None = None, se
         l1 = (rec - x).abs().mean()
         mse = (rec - x).pow(2).mean()
         kl = post.kl().mean() / post.mean[0].numel()                        # per latent number
-        loss = l1 + hp["mse_weight"] * mse + hp["kl_weight"] * kl
+        loss = l1 + hp.mse_weight * mse + hp.kl_weight * kl
         return loss, {"l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
 
     step_fn = make_step(vae, loss_fn, opt, scheduler=sched, grad_clip=1.0)
@@ -189,96 +194,58 @@ def evaluate_autoencoder(vae: AutoencoderKL, n: int = 1000, seed: int = 54321) -
 
 
 # --------------------------------------------------------------------------------------------
-# The latent denoiser: text encoder + UNet on [n, 4, 8, 8]
+# The latent denoiser: chapter 05's model on [n, 4, 8, 8]
 # --------------------------------------------------------------------------------------------
-def latent_config(config: dict | None = None) -> dict:
-    """chapter 05's DEFAULT_CONFIG with the pixel fold replaced by the autoencoder (``fold`` 1)."""
-    cfg = T2I._merged(dict({"fold": 1, "latent_channels": 4, "latent_size": 8, "autoencoder_sha256": None},
-                           **(config or {})))
-    return cfg
+def latent_config(config=None, **changes) -> t2i.TextToImageConfig:
+    """Chapter 05's config with the pixel fold replaced by the autoencoder: the UNet denoises
+    ``in_channels=4`` latents of side ``sample_size=8`` (``fold`` 1)."""
+    base = {"fold": 1, "in_channels": AE_CONFIG["latent_channels"], "sample_size": 8}
+    if isinstance(config, t2i.TextToImageConfig):
+        config = config.to_dict()
+    return t2i.TextToImageConfig.from_dict({**base, **(config or {})}, **changes)
 
 
-class LatentTextToImageModel(nn.Module):
-    """Text encoder + conditional UNet on normalised latents. ``forward(z_t, t, input_ids, attention_mask)``
-    -> the network's prediction for ``z_t`` ([n, 4, 8, 8]). The autoencoder is not part of it."""
-
-    def __init__(self, config: dict | None = None):
-        super().__init__()
-        self.config = latent_config(config)
-        cfg = self.config
-        t = cfg["text"]
-        self.text_encoder = T2I.ShapesTextEncoder(max_length=t["max_length"], dim=t["dim"], layers=t["layers"],
-                                                  heads=t["heads"])
-        extra = {}
-        if cfg["pooled_text"]:
-            extra = {"class_embed_type": "projection", "projection_class_embeddings_input_dim": t["dim"]}
-        c = cfg["latent_channels"]
-        self.unet = UNet2DConditionModel(sample_size=cfg["latent_size"], in_channels=c, out_channels=c,
-                                         cross_attention_dim=t["dim"], **cfg["unet"], **extra)
-
-    def encode(self, input_ids, attention_mask):
-        return self.text_encoder(input_ids, attention_mask)
-
-    def denoise(self, z_t, t, states, pooled):
-        kw = {"class_labels": pooled} if self.config["pooled_text"] else {}
-        return self.unet(z_t, t, encoder_hidden_states=states, **kw).sample
-
-    def forward(self, z_t, t, input_ids, attention_mask):
-        states, pooled = self.encode(input_ids, attention_mask)
-        return self.denoise(z_t, t, states, pooled)
+def build_latent_model(config=None) -> t2i.TextToImageModel:
+    """Text encoder + conditional UNet on normalised latents (chapter 05's :class:`TextToImageModel`
+    with :func:`latent_config`). The autoencoder is not part of it."""
+    return t2i.TextToImageModel(latent_config(config))
 
 
 # --------------------------------------------------------------------------------------------
 # The pipeline
 # --------------------------------------------------------------------------------------------
-class LatentShapesPipeline(DiffusionPipeline):
+class LatentShapesPipeline(t2i.ShapesPipeline):
     """Latent text to image on Shapes with ShapesPipeline's call convention:
     ``pipe(prompts, num_inference_steps=, guidance_scale=, generator=, output_type="pil"|"np"|"pt")``
-    -> ``.images`` (``"pt"``: [n, 3, 32, 32] in [0, 1]). Noise is drawn in latent space
-    ([n, 4, 8, 8]); the scheduler denoises latents; the decoder runs once at the end.
+    -> ``.images`` (``"pt"``: [n, 3, 32, 32] in [0, 1]; ``"latent"``: [n, 4, 8, 8]). Noise is drawn in
+    latent space; the same sampling loop denoises latents; the decoder runs once at the end.
     """
 
-    def __init__(self, vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder: T2I.ShapesTextEncoder,
+    def __init__(self, vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder: t2i.ShapesTextEncoder,
                  scheduler, default_num_inference_steps: int = 20, default_guidance_scale: float = 3.0):
-        super().__init__()
+        super(t2i.ShapesPipeline, self).__init__()
         self.register_modules(vae=vae, unet=unet, text_encoder=text_encoder, scheduler=scheduler)
         self.register_to_config(default_num_inference_steps=int(default_num_inference_steps),
                                 default_guidance_scale=float(default_guidance_scale))
 
-    default_num_inference_steps = T2I.ShapesPipeline.default_num_inference_steps
-    default_guidance_scale = T2I.ShapesPipeline.default_guidance_scale
-    tokenizer = T2I.ShapesPipeline.tokenizer
-    encode_prompt = T2I.ShapesPipeline.encode_prompt
-    prepare_call = T2I.ShapesPipeline.prepare_call
-    denoise_loop = T2I.ShapesPipeline.denoise_loop
-    format_output = T2I.ShapesPipeline.format_output
+    @property
+    def image_channels(self) -> int:
+        return self.unet.config.in_channels                   # noise is drawn as latents: no fold
 
-    @torch.no_grad()
-    def __call__(self, prompt, num_inference_steps: int | None = None, guidance_scale: float | None = None,
-                 generator: torch.Generator | None = None, output_type: str = "pil", latents=None,
-                 return_dict: bool = True, callback=None):
-        prompts, steps, w, states, pooled = self.prepare_call(prompt, num_inference_steps, guidance_scale)
-        dev, dtype, n = self.unet.device, self.unet.dtype, len(prompts)
-        c, s = self.unet.config.in_channels, self.unet.config.sample_size
-        if latents is None:
-            latents = torch.randn((n, c, s, s), generator=generator, dtype=torch.float32)   # [n, 4, 8, 8]
-        z = self.denoise_loop(latents.to(dev, dtype), states, pooled, steps, w, generator, callback)
-        if output_type == "latent":
-            images = z.float().cpu()
-        else:
-            images = diffusion.to_image_range(decode(self.vae, z).float()).cpu()   # [n, 3, 32, 32] in [0, 1]
-        return self.format_output(images, output_type, return_dict, extra_types=("latent",))
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Normalised latents [n, 4, 8, 8] -> pictures [n, 3, 32, 32] in [0, 1]."""
+        return diffusion.to_image_range(decode(self.vae, z).float()).cpu()
 
 
-def make_pipeline(model: LatentTextToImageModel, vae: AutoencoderKL, num_inference_steps: int | None = None,
+def make_pipeline(model: t2i.TextToImageModel, vae: AutoencoderKL, num_inference_steps: int | None = None,
                   guidance_scale: float | None = None) -> LatentShapesPipeline:
     """Wrap a trained latent model and its autoencoder as a :class:`LatentShapesPipeline` (shares weights)."""
     cfg = model.config
     return LatentShapesPipeline(
         vae=vae.to(next(model.parameters()).device).eval(), unet=model.unet, text_encoder=model.text_encoder,
-        scheduler=T2I.make_scheduler(cfg),
-        default_num_inference_steps=int(num_inference_steps or cfg["num_inference_steps"]),
-        default_guidance_scale=float(guidance_scale if guidance_scale is not None else cfg["guidance_scale"]))
+        scheduler=sampling.make_scheduler(cfg.sampler, cfg),
+        default_num_inference_steps=int(num_inference_steps or cfg.num_inference_steps),
+        default_guidance_scale=float(guidance_scale if guidance_scale is not None else cfg.guidance_scale))
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,35 +259,26 @@ def encode_dataset(vae: AutoencoderKL, images01: torch.Tensor, batch_size: int =
     return torch.cat([encode(vae, diffusion.to_model_range(x)).cpu() for x in images01.split(batch_size)])
 
 
-def train_latent_text_to_image(vae: AutoencoderKL, config: dict | None = None, steps: int | None = None,
+def train_latent_text_to_image(vae: AutoencoderKL, config=None, steps: int | None = None,
                                minutes: float | None = None, seed: int = 0, device=None, progress: bool = True,
                                **overrides):
-    """Chapter 05's recipe (``T2I.TRAIN_DEFAULTS``: AdamW, warmup + cosine, EMA, caption dropout,
-    v-prediction on the cosine schedule) on the autoencoder's latents instead of folded pixels.
-    Returns ``(ema_model, history, settings)``; ``settings["encode_seconds"]`` is the one-off cost of
-    encoding the training pictures."""
-    hp = dict(T2I.TRAIN_DEFAULTS, **overrides)
+    """Chapter 05's recipe (:class:`t2i.TrainConfig`: AdamW, warmup + cosine, EMA, caption dropout,
+    v-prediction on the cosine schedule) and training loop (:func:`t2i.train_on`) on the autoencoder's
+    latents instead of folded pixels. Returns ``(ema_model, history, settings)``; ``settings`` adds
+    ``encode_seconds``, the one-off cost of encoding the training pictures."""
+    hp = t2i.TrainConfig.from_dict(overrides)
     if steps is None and minutes is None:
-        steps = hp["steps"]
+        steps = hp.steps
     device = device or get_device()
-    cfg = latent_config(config)
     torch.manual_seed(seed)
-    model = LatentTextToImageModel(cfg).to(device)
-    ema = EMA(model, decay=hp["ema_decay"])
-    ds = shapes.ShapesDataset(hp["n_train"], seed=seed + 100, split="train")   # chapter 05's pictures
+    model = build_latent_model(config)
+    ds = shapes.ShapesDataset(hp.n_train, seed=seed + 100, split="train")     # chapter 05's pictures
     t0 = time.perf_counter()
-    lat = encode_dataset(vae.to(device), ds.images)                            # [N, 4, 8, 8]
-    hp["encode_seconds"] = round(time.perf_counter() - t0, 2)
-    tok = model.text_encoder.tokenizer
-    ids = tok(ds.captions)
-    data = torch.utils.data.TensorDataset(lat, ids["input_ids"], ids["attention_mask"])
-    loader = infinite_loader(data, hp["batch_size"], seed=seed)
-    step_fn = T2I.make_train_step(model, ema, cfg, hp, device, seed, steps, minutes)
-    hist = fit(step_fn, loader, steps=steps, minutes=minutes, desc="shapes-t2i-latent", progress=progress)
-    ema_model = ema.module
-    ema_model.config = cfg
-    ema_model.eval()
-    return ema_model, hist, hp
+    lat = encode_dataset(vae.to(device), ds.images)                             # [N, 4, 8, 8]
+    encode_seconds = round(time.perf_counter() - t0, 2)
+    ema_model, hist = t2i.train_on(model, lat, ds.captions, hp, steps, minutes, seed, device,
+                                   progress=progress, desc="shapes-t2i-latent")
+    return ema_model, hist, {**hp.to_dict(), "encode_seconds": encode_seconds}
 
 
 def time_train_steps(kind: str, vae: AutoencoderKL | None = None, n_steps: int = 20, batch_size: int = 32,
@@ -330,21 +288,19 @@ def time_train_steps(kind: str, vae: AutoencoderKL | None = None, n_steps: int =
     same batch, same text encoder, same UNet blocks, same optimiser."""
     device = get_device()
     torch.manual_seed(seed)
-    hp = dict(T2I.TRAIN_DEFAULTS, batch_size=batch_size)
+    hp = t2i.TrainConfig(batch_size=batch_size)
     x, caps = shapes.sample(batch_size * 4, seed=seed + 7)
     if kind == "pixel":
-        model = T2I.TextToImageModel().to(device)
-        cfg = model.config
+        model = t2i.TextToImageModel().to(device)
         data = diffusion.to_model_range(x)
     elif kind == "latent":
-        model = LatentTextToImageModel().to(device)
-        cfg = model.config
+        model = build_latent_model().to(device)
         data = encode_dataset(vae, x)
     else:
         raise ValueError(f"kind must be 'pixel' or 'latent', got {kind!r}")
     ids = model.text_encoder.tokenizer(caps)
-    ema = EMA(model, decay=hp["ema_decay"])
-    step_fn = T2I.make_train_step(model, ema, cfg, hp, device, seed, n_steps + warmup, None)
+    ema = EMA(model, decay=hp.ema_decay)
+    step_fn = t2i.make_train_step(model, ema, model.config, hp, device, seed, n_steps + warmup, None)
     times = []
     for i in range(n_steps + warmup):
         j = (i % 4) * batch_size
@@ -360,11 +316,11 @@ def time_train_steps(kind: str, vae: AutoencoderKL | None = None, n_steps: int =
 def sampling_seconds_per_picture(pipe, n: int = 32, steps: int = 20, repeats: int = 2) -> float:
     """Best of ``repeats`` wall times of one batch of ``n`` train captions at ``steps`` steps, per picture."""
     caps = shapes.all_captions("train")[:n]
-    T2I.generate(pipe, caps[:2], num_inference_steps=steps)                  # warm-up
+    t2i.generate(pipe, caps[:2], num_inference_steps=steps)                  # warm-up
     best = math.inf
     for _ in range(repeats):
         t0 = time.perf_counter()
-        T2I.generate(pipe, caps, num_inference_steps=steps)
+        t2i.generate(pipe, caps, num_inference_steps=steps)
         best = min(best, time.perf_counter() - t0)
     return best / n
 
@@ -383,7 +339,7 @@ def compare_pixel_latent(latent_pipe, pixel_pipe, vae: AutoencoderKL, steps: int
         r["sampling_ms_per_picture"] = round(1000 * sampling_seconds_per_picture(pipe, steps=steps), 2)
         if judge:
             for split in ("train", "heldout"):
-                res = T2I.judge_pipeline(pipe, split, num_inference_steps=steps)
+                res = t2i.judge_pipeline(pipe, split, num_inference_steps=steps)
                 r[f"{split}_all"] = res["all"]
                 r[f"{split}_attributes"] = {k: res[k] for k in shapes.ATTRIBUTES}
         out[name] = r
@@ -398,25 +354,22 @@ def compare_pixel_latent(latent_pipe, pixel_pipe, vae: AutoencoderKL, steps: int
 # Registration
 # --------------------------------------------------------------------------------------------
 def _train_autoencoder_registered(seed: int = 0, quick: bool = False) -> TrainResult:
-    steps = 10 if quick else AE_TRAIN_DEFAULTS["steps"]
-    c0 = time.process_time()
-    vae, hist, hp = train_autoencoder(steps=steps, seed=seed)
-    quality = evaluate_autoencoder(vae)
-    quality["train_steps"] = hist.steps
-    quality["train_loop_seconds"] = round(hist.seconds, 1)
-    quality["train_process_cpu_seconds"] = round(time.process_time() - c0, 1)
-    quality["final_l1"] = round(hist.last("l1"), 4)
-    quality["final_kl_per_latent"] = round(hist.last("kl"), 4)
-    notes = (f"{hist.steps} steps, batch {hp['batch_size']}, AdamW lr {hp['lr']} warmup + cosine; loss L1 + "
-             f"{hp['mse_weight']} x MSE + {hp['kl_weight']} x KL per latent number; shift/scaling factor = "
-             f"mean / (1/std) of the latents of 4000 train pictures")
-    return TrainResult(vae, autoencoder_config(vae), quality, notes)
+    steps = 10 if quick else AutoencoderTrainConfig().steps
+
+    def notes(hist, hp):
+        return (f"{hist.steps} steps, batch {hp.batch_size}, AdamW lr {hp.lr} warmup + cosine; loss L1 + "
+                f"{hp.mse_weight} x MSE + {hp.kl_weight} x KL per latent number; shift/scaling factor = "
+                f"mean / (1/std) of the latents of 4000 train pictures")
+
+    result = run_recipe(lambda: train_autoencoder(steps=steps, seed=seed), evaluate_autoencoder, notes=notes)
+    result.config = autoencoder_config(result.model)
+    return result
 
 
-def _load_matching_autoencoder(config: dict, device=None) -> AutoencoderKL:
+def _load_matching_autoencoder(config: t2i.TextToImageConfig, device=None) -> AutoencoderKL:
     from .. import pretrained
 
-    want = config.get("autoencoder_sha256")
+    want = config.autoencoder_sha256
     rec = pretrained.verify("shapes-autoencoder")
     if want is not None and rec["sha256"] != want:
         raise CheckpointError(
@@ -426,15 +379,15 @@ def _load_matching_autoencoder(config: dict, device=None) -> AutoencoderKL:
     return pretrained.load_module("shapes-autoencoder", device=device)
 
 
-def _finalize_latent(model: LatentTextToImageModel) -> LatentShapesPipeline:
+def _finalize_latent(model: t2i.TextToImageModel) -> LatentShapesPipeline:
     vae = _load_matching_autoencoder(model.config, device=next(model.parameters()).device)
     return make_pipeline(model, vae)
 
 
-def _evaluate_latent(model: LatentTextToImageModel) -> dict:
+def _evaluate_latent(model: t2i.TextToImageModel) -> dict:
     pipe = _finalize_latent(model)
-    return {"train_captions": T2I.judge_pipeline(pipe, "train"),
-            "heldout_captions": T2I.judge_pipeline(pipe, "heldout"),
+    return {"train_captions": t2i.judge_pipeline(pipe, "train"),
+            "heldout_captions": t2i.judge_pipeline(pipe, "heldout"),
             "num_inference_steps": pipe.default_num_inference_steps,
             "guidance_scale": pipe.default_guidance_scale}
 
@@ -444,28 +397,32 @@ def _train_latent_registered(seed: int = 0, quick: bool = False) -> TrainResult:
 
     rec = pretrained.verify("shapes-autoencoder")
     vae = pretrained.load_module("shapes-autoencoder")
-    steps = 20 if quick else T2I.TRAIN_DEFAULTS["steps"]
-    c0 = time.process_time()
-    model, hist, hp = train_latent_text_to_image(vae, {"autoencoder_sha256": rec["sha256"]}, steps=steps, seed=seed)
-    cpu = round(time.process_time() - c0, 1)
-    pipe = make_pipeline(model, vae)
-    pixel = pretrained.load("shapes-t2i")
-    quality = _evaluate_latent(model)
-    quality["train_steps"] = hist.steps
-    quality["train_loop_seconds"] = round(hist.seconds, 1)
-    quality["train_process_cpu_seconds"] = cpu
-    quality["encode_train_pictures_seconds"] = hp["encode_seconds"]
-    quality["pixel_vs_latent"] = compare_pixel_latent(pipe, pixel, vae, steps=pipe.default_num_inference_steps)
-    notes = (f"{hist.steps} steps of chapter 05's recipe (batch {hp['batch_size']}, AdamW lr {hp['lr']}, EMA "
-             f"{hp['ema_decay']}, caption dropout {hp['caption_dropout']}, v-prediction, cosine) on the 8x8x4 "
-             f"latents of shapes-autoencoder (sha256 in config); the checkpoint holds text encoder + UNet only")
-    return TrainResult(model, model.config, quality, notes)
+    steps = 20 if quick else t2i.TrainConfig().steps
+
+    def notes(hist, hp):
+        return (f"{hist.steps} steps of chapter 05's recipe (batch {hp['batch_size']}, AdamW lr {hp['lr']}, EMA "
+                f"{hp['ema_decay']}, caption dropout {hp['caption_dropout']}, v-prediction, cosine) on the 8x8x4 "
+                f"latents of shapes-autoencoder (sha256 in config); the checkpoint holds text encoder + UNet only")
+
+    settings = {}
+
+    def train():
+        out = train_latent_text_to_image(vae, {"autoencoder_sha256": rec["sha256"]}, steps=steps, seed=seed)
+        settings.update(out[2])
+        return out
+
+    result = run_recipe(train, _evaluate_latent, notes=notes)
+    result.quality["encode_train_pictures_seconds"] = settings["encode_seconds"]
+    pipe = make_pipeline(result.model, vae)
+    result.quality["pixel_vs_latent"] = compare_pixel_latent(pipe, pretrained.load("shapes-t2i"), vae,
+                                                             steps=pipe.default_num_inference_steps)
+    return result
 
 
 register("shapes-autoencoder", build=build_autoencoder, train=_train_autoencoder_registered,
          evaluate=evaluate_autoencoder, chapter="08",
          description="Tiny AutoencoderKL (diffusers): Shapes 32x32x3 <-> 8x8x4 latents, L1 + small KL")
-register("shapes-t2i-latent", build=LatentTextToImageModel, train=_train_latent_registered,
+register("shapes-t2i-latent", build=build_latent_model, train=_train_latent_registered,
          evaluate=_evaluate_latent, finalize=_finalize_latent, chapter="08",
          description="Latent text-to-image on Shapes: chapter 05's text encoder + UNet2DConditionModel on the "
                      "shapes-autoencoder's 8x8x4 latents, LatentShapesPipeline (diffusers)")

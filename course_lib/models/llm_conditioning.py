@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from ..data import shapes
 from ..pretrained import TrainResult, register
-from ..runtime import get_device
+from ..runtime import get_device, online
 from ..training import fit, infinite_loader, make_step
 from .attention import TransformerBlock
 
@@ -70,9 +70,9 @@ def _load_tower(kind: str, name: str | None):
         return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
     if kind not in ONLINE_TEXT_TOWERS:
         raise ValueError(f"kind must be 'minilm', 'clip' or 't5', got {kind!r}")
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") and not (name and os.path.isdir(name)):
+    if not online() and not (name and os.path.isdir(name)):
         raise RuntimeError(f"the {kind} text tower downloads its weights ({name or ONLINE_TEXT_TOWERS[kind]}); "
-                           "this runtime is offline (HF_HUB_OFFLINE=1). Use kind='minilm' offline.")
+                           "this runtime is offline (set COURSE_ONLINE=1 to allow it). Use kind='minilm' offline.")
     name = name or ONLINE_TEXT_TOWERS[kind]
     if kind == "clip":
         from transformers import CLIPTextModel, CLIPTokenizer
@@ -565,8 +565,8 @@ def _object_phrase(spec: shapes.ShapeSpec, rng, vocab: str, omit_size: bool = Fa
     t = shapes.PARAPHRASE_WORDS[vocab]
     color, shape = _pick(rng, t["color"][spec.color]), _pick(rng, t["shape"][spec.shape])
     if omit_size:
-        return shapes._article(f"a {color} {shape}")
-    return shapes._article(f"a {_pick(rng, t['size'][spec.size])} {color} {shape}")
+        return shapes.with_article(f"a {color} {shape}")
+    return shapes.with_article(f"a {_pick(rng, t['size'][spec.size])} {color} {shape}")
 
 
 def make_request(rng: np.random.Generator, vocab: str = "seen", kind: str | None = None,
@@ -590,7 +590,7 @@ def make_request(rng: np.random.Generator, vocab: str = "seen", kind: str | None
         text = _pick(rng, ONE_OBJECT_NO_PLACE[vocab]).format(
             size=_pick(rng, t["size"][spec.size]), color=_pick(rng, t["color"][spec.color]),
             shape=_pick(rng, t["shape"][spec.shape]))
-        return shapes._article(text), [shapes.ShapeSpec(spec.size, spec.color, spec.shape, *DEFAULT_CELL)]
+        return shapes.with_article(text), [shapes.ShapeSpec(spec.size, spec.color, spec.shape, *DEFAULT_CELL)]
     if kind == "relation":
         rel = _pick(rng, list(shapes.RELATIONS.values()))
         (ra, ca), (rb, cb) = canonical_layout(rel)
@@ -619,9 +619,9 @@ def make_request(rng: np.random.Generator, vocab: str = "seen", kind: str | None
         spec = _pick(rng, specs)
         where = _pick(rng, t["where"][(spec.row, spec.col)])
         if r < 0.75:   # a thing Shapes does not draw
-            return shapes._article(f"a {_pick(rng, t['size'][spec.size])} {_pick(rng, t['color'][spec.color])} "
+            return shapes.with_article(f"a {_pick(rng, t['size'][spec.size])} {_pick(rng, t['color'][spec.color])} "
                                    f"{_pick(rng, neg['nouns'])} {where}"), None
-        return shapes._article(f"a {_pick(rng, t['size'][spec.size])} {_pick(rng, neg['colors'])} "
+        return shapes.with_article(f"a {_pick(rng, t['size'][spec.size])} {_pick(rng, neg['colors'])} "
                                f"{_pick(rng, t['shape'][spec.shape])} {where}"), None  # a color it has not
     raise ValueError(f"unknown request kind {kind!r}")
 
@@ -884,8 +884,8 @@ class LLMPlanner:
               '"row": "top", "col": "left"}]}. At most two objects, in different cells. Request: ')
 
     def __init__(self, name: str = "Qwen/Qwen2.5-0.5B-Instruct", device=None, max_new_tokens: int = 120):
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
-            raise RuntimeError(f"LLMPlanner downloads {name}; this runtime is offline (HF_HUB_OFFLINE=1)")
+        if not online():
+            raise RuntimeError(f"LLMPlanner downloads {name}; this runtime is offline (set COURSE_ONLINE=1 to allow it)")
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(name)
@@ -1008,7 +1008,7 @@ def _t2i():
     return text_to_image
 
 
-T2I_MINILM_CONFIG = {"text": {"dim": MINILM_DIM, "max_length": 24}}
+T2I_MINILM_CONFIG = {"text": {"kind": "minilm", "dim": MINILM_DIM, "max_length": 24}}
 
 
 class MiniLMConditioner(nn.Module):
@@ -1048,47 +1048,24 @@ class MiniLMConditioner(nn.Module):
         return self.adapt(enc.states.to(self.device), enc.pooled.to(self.device), attention_mask.to(self.device))
 
 
-class MiniLMTextToImage(nn.Module):
-    """Chapter 05's UNet (``text_to_image.build_unet``) cross-attending to MiniLM token states, the
-    pooled MiniLM vector added to the timestep embedding. What ``shapes-t2i-minilm`` holds: the UNet
-    and the LayerNorm (MiniLM's 22.7M weights stay in the installed package)."""
-
-    def __init__(self, config: dict | None = None):
-        super().__init__()
-        t2i = _t2i()
-        cfg = t2i._merged(T2I_MINILM_CONFIG)
-        cfg = t2i._merged({**cfg, **(config or {})})
-        cfg["text"]["dim"] = MINILM_DIM
-        self.config = cfg
-        self.text_encoder = MiniLMConditioner(cfg["text"]["max_length"])
-        self.unet = t2i.build_unet(cfg)
-
-    @property
-    def fold(self) -> int:
-        return self.config["fold"]
-
-    def denoise(self, x_t, t, states, pooled):
-        z = F.pixel_unshuffle(x_t, self.fold) if self.fold > 1 else x_t
-        kw = {"class_labels": pooled} if self.config["pooled_text"] else {}
-        out = self.unet(z, t, encoder_hidden_states=states, **kw).sample
-        return F.pixel_shuffle(out, self.fold) if self.fold > 1 else out
-
-
-def make_minilm_pipeline(model: MiniLMTextToImage, num_inference_steps: int | None = None,
-                         guidance_scale: float | None = None):
-    """A chapter 05 ``ShapesPipeline`` around the MiniLM-conditioned UNet (same call convention)."""
+def MiniLMTextToImage(config: dict | None = None):
+    """Chapter 05's :class:`~course_lib.models.text_to_image.TextToImageModel` with the text-encoder
+    option ``kind="minilm"``: the UNet cross-attends to MiniLM token states, the pooled MiniLM vector
+    is added to the timestep embedding. What ``shapes-t2i-minilm`` holds: the UNet and the LayerNorm
+    (MiniLM's 22.7M weights stay in the installed package)."""
     t2i = _t2i()
-    cfg = model.config
-    sched = t2i.make_scheduler(cfg)
-    sched.register_to_config(course_default_steps=int(num_inference_steps or cfg["num_inference_steps"]),
-                             course_default_guidance=float(guidance_scale if guidance_scale is not None
-                                                           else cfg["guidance_scale"]))
-    return t2i.ShapesPipeline(unet=model.unet, text_encoder=model.text_encoder, scheduler=sched)
+    base = t2i.TextToImageConfig.from_dict(T2I_MINILM_CONFIG)
+    return t2i.TextToImageModel(base.replace(**(config or {})))
+
+
+def make_minilm_pipeline(model, num_inference_steps: int | None = None, guidance_scale: float | None = None):
+    """A chapter 05 ``ShapesPipeline`` around the MiniLM-conditioned UNet (same call convention)."""
+    return _t2i().make_pipeline(model, num_inference_steps, guidance_scale)
 
 
 def train_t2i_minilm(config: dict | None = None, steps: int | None = None, minutes: float | None = None,
                      seed: int = 0, device=None, progress: bool = True, pooled: bool = True, **overrides):
-    """Chapter 05's recipe (``text_to_image.TRAIN_DEFAULTS``: v-prediction, cosine schedule, EMA,
+    """Chapter 05's recipe (``text_to_image.TrainConfig``: v-prediction, cosine schedule, EMA,
     caption dropout for guidance) with MiniLM as the text encoder, on canonical train captions only.
     MiniLM is frozen, so the states of the 270 distinct captions (and of the empty caption) are
     computed once. ``pooled=False`` trains the token-level-only variant (no pooled vector).
@@ -1097,40 +1074,40 @@ def train_t2i_minilm(config: dict | None = None, steps: int | None = None, minut
     from ..training import EMA
 
     t2i = _t2i()
-    hp = dict(t2i.TRAIN_DEFAULTS, **overrides)
+    hp = t2i.TrainConfig.from_dict(overrides)
     if steps is None and minutes is None:
-        steps = hp["steps"]
+        steps = hp.steps
     device = device or get_device()
     torch.manual_seed(seed)
     model = MiniLMTextToImage(dict(config or {}, pooled_text=pooled)).to(device)
     cfg = model.config
-    ema = EMA(model, decay=hp["ema_decay"])
-    ds = shapes.ShapesDataset(hp["n_train"], seed=seed + 100, split="train")
+    ema = EMA(model, decay=hp.ema_decay)
+    ds = shapes.ShapesDataset(hp.n_train, seed=seed + 100, split="train")
     table = sorted(set(ds.captions)) + [""]
     index = {c: i for i, c in enumerate(table)}
     enc = model.text_encoder.frozen.encode(table)
     st, po, mk = enc.states.to(device), enc.pooled.to(device), enc.mask.to(device)
     idx = torch.tensor([index[c] for c in ds.captions])
     data = torch.utils.data.TensorDataset(diffusion.to_model_range(ds.images), idx)
-    loader = infinite_loader(data, hp["batch_size"], seed=seed)
-    ac = diffusion.NoiseSchedule.make(cfg["schedule"], cfg["num_train_timesteps"]).alphas_cumprod.to(device)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp["lr"],
-                            weight_decay=hp["weight_decay"])
+    loader = infinite_loader(data, hp.batch_size, seed=seed)
+    ac = diffusion.NoiseSchedule.make(cfg.schedule, cfg.num_train_timesteps).alphas_cumprod.to(device)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp.lr,
+                            weight_decay=hp.weight_decay)
     g = torch.Generator().manual_seed(seed + 1)
     # chapter 05's schedule: warm-up, then a cosine over the fraction of the step/minute budget used
-    lr_lambda = t2i.cosine_with_warmup(hp["warmup"], hp["final_lr_frac"], t2i.budget_fraction(steps, minutes))
+    lr_lambda = t2i.cosine_with_warmup(hp.warmup, hp.final_lr_frac, t2i.budget_fraction(steps, minutes))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
     empty = index[""]
 
     def loss_fn(m, batch):
         x0, i = batch
-        drop = torch.rand(len(x0), generator=g) < hp["caption_dropout"]
+        drop = torch.rand(len(x0), generator=g) < hp.caption_dropout
         i = torch.where(drop, torch.full_like(i, empty), i).to(device)
         states, pooled_v = m.text_encoder.adapt(st[i], po[i], mk[i])
         return diffusion.diffusion_loss(lambda x, t: m.denoise(x, t, states, pooled_v), x0.to(device), ac,
-                                        cfg["prediction_type"], generator=g, min_snr_gamma=hp["min_snr_gamma"])
+                                        cfg.prediction_type, generator=g, min_snr_gamma=hp.min_snr_gamma)
 
-    step_fn = make_step(model, loss_fn, opt, scheduler=sched, ema=ema, grad_clip=hp["grad_clip"])
+    step_fn = make_step(model, loss_fn, opt, scheduler=sched, ema=ema, grad_clip=hp.grad_clip)
     history = fit(step_fn, loader, steps=steps, minutes=minutes, desc="shapes-t2i-minilm", progress=progress)
     ema_model = ema.module
     ema_model.config = cfg
@@ -1159,7 +1136,7 @@ def judge_prompts(pipe, prompts: list[str], targets: list[str], seed: int = 0, b
     return out
 
 
-def evaluate_t2i_minilm(model: MiniLMTextToImage) -> dict:
+def evaluate_t2i_minilm(model) -> dict:
     pipe = make_minilm_pipeline(model)
     caps = shapes.all_captions("train")
     para, targets = paraphrase_prompts("train", "unseen")
@@ -1177,13 +1154,13 @@ def _train_t2i_minilm_registered(seed: int = 0, quick: bool = False) -> TrainRes
     q = evaluate_t2i_minilm(model)
     q["train_steps"] = hist.steps
     q["train_loop_seconds"] = round(secs, 1)
-    notes = (f"chapter 05's UNet and recipe ({hist.steps} steps, batch {hp['batch_size']}, EMA {hp['ema_decay']}, "
-             f"caption dropout {hp['caption_dropout']}) conditioned on frozen all-MiniLM-L6-v2 token states "
+    notes = (f"chapter 05's UNet and recipe ({hist.steps} steps, batch {hp.batch_size}, EMA {hp.ema_decay}, "
+             f"caption dropout {hp.caption_dropout}) conditioned on frozen all-MiniLM-L6-v2 token states "
              "(+ pooled), canonical train captions only; MiniLM is not in this file")
-    return TrainResult(model, {k: v for k, v in model.config.items()}, q, notes)
+    return TrainResult(model, model.config, q, notes)
 
 
-def _build_t2i_minilm(config: dict) -> MiniLMTextToImage:
+def _build_t2i_minilm(config: dict):
     return MiniLMTextToImage(config)
 
 

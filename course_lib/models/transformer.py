@@ -51,7 +51,7 @@ def corpus_distribution(split: str = "train", paraphrased: float = 0.75) -> dict
     specs = shapes.all_specs(split)
     probs: dict = collections.defaultdict(float)
     for s in specs:
-        variants = [shapes._article(tpl.format(size=sz, color=c, shape=sh, where=wh))
+        variants = [shapes.with_article(tpl.format(size=sz, color=c, shape=sh, where=wh))
                     for tpl in table["templates"] for sz in table["size"][s.size]
                     for c in table["color"][s.color] for sh in table["shape"][s.shape]
                     for wh in table["where"][(s.row, s.col)]]

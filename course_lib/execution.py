@@ -1,0 +1,84 @@
+"""The chapters' stored full runs: every notebook is kept with the outputs of one uninterrupted full
+run, so a reader sees its pictures, curves and tables before running anything.
+
+``make execute`` (or ``make execute NB=05``) runs ``scripts/execute_notebooks.py``, which executes a
+notebook in full mode and records in its metadata (``metadata["course"]``): the wall and CPU time of
+the run, the machine, and :func:`code_hash` of its code cells. The header's **Time** line is written
+from those numbers (:func:`time_line`). ``tests/test_notebooks.py`` checks that each notebook's
+stored outputs belong to its current code: change a code cell and the check names the notebook to
+run again. Helpers here are shared by the script, the tests and ``docs/chapters.md``.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+
+#: Output MIME types of live widgets: they mean nothing without the running kernel.
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+TIME_LINE = re.compile(r"^\*\*Time\*\*:.*$", re.MULTILINE)
+
+
+def code_hash(nb) -> str:
+    """sha256 of a notebook's code cells (their sources, in order): what its outputs depend on."""
+    h = hashlib.sha256()
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            src = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+            h.update(src.encode())
+            h.update(b"\x00")
+    return h.hexdigest()
+
+
+def minutes_up(seconds: float) -> int:
+    """Seconds as whole minutes, rounded up (what a header states)."""
+    return max(1, math.ceil(seconds / 60))
+
+
+def time_line(record: dict, quick_minutes: int | None = None) -> str:
+    """The header's Time line, from a run's record ``{"wall_seconds", "cpu_seconds", "threads", ...}``."""
+    line = (f"**Time**: full run about {minutes_up(record['wall_seconds'])} minutes (measured: "
+            f"{record['wall_seconds'] / 60:.1f} min wall, {record['cpu_seconds'] / 60:.1f} CPU-minutes, "
+            f"{record['threads']} torch threads, {record['machine']}; `make execute NB={record['chapter']}`)")
+    if quick_minutes is not None:
+        line += f"; quick run (`COURSE_QUICK=1`) about {quick_minutes} minute{'s' if quick_minutes > 1 else ''}"
+    return line + "."
+
+
+def clean_stream(text: str) -> str:
+    """What a terminal would show of text with carriage returns (progress bars redraw a line with
+    ``\\r``): each line keeps what follows its last ``\\r``; lines left blank by a bar that erased
+    itself go."""
+    lines = []
+    for line in text.split("\n"):
+        shown = line.rsplit("\r", 1)[-1]
+        if "\r" in line and not shown.strip():
+            continue
+        lines.append(shown)
+    return "\n".join(lines)
+
+
+def clean_outputs(nb) -> dict:
+    """Make stored outputs stand without a kernel: widget views (which need the live kernel) and
+    erased progress bars go, and notebook-level widget state is not stored. Returns counts."""
+    n_widgets = n_streams = 0
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        kept = []
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if WIDGET_MIME in data:
+                n_widgets += 1
+                continue
+            if out.get("output_type") == "stream":
+                text = out["text"] if isinstance(out["text"], str) else "".join(out["text"])
+                cleaned = clean_stream(text)
+                n_streams += cleaned != text
+                if not cleaned.strip():
+                    continue
+                out["text"] = cleaned
+            kept.append(out)
+        cell["outputs"] = kept
+    nb["metadata"].pop("widgets", None)
+    return {"widget_outputs_removed": n_widgets, "streams_cleaned": n_streams}
