@@ -39,7 +39,7 @@ class DDPMConfig(Config):
     prediction_type: str = "epsilon"
 
     def __post_init__(self):
-        arguments.choice(self.prediction_type, ("epsilon", "v_prediction", "sample"), "prediction_type")
+        arguments.choice(self.prediction_type, diffusion.PREDICTION_TYPES + ("flow_prediction",), "prediction_type")
         arguments.choice(self.schedule, tuple(diffusion.DIFFUSERS_SCHEDULE_NAMES), "schedule")
 
 
