@@ -37,7 +37,7 @@ import math
 import torch
 import torch.nn as nn
 
-from . import arguments, diffusion, pretrained, samplers, training
+from . import arguments, diffusion, pretrained, samplers, sampling, training
 
 PREDICTION_TYPE = "flow_prediction"        # diffusers' name for a network that outputs the velocity ε - x_0
 TIME_SAMPLINGS = ("uniform", "logit-normal")
@@ -191,18 +191,13 @@ def sample_euler(model_fn, noise: torch.Tensor, num_inference_steps: int = 20, s
 
 
 @torch.no_grad()
-def reflow_pairs(model_fn, noise: torch.Tensor, num_inference_steps: int = 20, batch_size: int = 512,
-                 **kw) -> torch.Tensor:
+def reflow_pairs(model_fn, noise: torch.Tensor, num_inference_steps: int = 100, **kw) -> torch.Tensor:
     """Rectified flow's second round (Liu et al. 2023): the model's own outputs x̂_0 for ``noise``
-    (Euler, ``num_inference_steps``), made in batches. ``(x̂_0, noise)`` are the coupled pairs that
+    (Euler, ``num_inference_steps``). ``(x̂_0, noise)`` are the coupled pairs that
     :func:`flow_matching_loss` then trains on (``noise=``): the lines between them no longer cross, so
-    the new flow is straighter and takes fewer steps. ``model_fn(x, timesteps, index)`` gets the
-    indices of the batch, to condition on what belongs to each noise draw (a caption, a label)."""
-    out = []
-    for i in range(0, len(noise), batch_size):
-        idx = torch.arange(i, min(i + batch_size, len(noise)))
-        out.append(sample_euler(lambda x, t: model_fn(x, t, idx), noise[idx], num_inference_steps, **kw))
-    return torch.cat(out)
+    the new flow is straighter and takes fewer steps (chapter 08 does the same with a text-to-image
+    pipeline: its pictures for given starting noise)."""
+    return sample_euler(model_fn, noise, num_inference_steps, **kw)
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,7 +327,7 @@ def judge_digits(model, sampler: str = "euler", num_inference_steps: int = 20, n
     2.303 when balanced) and ``n`` class-conditional ones, n/10 of each digit with guidance
     ``guidance_scale`` (accuracy). ``sampler``: ``"euler"`` (a flow-matching model, the hand-written
     sampler) or, for an ε-model such as ``ddpm-mnist``, one of diffusers' schedulers with trailing
-    timesteps (``"ddim"``, ``"dpm++"``, ``"ddpm"``: chapter 08's :func:`course_lib.samplers.make_scheduler`)."""
+    timesteps (``"ddim"``, ``"dpm++"``, ``"ddpm"``: :func:`course_lib.sampling.make_scheduler`)."""
     from .judges import score_digits
 
     arguments.choice(sampler, DIGIT_SAMPLERS, "sampler")
@@ -342,7 +337,7 @@ def judge_digits(model, sampler: str = "euler", num_inference_steps: int = 20, n
     def draw(y, w, seed):
         if sampler == "euler":
             return sample_digits(model, y, n, w, steps, seed)
-        return samplers.sample_digits(model, y, samplers.make_scheduler(sampler, model), steps, w, seed, n=n)
+        return samplers.sample_digits(model, y, sampling.make_scheduler(sampler, model), steps, w, seed, n=n)
 
     uncond = score_digits(draw(None, 1.0, 0))
     cond = score_digits(draw(labels, guidance_scale, 1), labels)

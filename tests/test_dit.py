@@ -3,6 +3,7 @@ identity start, the config, and the pipeline: call convention, determinism, save
 import numpy as np
 import pytest
 import torch
+from diffusers import DiffusionPipeline
 
 from course_lib import flow
 from course_lib.models import dit
@@ -38,6 +39,7 @@ def test_output_shape_and_patches(model):
     assert out.shape == (2, 3, 32, 32)
     tokens = model.transformer.pos_embed(torch.nn.functional.pixel_unshuffle(x, 2))
     assert tokens.shape == (2, 64, 16)              # 8 x 8 patches of 4 x 4 pixels, width 2 heads x 8
+    assert model.config.width == 16
 
 
 def test_a_changed_caption_changes_the_output(model):
@@ -77,19 +79,27 @@ def test_config_refuses_unknown_keys_and_round_trips():
         dit.DiTConfig.from_dict({"num_layer": 2})
     with pytest.raises(ValueError, match="flow_prediction"):
         dit.DiTConfig.from_dict({"prediction_type": "epsilon"})
+    with pytest.raises(ValueError, match="flow-euler"):
+        dit.DiTConfig.from_dict({"sampler": "ddim"})                     # a flow model samples with a flow sampler
     cfg = dit.DiTConfig.from_dict(TINY)
     assert dit.DiTConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.text.dim == 16 and cfg.width == 16
 
 
-def test_training_step_runs_with_flow_matching():
-    from course_lib.models import text_to_image as t2i
+def test_training_runs_with_flow_matching_and_v_prediction():
+    for pt in ("flow_prediction", "v_prediction"):
+        m, hist, _ = dit.train_dit(dit.build_backbone("dit", pt, TINY), steps=2, n_train=32, batch_size=8)
+        assert hist.steps == 2 and all(np.isfinite(hist.losses))
+        assert m.config.prediction_type == pt
 
-    torch.manual_seed(0)
-    m, hist, _ = t2i.train_text_to_image(steps=3, model=dit.DiTModel(TINY), progress=False, n_train=64,
-                                         batch_size=8)
-    assert hist.steps == 3 and all(np.isfinite(hist.losses))
-    assert m.config["prediction_type"] == flow.PREDICTION_TYPE
+
+def test_flow_loss_reaches_the_transformer_as_1000_t():
+    """Flow matching gives the network timesteps = 1000 t, floats in (0, 1000)."""
+    seen = []
+    m = dit.DiTModel(TINY)
+    m.transformer.register_forward_pre_hook(lambda mod, args, kw: seen.append(kw["timestep"]), with_kwargs=True)
+    dit.train_dit(m, steps=1, n_train=16, batch_size=16)
+    assert seen[0].dtype.is_floating_point and 0 < seen[0].min() and seen[0].max() < 1000
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,7 +111,7 @@ def pipe(model):
 
 
 def test_pipeline_convention(pipe, model):
-    assert pipe.transformer is model.transformer
+    assert pipe.transformer is model.transformer and pipe.backbone is model.transformer
     assert type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
     pt = pipe(PROMPTS, generator=torch.Generator().manual_seed(0), output_type="pt").images
     npy = pipe(PROMPTS, generator=torch.Generator().manual_seed(0), output_type="np").images
@@ -116,7 +126,16 @@ def test_pipeline_is_deterministic_and_equals_the_hand_written_sampler(pipe, mod
     b = pipe(PROMPTS, generator=torch.Generator().manual_seed(3), output_type="pt").images
     c = pipe(PROMPTS, generator=torch.Generator().manual_seed(4), output_type="pt").images
     assert torch.equal(a, b) and not torch.equal(a, c)
-    hand = dit.generate(model, PROMPTS, num_inference_steps=3, guidance_scale=2.0, seed=3)
+    # the same pictures as chapter 04's hand-written Euler sampler with the guided network
+    tok = model.text_encoder.tokenize(PROMPTS + ["", ""])
+    states, pooled = model.encode(tok["input_ids"], tok["attention_mask"])
+
+    def velocity(x, ts):
+        u, c = model.denoise(torch.cat([x, x]), torch.cat([ts, ts]), states[[2, 3, 0, 1]], pooled[[2, 3, 0, 1]]).chunk(2)
+        return u + 2.0 * (c - u)
+    noise = torch.randn((2, 3, 32, 32), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        hand = (flow.sample_euler(velocity, noise, 3).clamp(-1, 1) + 1) / 2
     assert torch.allclose(a, hand, atol=1e-5)
     d = pipe(PROMPTS, generator=torch.Generator().manual_seed(3), output_type="pt", guidance_scale=1.0).images
     assert not torch.allclose(a, d, atol=1e-4)
@@ -124,8 +143,10 @@ def test_pipeline_is_deterministic_and_equals_the_hand_written_sampler(pipe, mod
 
 def test_pipeline_save_and_load(pipe, tmp_path):
     pipe.save_pretrained(tmp_path)
-    again = dit.DiTPipeline.from_pretrained(tmp_path)
+    again = dit.ShapesDiTPipeline.from_pretrained(tmp_path)
     assert again.default_num_inference_steps == 3 and again.fold == 2
+    generic = DiffusionPipeline.from_pretrained(tmp_path)
+    assert type(generic).__name__ == "ShapesDiTPipeline"
     a = pipe(PROMPTS, generator=torch.Generator().manual_seed(0), output_type="pt").images
     b = again(PROMPTS, generator=torch.Generator().manual_seed(0), output_type="pt").images
     assert torch.allclose(a, b, atol=1e-6)
@@ -134,7 +155,7 @@ def test_pipeline_save_and_load(pipe, tmp_path):
 @pytest.mark.parametrize("kw,error", [({"num_inference_steps": 0}, ValueError),
                                       ({"num_inference_steps": 2.5}, TypeError),
                                       ({"guidance_scale": float("nan")}, ValueError),
-                                      ({"output_type": "latent"}, ValueError),
+                                      ({"output_type": "jpeg"}, ValueError),
                                       ({"generator": 0}, TypeError)])
 def test_pipeline_bad_arguments_name_what_is_allowed(pipe, kw, error):
     with pytest.raises(error):
