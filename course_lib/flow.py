@@ -267,10 +267,11 @@ def train_toy(objective: str = "flow", steps: int = 2000, pairs: tuple | None = 
 
 @torch.no_grad()
 def toy_trajectories(model: ToyNet, objective: str = "flow", n: int = 500, num_inference_steps: int = 100,
-                     seed: int = 0) -> torch.Tensor:
+                     seed: int = 0, flow_coordinates: bool = False) -> torch.Tensor:
     """Paths [steps + 1, n, 2] from the same ``n`` noise points (drawn with ``seed``) to the data:
-    Euler steps on the learned flow (``"flow"``), or DDIM with η = 0 (``"ddpm"``), which is Euler's
-    method on the DDPM's probability-flow ODE in its own time variable (Song et al. 2021)."""
+    Euler steps on the learned flow (``"flow"``), or DDIM with η = 0 (``"ddpm"``), Euler's method on
+    the DDPM's probability-flow ODE in its own variables (Song et al. 2021). ``flow_coordinates``: the
+    DDPM's points z rescaled to z / (α + σ), where the straight path has the same noisy pictures."""
     arguments.choice(objective, ("flow", "ddpm"), "objective")
     noise = torch.randn((n, 2), generator=torch.Generator().manual_seed(seed))
     if objective == "flow":
@@ -279,7 +280,12 @@ def toy_trajectories(model: ToyNet, objective: str = "flow", n: int = 500, num_i
     ac = diffusion.NoiseSchedule.make("linear").alphas_cumprod
     diffusion.sample_ddim(model, (n, 2), ac, num_inference_steps, generator=torch.Generator().manual_seed(seed),
                           callback=lambda t, x, x0: path.append(x))
-    return torch.stack(path)
+    path = torch.stack(path)                                                # [steps + 1, n, 2]
+    if flow_coordinates:
+        visited = diffusion.inference_timesteps(len(ac), num_inference_steps)
+        abar = torch.tensor([float(ac[t]) for t in visited] + [1.0], dtype=torch.float64)
+        path = path * flow_time(abar)[1].view(-1, 1, 1).to(path.dtype)
+    return path
 
 
 def straightness(path: torch.Tensor) -> float:

@@ -149,3 +149,68 @@ def test_shift_spends_steps_at_high_noise():
         flow.euler_sigmas(0)
     with pytest.raises(TypeError):
         flow.euler_sigmas(2.5)
+
+
+# --------------------------------------------------------------------------------------------
+# the 2-D toy
+# --------------------------------------------------------------------------------------------
+def test_two_moons_and_toy_net():
+    pts = flow.two_moons(1000, torch.Generator().manual_seed(0))
+    assert pts.shape == (1000, 2) and pts.abs().max() < 2.5
+    net = flow.ToyNet()
+    assert net(pts[:5], torch.full((5,), 500.0)).shape == (5, 2)
+
+
+def test_straightness_of_straight_and_bent_paths():
+    s = torch.linspace(0, 1, 11).view(-1, 1, 1)
+    a, b = torch.randn(1, 7, 2), torch.randn(1, 7, 2)
+    assert abs(flow.straightness(a + s * (b - a)) - 1.0) < 1e-5
+    corner = torch.cat([a, torch.cat([b[..., :1], a[..., 1:]], -1), b])            # along x, then along y
+    assert flow.straightness(corner) > 1.0
+
+
+@pytest.mark.parametrize("objective", ["flow", "ddpm"])
+def test_toy_trains_and_draws_paths(objective):
+    model, hist = flow.train_toy(objective, steps=20, n_points=512, batch_size=64)
+    assert hist.steps == 20 and math.isfinite(hist.last())
+    path = flow.toy_trajectories(model, objective, n=16, num_inference_steps=5)
+    assert path.shape == (6, 16, 2)
+    start = torch.randn((16, 2), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(path[0], start)
+    if objective == "ddpm":
+        rescaled = flow.toy_trajectories(model, objective, n=16, num_inference_steps=5, flow_coordinates=True)
+        assert torch.allclose(rescaled[-1], path[-1]) and not torch.allclose(rescaled[2], path[2])
+
+
+def test_reflow_pairs_train_a_straighter_toy_flow():
+    """One reflow on the toy: paths closer to straight lines than the first flow's (seconds)."""
+    torch.manual_seed(0)
+    first, _ = flow.train_toy("flow", steps=400, n_points=4000)
+    noise = torch.randn((4000, 2), generator=torch.Generator().manual_seed(1))
+    pairs = (flow.reflow_pairs(first, noise, 50), noise)
+    second, _ = flow.train_toy("flow", steps=400, pairs=pairs)
+    s1 = flow.straightness(flow.toy_trajectories(first, "flow", n=300, num_inference_steps=50))
+    s2 = flow.straightness(flow.toy_trajectories(second, "flow", n=300, num_inference_steps=50))
+    assert s2 < s1 - 0.1, (s1, s2)
+    with pytest.raises(ValueError, match="flow"):
+        flow.train_toy("ddpm", steps=1, pairs=pairs)
+
+
+# --------------------------------------------------------------------------------------------
+# digits: chapter 04's network and recipe with the flow-matching loss
+# --------------------------------------------------------------------------------------------
+def test_digit_flow_model_trains_and_samples():
+    from course_lib import pretrained
+    from course_lib.models import ddpm
+
+    model, hist = ddpm.train_ddpm(config=flow.DIGITS_CONFIG, steps=2, seed=0, progress=False, batch_size=8)
+    assert model.config.prediction_type == "flow_prediction" and all(math.isfinite(v) for v in hist.losses)
+    digits = flow.sample_digits(model, labels=[3, 7], guidance_scale=2.0, num_inference_steps=2, seed=0)
+    assert digits.shape == (2, 1, 28, 28) and 0 <= digits.min() and digits.max() <= 1
+    again = flow.sample_digits(model, labels=[3, 7], guidance_scale=2.0, num_inference_steps=2, seed=0)
+    assert torch.equal(digits, again)
+    row = flow.judge_digits(model, "euler", 1, n=10)
+    assert set(row) >= {"mean_top_prob", "hist_entropy", "accuracy_guided"} and row["steps"] == 1
+    with pytest.raises(ValueError, match="euler"):
+        flow.judge_digits(model, "heun", 1, n=10)
+    assert "flow-mnist" in pretrained.known()

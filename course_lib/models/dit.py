@@ -106,33 +106,22 @@ def denoise(transformer: SD3Transformer2DModel, z: torch.Tensor, t, states: torc
                        timestep=t).sample                                  # [n, 3 f², 32/f, 32/f]
 
 
-class DiTModel(nn.Module):
-    """Text encoder + Diffusion Transformer (what the checkpoint holds), with chapter 05's interface:
-    ``encode(ids, mask) -> (states, pooled)``, ``denoise(x_t, t, states, pooled)`` on pictures
-    [n, 3, 32, 32], ``forward(x_t, t, ids, mask)``. ``config``: a :class:`DiTConfig` or a dict of its
-    fields (unknown keys refused)."""
+class DiTModel(t2i.TextToImageModel):
+    """Text encoder + Diffusion Transformer (what the checkpoint holds): chapter 05's model with another
+    backbone, so the same interface (``encode(ids, mask) -> (states, pooled)``, ``denoise(x_t, t,
+    states, pooled)`` on pictures [n, 3, 32, 32], ``forward(x_t, t, ids, mask)``) and the same training
+    loop. ``config``: a :class:`DiTConfig` or a dict of its fields (unknown keys refused)."""
 
     def __init__(self, config: "DiTConfig | dict | None" = None):
-        super().__init__()
+        nn.Module.__init__(self)
         self.config = DiTConfig.from_dict(config)
         self.text_encoder = t2i.build_text_encoder(self.config.text)
         self.transformer = build_transformer(self.config)
-
-    @property
-    def fold(self) -> int:
-        return self.config.fold
-
-    def encode(self, input_ids, attention_mask):
-        return self.text_encoder(input_ids, attention_mask)
 
     def denoise(self, x_t, t, states, pooled):
         z = F.pixel_unshuffle(x_t, self.fold) if self.fold > 1 else x_t       # [n, 3 f², 32/f, 32/f]
         out = denoise(self.transformer, z, t, states, pooled)
         return F.pixel_shuffle(out, self.fold) if self.fold > 1 else out     # [n, 3, 32, 32]
-
-    def forward(self, x_t, t, input_ids, attention_mask):
-        states, pooled = self.encode(input_ids, attention_mask)
-        return self.denoise(x_t, t, states, pooled)
 
 
 # --------------------------------------------------------------------------------------------
