@@ -170,7 +170,7 @@ def make_pipeline(model: "DiTModel | t2i.TextToImageModel", num_inference_steps:
 # --------------------------------------------------------------------------------------------
 NAME = "shapes-t2i-dit"
 #: the shipped recipe: chapter 05's training settings (``t2i.TrainConfig``), except these
-RECIPE = {"steps": 3000, "lr": 1e-3}
+RECIPE = {"steps": 4000, "lr": 2e-3}
 BACKBONES = ("unet", "dit")
 
 
