@@ -16,7 +16,8 @@ import re
 
 #: Output MIME types of live widgets: they mean nothing without the running kernel.
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
-TIME_LINE = re.compile(r"^\*\*Time\*\*:.*$", re.MULTILINE)
+#: The header's time statement: from "**Time**:" to the end of its paragraph or the next bold word.
+TIME_LINE = re.compile(r"\*\*Time\*\*:.*?(?=\s*\*\*(?!Time)|\n\s*\n|\Z)", re.DOTALL)
 
 
 def code_hash(nb) -> str:
@@ -39,7 +40,8 @@ def time_line(record: dict, quick_minutes: int | None = None) -> str:
     """The header's Time line, from a run's record ``{"wall_seconds", "cpu_seconds", "threads", ...}``."""
     line = (f"**Time**: full run about {minutes_up(record['wall_seconds'])} minutes (measured: "
             f"{record['wall_seconds'] / 60:.1f} min wall, {record['cpu_seconds'] / 60:.1f} CPU-minutes, "
-            f"{record['threads']} torch threads, {record['machine']}; `make execute NB={record['chapter']}`)")
+            f"{record['threads']} torch thread{'s' if record['threads'] != 1 else ''}, {record['machine']}; "
+            f"`make execute NB={record['chapter']}`)")
     if quick_minutes is not None:
         line += f"; quick run (`COURSE_QUICK=1`) about {quick_minutes} minute{'s' if quick_minutes > 1 else ''}"
     return line + "."

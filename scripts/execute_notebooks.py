@@ -2,7 +2,8 @@
 
     python scripts/execute_notebooks.py                 # every notebook in notebooks/
     python scripts/execute_notebooks.py 05 08           # chapters by number (or paths)
-    python scripts/execute_notebooks.py 05 --quick      # quick mode, for trying the script
+    python scripts/execute_notebooks.py 05 --quick      # quick mode only, to try the script
+    python scripts/execute_notebooks.py 05 --out /tmp/x # store the executed copy elsewhere
 
 Each notebook runs top to bottom in a fresh kernel (``COURSE_QUICK`` unset, offline), with
 ``--threads`` torch threads. The script measures the kernel's wall and CPU time, cleans the outputs
@@ -88,6 +89,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="only a quick-mode run, to try the script (stores nothing)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    ap.add_argument("--out", default=None, help="write the executed notebooks to this folder instead "
+                                                "(to look at them; the chapter table is not rewritten)")
     args = ap.parse_args(argv)
     for path in notebook_paths(args.notebooks):
         _, quick_wall, _ = execute(path, True, args.threads, args.timeout)
@@ -106,9 +109,11 @@ def main(argv=None) -> int:
             raise SystemExit(f"{path.name}: its first cell has no '**Time**:' line to state the measured time")
         head.source = execution.TIME_LINE.sub(
             execution.time_line(rec, execution.minutes_up(quick_wall)), head.source, count=1)
-        nbformat.write(nb, path)
-        print(f"{path.name}: stored, {path.stat().st_size / 1e6:.2f} MB", flush=True)
-    if not args.quick:
+        target = Path(args.out) / path.name if args.out else path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, target)
+        print(f"{path.name}: stored in {target}, {target.stat().st_size / 1e6:.2f} MB", flush=True)
+    if not args.quick and not args.out:
         from docs_chapters import write_chapter_table  # scripts/docs_chapters.py
 
         print(f"wrote {write_chapter_table()}")

@@ -1,6 +1,7 @@
 """The course's one sampling loop (course_lib.sampling): guidance, the loop, the scheduler factory, and
 the shipped models' pictures, which must not change when the library does."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from safetensors.torch import load_file
 from course_lib import pretrained, samplers, sampling
 from course_lib.models import ddpm
 
-REFERENCE = "tests/data/reference_pictures.safetensors"
+REFERENCE = str(Path(__file__).resolve().parent / "data" / "reference_pictures.safetensors")
 CAPS = ["a small red circle in the top left", "a large blue triangle at the bottom",
         "a small purple triangle in the center", "a large orange square on the right"]
 

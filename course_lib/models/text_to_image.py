@@ -416,13 +416,26 @@ def cosine_with_warmup(warmup: int, final_frac: float, frac_fn):
     return lr_lambda
 
 
+def drop_captions(input_ids: torch.Tensor, attention_mask: torch.Tensor, empty_ids: torch.Tensor,
+                  empty_mask: torch.Tensor, p: float, generator: torch.Generator):
+    """Caption dropout (the step chapter 05's exercise writes): each caption of the batch
+    (``input_ids``, ``attention_mask``: [n, L]) becomes the empty caption (``empty_*``: [1, L]) with
+    probability ``p``, one draw per row from ``generator``. Training on both teaches one network the
+    conditional and the unconditional model that classifier-free guidance combines."""
+    drop = (torch.rand(len(input_ids), generator=generator) < p).to(input_ids.device)    # [n]
+    input_ids = torch.where(drop[:, None], empty_ids.expand_as(input_ids), input_ids)
+    attention_mask = torch.where(drop[:, None], empty_mask.expand_as(attention_mask), attention_mask)
+    return input_ids, attention_mask
+
+
 def make_train_step(model, ema, cfg: TextToImageConfig, hp: TrainConfig, device, seed: int, steps: int | None,
-                    minutes: float | None):
+                    minutes: float | None, caption_dropout_fn=drop_captions):
     """Chapter 05's training step for any model with ``encode(ids, mask)`` and ``denoise(x, t, states,
     pooled)`` (folded pixels here, latents in chapter 08): AdamW, warm-up + cosine decay over the
     budget (``steps`` and/or ``minutes``), caption dropout to the empty caption, the diffusion loss of
     ``cfg.prediction_type``, gradient clipping, EMA. Returns ``step_fn(batch, step)`` for
-    :func:`course_lib.training.fit`; a batch is ``(x0, input_ids, attention_mask)``."""
+    :func:`course_lib.training.fit`; a batch is ``(x0, input_ids, attention_mask)``.
+    ``caption_dropout_fn``: :func:`drop_captions` or a function with its signature."""
     ac = diffusion.NoiseSchedule.make(cfg.schedule, cfg.num_train_timesteps).alphas_cumprod.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
     g = torch.Generator().manual_seed(seed + 1)
@@ -433,9 +446,7 @@ def make_train_step(model, ema, cfg: TextToImageConfig, hp: TrainConfig, device,
 
     def loss_fn(m, batch):
         x0, in_ids, mask = (b.to(device) for b in batch)
-        drop = (torch.rand(len(x0), generator=g) < hp.caption_dropout).to(device)
-        in_ids = torch.where(drop[:, None], e_ids.expand_as(in_ids), in_ids)
-        mask = torch.where(drop[:, None], e_mask.expand_as(mask), mask)
+        in_ids, mask = caption_dropout_fn(in_ids, mask, e_ids, e_mask, hp.caption_dropout, g)
         states, pooled = m.encode(in_ids, mask)
         return diffusion.diffusion_loss(lambda x, t: m.denoise(x, t, states, pooled), x0, ac,
                                         cfg.prediction_type, generator=g, min_snr_gamma=hp.min_snr_gamma)
@@ -446,7 +457,7 @@ def make_train_step(model, ema, cfg: TextToImageConfig, hp: TrainConfig, device,
 def train_on(model: TextToImageModel, data_x: torch.Tensor, captions: list[str], hp: TrainConfig,
              steps: int | None = None, minutes: float | None = None, seed: int = 0, device=None,
              eval_fn=None, eval_every: int | None = None, callback=None, progress: bool = True,
-             desc: str = "shapes-t2i"):
+             desc: str = "shapes-t2i", caption_dropout_fn=drop_captions):
     """Train ``model`` (in place, then its EMA copy returned) on ``data_x`` [N, C, S, S] in model range
     with ``captions``: the loop shared by the pixel and the latent models. Returns ``(ema_model,
     history)``; ``eval_fn(model, step) -> dict`` runs every ``eval_every`` steps on the EMA model."""
@@ -456,7 +467,7 @@ def train_on(model: TextToImageModel, data_x: torch.Tensor, captions: list[str],
     ids = model.text_encoder.tokenizer(captions)
     data = torch.utils.data.TensorDataset(data_x, ids["input_ids"], ids["attention_mask"])
     loader = infinite_loader(data, hp.batch_size, seed=seed)
-    step_fn = make_train_step(model, ema, model.config, hp, device, seed, steps, minutes)
+    step_fn = make_train_step(model, ema, model.config, hp, device, seed, steps, minutes, caption_dropout_fn)
     wrapped_eval = (lambda step: eval_fn(ema.module, step)) if eval_fn is not None else None
     history = fit(step_fn, loader, steps=steps, minutes=minutes, eval_fn=wrapped_eval, eval_every=eval_every,
                   desc=desc, progress=progress, callback=callback)
@@ -467,14 +478,14 @@ def train_on(model: TextToImageModel, data_x: torch.Tensor, captions: list[str],
 
 def train_text_to_image(config=None, steps: int | None = None, minutes: float | None = None, seed: int = 0,
                         device=None, eval_every: int | None = None, eval_fn=None, callback=None,
-                        progress: bool = True, **overrides):
+                        progress: bool = True, caption_dropout_fn=drop_captions, **overrides):
     """Train a :class:`TextToImageModel` from scratch on Shapes (train split).
 
     Budget: ``steps`` and/or ``minutes`` (whichever ends first; the learning rate decays with the
     fraction of the budget used, so a minutes budget still ends at a low rate; neither: the recipe's
     steps). ``overrides`` change :class:`TrainConfig` fields (an unknown one is an error). Returns
     ``(ema_model, history, settings)``; ``eval_fn(model, step) -> dict`` runs every ``eval_every``
-    steps on the EMA model.
+    steps on the EMA model. ``caption_dropout_fn``: see :func:`drop_captions`.
     """
     hp = TrainConfig.from_dict(overrides)
     if steps is None and minutes is None:
@@ -483,7 +494,8 @@ def train_text_to_image(config=None, steps: int | None = None, minutes: float | 
     model = TextToImageModel(config)
     ds = shapes.ShapesDataset(hp.n_train, seed=seed + 100, split="train")
     ema_model, history = train_on(model, diffusion.to_model_range(ds.images), ds.captions, hp, steps, minutes,
-                                  seed, device, eval_fn, eval_every, callback, progress)
+                                  seed, device, eval_fn, eval_every, callback, progress,
+                                  caption_dropout_fn=caption_dropout_fn)
     return ema_model, history, hp
 
 

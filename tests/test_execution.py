@@ -1,0 +1,58 @@
+"""The helpers that store executed notebooks (course_lib.execution): code hashes, cleaned outputs,
+the header's time line."""
+import nbformat
+
+from course_lib import execution
+
+
+def _nb():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# 05 · Title\n\n**Time**: full run about 3 minutes."),
+                nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("print(x)")]
+    return nb
+
+
+def test_code_hash_follows_code_not_prose_or_outputs():
+    a, b = _nb(), _nb()
+    assert execution.code_hash(a) == execution.code_hash(b)
+    b.cells[0].source += " More prose."
+    b.cells[2].outputs = [nbformat.v4.new_output("stream", name="stdout", text="1\n")]
+    assert execution.code_hash(a) == execution.code_hash(b)
+    b.cells[1].source = "x = 2"
+    assert execution.code_hash(a) != execution.code_hash(b)
+
+
+def test_progress_bars_and_widgets_leave_nothing_behind():
+    assert execution.clean_stream("\r 10%|#   | 1/10\r 100%|####| 10/10\r          \rdone\n") == "done\n"
+    assert execution.clean_stream("a\nb\n") == "a\nb\n"
+    assert execution.clean_stream("step 1\rstep 2\n") == "step 2\n"
+    nb = _nb()
+    nb.metadata["widgets"] = {"state": {}}
+    nb.cells[2].outputs = [
+        nbformat.v4.new_output("display_data", data={execution.WIDGET_MIME: {"model_id": "x"},
+                                                     "text/plain": "interactive(...)"}),
+        nbformat.v4.new_output("stream", name="stdout", text="\r 50%|##  | 1/2\r        \r"),
+        nbformat.v4.new_output("stream", name="stdout", text="kept\n")]
+    counts = execution.clean_outputs(nb)
+    assert counts["widget_outputs_removed"] == 1 and "widgets" not in nb.metadata
+    assert [o["text"] for o in nb.cells[2].outputs] == ["kept\n"]
+
+
+def test_time_line_states_the_measured_time_rounded_up():
+    rec = {"wall_seconds": 601.0, "cpu_seconds": 900.0, "threads": 2, "machine": "2 CPU cores, x86_64",
+           "chapter": "05"}
+    line = execution.time_line(rec, quick_minutes=2)
+    assert line.startswith("**Time**: full run about 11 minutes")
+    assert "10.0 min wall, 15.0 CPU-minutes" in line and "make execute NB=05" in line and "about 2 minutes" in line
+    assert execution.TIME_LINE.search(_nb().cells[0].source)
+
+
+def test_time_statement_is_replaced_whole():
+    head = ("Intro.\n\n**Time**: full run about 18 minutes (measured on a laptop\nCPU); quick run about 2 "
+            "minutes. **Prerequisites**: chapters 03 and 04.\n\nMore.")
+    rec = {"wall_seconds": 61.0, "cpu_seconds": 70.0, "threads": 1, "machine": "2 CPU cores", "chapter": "05"}
+    new = execution.TIME_LINE.sub(execution.time_line(rec, 1), head, count=1)
+    assert "laptop" not in new and "18 minutes" not in new
+    assert "full run about 2 minutes" in new and "1 torch thread," in new
+    assert new.endswith("minute. **Prerequisites**: chapters 03 and 04.\n\nMore.") or \
+        "**Prerequisites**: chapters 03 and 04." in new
