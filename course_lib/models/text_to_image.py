@@ -98,8 +98,8 @@ class ShapesTextEncoder(ModelMixin, ConfigMixin):
 # --------------------------------------------------------------------------------------------
 #: Text encoders chapter 05's model can read: its own learned one, or a frozen pretrained language model
 #: (chapter 06), with the width of that model's token states.
-TEXT_ENCODER_KINDS = ("learned", "minilm")
-FROZEN_WIDTHS = {"minilm": 384}
+TEXT_ENCODER_KINDS = ("learned", "minilm", "mpnet")
+FROZEN_WIDTHS = {"minilm": 384, "mpnet": 768}
 
 
 @dataclass
@@ -186,11 +186,13 @@ def build_unet(config: TextToImageConfig) -> UNet2DConditionModel:
 
 def build_text_encoder(config: TextEncoderConfig) -> nn.Module:
     """The text encoder a config names: chapter 05's ``"learned"`` one, or a frozen language model
-    (chapter 06) behind the same interface (``tokenize``, ``forward(ids, mask) -> (states, pooled)``)."""
-    if config.kind == "minilm":
-        from .llm_conditioning import MiniLMConditioner
+    (chapter 06: ``"minilm"``, all-MiniLM-L6-v2; ``"mpnet"``, all-mpnet-base-v2) behind the same
+    interface (``tokenize``, ``forward(ids, mask) -> (states, pooled)``). For a frozen model,
+    ``layers`` is how many of its last hidden layers are averaged (1: its last layer)."""
+    if config.kind in FROZEN_WIDTHS:
+        from ..text_encoders import FrozenConditioner
 
-        return MiniLMConditioner(config.max_length)
+        return FrozenConditioner(config.kind, config.max_length, last_layers=config.layers)
     return ShapesTextEncoder(max_length=config.max_length, dim=config.dim, layers=config.layers,
                              heads=config.heads)
 

@@ -1,0 +1,180 @@
+"""What a language model knows about colour (chapter 06).
+
+matplotlib ships two tables of colour names with their RGB: the XKCD colour survey (949 names that
+people typed for colours they were shown, ``matplotlib.colors.XKCD_COLORS``) and the 148 CSS4 names.
+:func:`colour_names` reads both. :func:`colour_probe` measures world knowledge directly: a small head
+maps a frozen encoder's embedding of a colour *name* to its RGB, trained on some names and tested on
+held-out names, scored by the colour difference ΔE (CIE76: the distance in CIELAB, where 1 is about
+the smallest difference a person notices and 2-10 is "similar at a glance") against a baseline that
+predicts the mean colour of the training names.
+
+The same table gives the Shapes words: :func:`nearest_shapes_colour` names the Shapes colour
+(``shapes.md``) nearest to any RGB in Lab, so colour names far from all six are the colours Shapes
+cannot draw.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .data import shapes
+
+
+# --------------------------------------------------------------------------------------------
+# sRGB -> CIELAB (D65), written out; tests check it against scikit-image
+# --------------------------------------------------------------------------------------------
+_RGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
+                        [0.2126729, 0.7151522, 0.0721750],
+                        [0.0193339, 0.1191920, 0.9503041]])
+_WHITE_D65 = np.array([0.95047, 1.0, 1.08883])
+
+
+def rgb_to_lab(rgb) -> np.ndarray:
+    """sRGB in [0, 1], shape [..., 3] -> CIELAB [..., 3] (L in 0..100), D65 white."""
+    rgb = np.clip(np.asarray(rgb, dtype=np.float64), 0, 1)
+    lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)     # undo the gamma
+    xyz = lin @ _RGB_TO_XYZ.T / _WHITE_D65
+    eps, kappa = 216 / 24389, 24389 / 27
+    f = np.where(xyz > eps, np.cbrt(xyz), (kappa * xyz + 16) / 116)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+
+
+def delta_e(rgb_a, rgb_b) -> np.ndarray:
+    """CIE76 colour difference ΔE between sRGB colours [..., 3] (Euclidean distance in Lab)."""
+    return np.linalg.norm(rgb_to_lab(rgb_a) - rgb_to_lab(rgb_b), axis=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# Colour names
+# --------------------------------------------------------------------------------------------
+def _css_words(name: str) -> str:
+    """CSS4 names are run together ("darkslateblue"): split the common prefixes off."""
+    for prefix in ("medium", "light", "dark", "pale", "deep", "dim", "dodger", "forest", "lawn", "lime", "sky",
+                   "steel", "slate", "royal", "cornflower", "cadet", "powder", "midnight", "navajo", "antique",
+                   "sea", "spring", "yellow", "olive", "mint", "lemon", "light", "hot", "blue", "indian",
+                   "rebecca", "orange", "green", "lavender", "misty", "old", "papaya", "peach", "rosy", "saddle",
+                   "sandy", "white", "ghost", "floral", "alice", "blanched", "burly", "lightgoldenrod"):
+        if name.startswith(prefix) and len(name) > len(prefix) + 2:
+            return prefix + " " + _css_words(name[len(prefix):])
+    return name
+
+
+def colour_names(sources: tuple = ("xkcd", "css4")) -> list[tuple[str, tuple[float, float, float]]]:
+    """``[(name, (r, g, b)), ...]`` from matplotlib's XKCD survey and CSS4 tables, names lower-case with
+    single spaces (CSS4's run-together names split at common prefixes), one entry per name."""
+    import matplotlib.colors as mcolors
+
+    allowed = ("xkcd", "css4")
+    if isinstance(sources, str) or not set(sources) <= set(allowed):
+        raise ValueError(f"sources must be a tuple drawn from {allowed}, got {sources!r}")
+    out: dict[str, tuple] = {}
+    if "xkcd" in sources:
+        for key, hexa in mcolors.XKCD_COLORS.items():
+            name = re.sub(r"\s+", " ", key.removeprefix("xkcd:").replace("/", " ").strip().lower())
+            out.setdefault(name, mcolors.to_rgb(hexa))
+    if "css4" in sources:
+        for key, hexa in mcolors.CSS4_COLORS.items():
+            out.setdefault(_css_words(key), mcolors.to_rgb(hexa))
+    return sorted(out.items())
+
+
+def shapes_palette() -> tuple[list[str], np.ndarray]:
+    """The six Shapes colour names and their RGB [6, 3] (``shapes.md``)."""
+    names = list(shapes.ATTRIBUTE_VALUES["color"])
+    return names, np.array([shapes.COLORS[n] for n in names], dtype=np.float64)
+
+
+def nearest_shapes_colour(rgb) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For colours [n, 3]: (index of the nearest Shapes colour [n], its ΔE [n], ΔE of the second
+    nearest [n])."""
+    _, palette = shapes_palette()
+    d = delta_e(np.asarray(rgb, dtype=np.float64)[:, None, :], palette[None, :, :])   # [n, 6]
+    order = np.sort(d, axis=1)
+    return d.argmin(1), order[:, 0], order[:, 1]
+
+
+# --------------------------------------------------------------------------------------------
+# The colour probe
+# --------------------------------------------------------------------------------------------
+def name_split(names: list[str], test_fraction: float = 0.3, seed: int = 0,
+               how: str = "names") -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, test) of a random split of ``names``. ``how="names"``: any name may be held out
+    ("dark red" held out while "red" trains); ``how="words"``: the test names are single words that
+    no training name contains (held out: "cerulean"; "cerulean blue" is then not trained on either),
+    so only what the encoder knows about the word itself can place it."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    if how not in ("names", "words"):
+        raise ValueError(f"how must be 'names' or 'words', got {how!r}")
+    rng = np.random.default_rng(seed)
+    if how == "names":
+        order = rng.permutation(len(names))
+        k = int(round(len(names) * test_fraction))
+        return np.sort(order[k:]), np.sort(order[:k])
+    single = [i for i, n in enumerate(names) if len(n.split()) == 1]
+    pick = rng.permutation(single)[:int(round(len(single) * test_fraction))]
+    held = {names[i] for i in pick}
+    train = [i for i, n in enumerate(names) if not set(n.split()) & held]
+    return np.array(train), np.sort(pick)
+
+
+class ColourHead(nn.Module):
+    """A small MLP: a name's embedding [n, d] -> its RGB [n, 3] in [0, 1]."""
+
+    def __init__(self, d: int, hidden: int = 256, dropout: float = 0.1):
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(d), nn.Dropout(dropout), nn.Linear(d, hidden), nn.GELU(),
+                                 nn.Linear(hidden, 3), nn.Sigmoid())
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def fit_colour_head(features: torch.Tensor, rgb: torch.Tensor, steps: int = 600, lr: float = 3e-3,
+                    weight_decay: float = 1e-2, seed: int = 0) -> ColourHead:
+    """Train a :class:`ColourHead` on (features [n, d], rgb [n, 3]): squared error in RGB, full batch,
+    AdamW."""
+    torch.manual_seed(seed)
+    head = ColourHead(features.shape[1])
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(steps):
+        head.train()
+        loss = ((head(features) - rgb) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return head.eval()
+
+
+@torch.no_grad()
+def name_features(encoder, names: list[str], template: str = "{}") -> torch.Tensor:
+    """One vector per colour name [n, d]: the encoder's pooled vector of ``template.format(name)``."""
+    return encoder.encode([template.format(n) for n in names]).pooled.float()
+
+
+def colour_probe(encoder, names=None, test_fraction: float = 0.3, seed: int = 0, steps: int = 600,
+                 features: torch.Tensor | None = None, how: str = "names") -> dict:
+    """Predict held-out colour names' RGB from ``encoder``'s embedding of the name.
+
+    ``names``: ``[(name, rgb), ...]`` (default :func:`colour_names`). Returns ΔE on the held-out names
+    for the probe and for the mean-colour baseline (mean and median), the predictions and the split.
+    ``features`` (optional, [n, d]) replaces the encoder's embeddings (e.g. random vectors as a control).
+    ``how``: the split (:func:`name_split`)."""
+    names = colour_names() if names is None else list(names)
+    words = [n for n, _ in names]
+    rgb = torch.tensor(np.array([c for _, c in names]), dtype=torch.float32)
+    x = name_features(encoder, words) if features is None else features.float()
+    tr, te = name_split(words, test_fraction, seed, how)
+    head = fit_colour_head(x[tr], rgb[tr], steps=steps, seed=seed)
+    with torch.no_grad():
+        pred = head(x[te]).numpy()
+    mean = rgb[tr].mean(0).numpy()
+    de = delta_e(pred, rgb[te].numpy())
+    de_base = delta_e(np.broadcast_to(mean, pred.shape), rgb[te].numpy())
+    return {"delta_e": float(de.mean()), "delta_e_median": float(np.median(de)),
+            "baseline_delta_e": float(de_base.mean()), "baseline_delta_e_median": float(np.median(de_base)),
+            "n_train": len(tr), "n_test": len(te), "test_names": [words[i] for i in te],
+            "predicted": pred, "true": rgb[te].numpy(), "per_name_delta_e": de}

@@ -1,0 +1,327 @@
+"""Free wordings of Shapes requests (chapter 06): text like the real world's, for training and testing
+the text encoders, the text-to-image models and the planner.
+
+Real text-to-image models learn from millions of phrasings. Here a request is drawn from one of two
+vocabularies that share no content word:
+
+* ``"seen"``, for training: at least 5 wordings of every size, colour, shape and place and
+  at least 8 sentence forms, the canonical caption among them ("a small red circle in the top
+  left", "in the upper left corner, a tiny crimson ball", "draw a little scarlet disc at the top left");
+* ``"unseen"``, for testing only: rarer synonyms ("vermilion", "orb", "in the top-left quadrant",
+  "at twelve o'clock") and new sentence forms ("could you paint ...").
+
+Only :data:`FUNCTION_WORDS` (articles, prepositions, pronouns, auxiliaries) and the four sides every
+place phrase is built from (:data:`SIDE_WORDS`) may appear in both; :func:`content_words` lists the
+rest, and a test checks the two sets are disjoint.
+
+A request is a one- or two-object scene in free words ("a red ball to the left of a big blue box"),
+or something that is not a Shapes scene (another shape or colour, an animal, three objects, a
+question, chat). :func:`make_requests` draws them with the scene each asks for.
+
+Canonical layout for relational requests (a relation names no cell): the two objects go as far
+apart as the relation allows, mirrored about the centre. "A to the left of B": A middle-left,
+B middle-right; "A above B": A top-center, B bottom-center; "A above and to the right of B": A
+top-right, B bottom-left. Words a request leaves out take defaults: size ``large``
+(:data:`DEFAULT_SIZE`); a one-object request without a place goes in the center.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from . import shapes
+
+MAX_OBJECTS = 2
+DEFAULT_SIZE = "large"
+DEFAULT_CELL = ("middle", "center")
+VOCABULARIES = ("seen", "unseen")
+
+#: Words both vocabularies may use: they carry grammar, not what to draw.
+FUNCTION_WORDS = frozenset(
+    "a an the of in on at to and with is are there that this it i you me would could one by from for "
+    "some , ? ' o".split())
+#: The four sides every place phrase is built from; shared by both vocabularies.
+SIDE_WORDS = frozenset(("left", "right", "top", "bottom"))
+
+
+def _mirror(places: dict) -> dict:
+    """Fill the right-hand cells from the left-hand ones (left <-> right in every phrase)."""
+    swap = {"left": "right", "right": "left", "west": "east", "east": "west", "northwest": "northeast",
+            "southwest": "southeast", "leftmost": "rightmost", "nine": "three"}
+    out = dict(places)
+    for (row, col), phrases in places.items():
+        if col == "left":
+            out[(row, "right")] = [re.sub(r"[a-z]+", lambda m: swap.get(m.group(0), m.group(0)), p)
+                                   for p in phrases]
+    return out
+
+
+SEEN_PLACES = _mirror({
+    ("top", "left"): ["in the top left", "in the top left corner", "at the top left", "in the upper left corner",
+                      "up in the left corner", "top left", "in the upper left"],
+    ("top", "center"): ["at the top", "at the top center", "along the top edge", "at the top middle",
+                        "high up in the middle", "in the upper middle", "up top"],
+    ("middle", "left"): ["on the left", "on the left side", "at the left edge", "in the middle of the left side",
+                         "at the left", "along the left edge", "on the left in the middle"],
+    ("middle", "center"): ["in the center", "in the middle", "at the center", "in the very center", "centered",
+                           "in the center of the image", "in the middle of the image"],
+    ("bottom", "left"): ["in the bottom left", "in the bottom left corner", "at the bottom left",
+                         "in the lower left corner", "down in the left corner", "bottom left", "in the lower left"],
+    ("bottom", "center"): ["at the bottom", "at the bottom center", "along the bottom edge", "at the bottom middle",
+                           "low down in the middle", "in the lower middle", "down at the bottom"],
+})
+UNSEEN_PLACES = _mirror({
+    ("top", "left"): ["in the far top-left region", "in the top-left quadrant", "toward the northwest",
+                      "at the topmost, leftmost spot"],
+    ("top", "center"): ["near the top border", "at twelve o'clock", "toward the north",
+                        "halfway across, near the top margin"],
+    ("middle", "left"): ["at nine o'clock", "toward the west", "near the left margin, midway",
+                         "at the left-hand border"],
+    ("middle", "center"): ["dead in the heart of the frame", "at the midpoint", "smack in the heart of the canvas",
+                           "at the exact midpoint of the frame"],
+    ("bottom", "left"): ["in the far bottom-left region", "in the bottom-left quadrant", "toward the southwest",
+                         "at the bottommost, leftmost spot"],
+    ("bottom", "center"): ["near the bottom border", "at six o'clock", "toward the south",
+                           "halfway across, near the bottom margin"],
+})
+
+#: Everything a request can be made of, per vocabulary.
+WORDS = {
+    "seen": {
+        "size": {"small": ["small", "little", "tiny", "mini", "petite", "smallish"],
+                 "large": ["large", "big", "huge", "giant", "enormous", "oversized"]},
+        "color": {"red": ["red", "scarlet", "crimson", "cherry", "ruby", "blood-red"],
+                  "green": ["green", "emerald", "lime", "jade", "grass-green", "forest-green"],
+                  "blue": ["blue", "navy", "azure", "cobalt", "sky-blue", "royal-blue"],
+                  "yellow": ["yellow", "golden", "lemon", "canary", "gold", "sunflower"],
+                  "purple": ["purple", "violet", "lilac", "lavender", "plum", "amethyst"],
+                  "orange": ["orange", "amber", "tangerine", "apricot", "pumpkin", "carrot"]},
+        "shape": {"circle": ["circle", "ball", "disc", "sphere", "round shape", "circular shape"],
+                  "square": ["square", "box", "block", "tile", "square shape", "boxy shape"],
+                  "triangle": ["triangle", "pyramid", "arrowhead", "triangular shape", "upward triangle",
+                               "three-sided shape"]},
+        "where": SEEN_PLACES,
+        "templates": ["a {size} {color} {shape} {where}", "{where}, a {size} {color} {shape}",
+                      "there is a {size} {color} {shape} {where}", "draw a {size} {color} {shape} {where}",
+                      "show a {size} {color} {shape} {where}", "a {size} {shape} in {color} {where}",
+                      "{where} there is a {size} {color} {shape}", "an image of a {size} {color} {shape} {where}",
+                      "make a {color} {shape} that is {size}, {where}", "a {color} {shape}, {size}, {where}"],
+        "noplace": ["a {size} {color} {shape}", "there is a {size} {color} {shape}", "draw a {size} {color} {shape}"],
+        "relation": ["{a} {rel} {b}", "there is {a} {rel} {b}", "draw {a} {rel} {b}", "show {a} {rel} {b}"],
+        "absolute": ["{a} {wa} and {b} {wb}", "there is {a} {wa} and {b} {wb}", "draw {a} {wa} and {b} {wb}",
+                     "{wa}, {a}, and {wb}, {b}"],
+        "relations": {
+            "to the left of": ["to the left of", "left of", "on the left of"],
+            "to the right of": ["to the right of", "right of", "on the right of"],
+            "above": ["above", "over", "on top of"],
+            "below": ["below", "under", "underneath"],
+            "above and to the left of": ["above and to the left of", "above and left of"],
+            "above and to the right of": ["above and to the right of", "above and right of"],
+            "below and to the left of": ["below and to the left of", "below and left of"],
+            "below and to the right of": ["below and to the right of", "below and right of"],
+        },
+        "not_nouns": ["cat", "dog", "house", "car", "tree", "flower", "star", "arrow", "hexagon", "person",
+                      "oval", "letter"],
+        "not_colors": ["pink", "brown", "black", "grey", "teal"],
+        "questions": ["is there {obj} {where}?", "what color is {obj} {where}?"],
+        "chat": ["hello there", "what time is it", "tell me a joke", "draw a landscape at sunset",
+                 "write a poem about the sea", "a photo of a city at night", "nothing at all",
+                 "a portrait of an old man", "translate this into french", "thanks a lot"],
+    },
+    "unseen": {
+        "size": {"small": ["miniature", "wee", "teeny", "diminutive"],
+                 "large": ["massive", "jumbo", "hefty", "colossal"]},
+        "color": {"red": ["vermilion", "carmine", "cardinal", "cranberry"],
+                  "green": ["mint", "shamrock", "clover", "fern"],
+                  "blue": ["sapphire", "cerulean", "ultramarine", "cornflower"],
+                  "yellow": ["mustard", "daffodil", "banana", "butter"],
+                  "purple": ["orchid", "grape", "mauve", "eggplant"],
+                  "orange": ["marigold", "ginger", "papaya", "persimmon"]},
+        "shape": {"circle": ["dot", "orb", "bubble", "coin"], "square": ["cube", "crate", "slab", "dice"],
+                  "triangle": ["wedge", "tent", "delta", "cone"]},
+        "where": UNSEEN_PLACES,
+        "templates": ["please render a {size} {color} {shape} {where}", "i would like a {size} {color} {shape} {where}",
+                      "could you paint a {size} {color} {shape} {where}", "{where}, sketch me a {size} {color} {shape}",
+                      "picture one {size} {color} {shape} placed {where}"],
+        "noplace": ["please render a {size} {color} {shape}", "i would like a {size} {color} {shape}"],
+        "relation": ["please render {a} {rel} {b}", "i would like {a} {rel} {b}"],
+        "absolute": ["please render {a} {wa} and {b} {wb}", "i would like {a} {wa} and {b} {wb}"],
+        "relations": {
+            "to the left of": ["further left than", "west of"],
+            "to the right of": ["further right than", "east of"],
+            "above": ["higher than", "north of"],
+            "below": ["beneath", "south of"],
+            "above and to the left of": ["diagonally up-left of", "northwest of"],
+            "above and to the right of": ["diagonally up-right of", "northeast of"],
+            "below and to the left of": ["diagonally down-left of", "southwest of"],
+            "below and to the right of": ["diagonally down-right of", "southeast of"],
+        },
+        "not_nouns": ["horse", "bicycle", "moon", "pentagon", "cloud", "boat", "guitar", "apple", "octagon"],
+        "not_colors": ["white", "silver", "beige", "khaki"],
+        "questions": ["why is {obj} {where}?", "who painted {obj} {where}?"],
+        "chat": ["how are you today", "please summarise this article", "render a mountain lake",
+                 "an oil painting of a ship", "the weather forecast", "a selfie with friends", "sing me a song",
+                 "good morning"],
+    },
+}
+#: The sentence forms of one-object requests.
+TEMPLATES = {v: WORDS[v]["templates"] for v in VOCABULARIES}
+
+
+def _check_vocab(vocab: str) -> dict:
+    if vocab not in WORDS:
+        raise ValueError(f"vocab must be one of {VOCABULARIES}, got {vocab!r}")
+    return WORDS[vocab]
+
+
+def with_article(text: str) -> str:
+    """'a' before a vowel becomes 'an': 'a amber box' -> 'an amber box'."""
+    return re.sub(r"\ba ([aeiou])", r"an \1", text)
+
+
+def _pick(rng, options):
+    return options[int(rng.integers(len(options)))]
+
+
+def content_words(vocab: str) -> set[str]:
+    """Every word ``vocab`` can put in a request, except :data:`FUNCTION_WORDS` and :data:`SIDE_WORDS`."""
+    t = _check_vocab(vocab)
+    texts = []
+    for key in ("size", "color", "shape", "where", "relations"):
+        texts += [o for opts in t[key].values() for o in opts]
+    for key in ("templates", "noplace", "relation", "absolute", "questions"):
+        texts += [re.sub(r"\{\w+\}", " ", o) for o in t[key]]
+    texts += t["not_nouns"] + t["not_colors"] + t["chat"]
+    words = {w for text in texts for w in shapes.split_words(text)}
+    return words - FUNCTION_WORDS - SIDE_WORDS
+
+
+def paraphrase(spec: shapes.ShapeSpec | str, rng: np.random.Generator | int | None = None,
+               vocab: str = "seen") -> str:
+    """A free wording of one object (a spec or a canonical caption) from ``vocab``; all five attributes
+    are said."""
+    t = _check_vocab(vocab)
+    spec = shapes.parse_caption(spec) if isinstance(spec, str) else spec
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    text = _pick(rng, t["templates"]).format(
+        size=_pick(rng, t["size"][spec.size]), color=_pick(rng, t["color"][spec.color]),
+        shape=_pick(rng, t["shape"][spec.shape]), where=_pick(rng, t["where"][(spec.row, spec.col)]))
+    return with_article(text)
+
+
+def _object_phrase(spec: shapes.ShapeSpec, rng, vocab: str, omit_size: bool = False) -> str:
+    t = WORDS[vocab]
+    color, shape = _pick(rng, t["color"][spec.color]), _pick(rng, t["shape"][spec.shape])
+    if omit_size:
+        return with_article(f"a {color} {shape}")
+    return with_article(f"a {_pick(rng, t['size'][spec.size])} {color} {shape}")
+
+
+def canonical_layout(rel: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    """The cells of the two objects of "A {rel} B": as far apart as the relation allows, mirrored
+    about the centre."""
+    inverse = {v: k for k, v in shapes.RELATIONS.items()}
+    if rel not in inverse:
+        raise ValueError(f"relation must be one of {list(inverse)}, got {rel!r}")
+    sr, sc = inverse[rel]
+    rows, cols = {-1: "top", 0: "middle", 1: "bottom"}, {-1: "left", 0: "center", 1: "right"}
+    return (rows[sr], cols[sc]), (rows[-sr], cols[-sc])
+
+
+REQUEST_KINDS = ("one", "one-noplace", "relation", "absolute", "none")
+
+
+def _not_a_scene(rng, vocab: str) -> str:
+    """A request that is not a Shapes scene: chat, a question, three objects, a thing Shapes does not
+    draw, or a colour it does not have."""
+    t = WORDS[vocab]
+    specs = shapes.all_specs("all")
+    spec = _pick(rng, specs)
+    where = _pick(rng, t["where"][(spec.row, spec.col)])
+    r = rng.random()
+    if r < 0.25:
+        return _pick(rng, t["chat"])
+    if r < 0.4:
+        return _pick(rng, t["questions"]).format(obj=_object_phrase(spec, rng, vocab), where=where)
+    if r < 0.55:
+        objs = [_object_phrase(_pick(rng, specs), rng, vocab) for _ in range(3)]
+        return f"{objs[0]}, {objs[1]} and {objs[2]}"
+    size = _pick(rng, t["size"][spec.size])
+    if r < 0.8:
+        return with_article(f"a {size} {_pick(rng, t['color'][spec.color])} {_pick(rng, t['not_nouns'])} {where}")
+    return with_article(f"a {size} {_pick(rng, t['not_colors'])} {_pick(rng, t['shape'][spec.shape])} {where}")
+
+
+def make_request(rng: np.random.Generator, vocab: str = "seen", kind: str | None = None,
+                 p_omit_size: float = 0.15) -> tuple[str, list[shapes.ShapeSpec] | None]:
+    """One random free request and the scene it asks for (``None`` for a request that is not a
+    Shapes scene). ``kind``: one of :data:`REQUEST_KINDS` (default: a random mix)."""
+    t = _check_vocab(vocab)
+    if kind is None:
+        kind = _pick(rng, ["one"] * 8 + ["one-noplace"] + ["relation"] * 5 + ["absolute"] * 4 + ["none"] * 3)
+    if kind not in REQUEST_KINDS:
+        raise ValueError(f"kind must be one of {REQUEST_KINDS}, got {kind!r}")
+    specs = shapes.all_specs("all")
+    if kind == "one":
+        spec = _pick(rng, specs)
+        if rng.random() < p_omit_size:
+            where = _pick(rng, t["where"][(spec.row, spec.col)])
+            text = f"{_object_phrase(spec, rng, vocab, omit_size=True)} {where}"
+            return text, [shapes.ShapeSpec(DEFAULT_SIZE, spec.color, spec.shape, spec.row, spec.col)]
+        return paraphrase(spec, rng, vocab), [spec]
+    if kind == "one-noplace":
+        spec = _pick(rng, specs)
+        text = _pick(rng, t["noplace"]).format(
+            size=_pick(rng, t["size"][spec.size]), color=_pick(rng, t["color"][spec.color]),
+            shape=_pick(rng, t["shape"][spec.shape]))
+        return with_article(text), [shapes.ShapeSpec(spec.size, spec.color, spec.shape, *DEFAULT_CELL)]
+    if kind == "relation":
+        rel = _pick(rng, list(shapes.RELATIONS.values()))
+        (ra, ca), (rb, cb) = canonical_layout(rel)
+        a0, b0 = _pick(rng, specs), _pick(rng, specs)
+        oa, ob = rng.random() < p_omit_size, rng.random() < p_omit_size
+        a = shapes.ShapeSpec(DEFAULT_SIZE if oa else a0.size, a0.color, a0.shape, ra, ca)
+        b = shapes.ShapeSpec(DEFAULT_SIZE if ob else b0.size, b0.color, b0.shape, rb, cb)
+        text = _pick(rng, t["relation"]).format(
+            a=_object_phrase(a0, rng, vocab, oa), rel=_pick(rng, t["relations"][rel]),
+            b=_object_phrase(b0, rng, vocab, ob))
+        return text, [a, b]
+    if kind == "absolute":
+        while True:
+            a, b = _pick(rng, specs), _pick(rng, specs)
+            if shapes.scene_is_valid(a, b):
+                break
+        text = _pick(rng, t["absolute"]).format(
+            a=_object_phrase(a, rng, vocab), wa=_pick(rng, t["where"][(a.row, a.col)]),
+            b=_object_phrase(b, rng, vocab), wb=_pick(rng, t["where"][(b.row, b.col)]))
+        return text, [a, b]
+    return _not_a_scene(rng, vocab), None
+
+
+def make_requests(n: int, seed: int = 0, vocab: str = "seen", kind: str | None = None, **kw):
+    """``n`` requests and their scenes (see :func:`make_request`), reproducible from ``seed``."""
+    _check_vocab(vocab)
+    rng = np.random.default_rng([seed, 62, VOCABULARIES.index(vocab)])
+    pairs = [make_request(rng, vocab, kind, **kw) for _ in range(n)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def paraphrase_prompts(split: str = "train", vocab: str = "unseen", seed: int = 30_000):
+    """One free wording (:func:`paraphrase`) of every canonical caption of ``split``, and the canonical
+    captions they mean (what the judge checks)."""
+    rng = np.random.default_rng([seed, 64])
+    specs = shapes.all_specs(split)
+    return [paraphrase(s, rng, vocab) for s in specs], [shapes.caption(s) for s in specs]
+
+
+def training_captions(captions: list[str], rng: np.random.Generator, p_canonical: float = 0.25,
+                      per_caption: int = 8) -> list[str]:
+    """Training text for a text-to-image model: each canonical caption kept with probability
+    ``p_canonical``, otherwise replaced by one of ``per_caption`` free wordings of it drawn once from
+    the seen vocabulary (a bank per caption: a frozen encoder then encodes a few thousand distinct
+    texts, not one per training picture)."""
+    if not 0 <= p_canonical <= 1:
+        raise ValueError(f"p_canonical must be between 0 and 1, got {p_canonical}")
+    bank = {c: [paraphrase(c, rng, "seen") for _ in range(per_caption)] for c in dict.fromkeys(captions)}
+    return [c if rng.random() < p_canonical else bank[c][int(rng.integers(per_caption))] for c in captions]

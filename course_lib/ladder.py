@@ -1,0 +1,211 @@
+"""The ladder of text encoders (chapter 06): chapter 05's text-to-image model read through encoders
+of growing size, trained and measured the same way.
+
+The rungs: chapter 05's learned word table (``shapes-t2i``), frozen all-MiniLM-L6-v2
+(``shapes-t2i-minilm``) and frozen all-mpnet-base-v2 (``shapes-t2i-mpnet``). The two frozen rungs are
+chapter 05's :class:`~course_lib.models.text_to_image.TextToImageModel` with ``text.kind`` "minilm" or
+"mpnet" (:func:`ladder_config`), trained with chapter 05's loop on text like the real world's: each
+training caption kept canonical or reworded in the seen vocabulary
+(:func:`course_lib.data.wordings.training_captions`). The frozen states of every training text are
+computed once (:meth:`course_lib.text_encoders.FrozenConditioner.precompute`).
+
+Each model is asked for every training caption three ways: canonically, in the seen wording and in
+the unseen wording (:func:`prompt_sets`). The shapes-judge reads each picture; :func:`judge_set`
+reports how often each asked-for attribute is there, with a 95% Wilson interval
+(:func:`wilson_interval`) and the chance level of guessing (:data:`CHANCE`). :func:`ladder_figure`
+draws it.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+
+import numpy as np
+import torch
+
+from . import diffusion
+from .data import shapes
+from .data.wordings import paraphrase_prompts, training_captions
+from .models import text_to_image as t2i
+from .pretrained import TrainResult, register, run_recipe
+
+#: Accuracy of a guess uniform over the values: per attribute, and all five at once.
+CHANCE = {**{a: 1 / len(shapes.ATTRIBUTE_VALUES[a]) for a in shapes.ATTRIBUTES},
+          "all": 1 / math.prod(len(v) for v in shapes.ATTRIBUTE_VALUES.values())}
+PROMPT_SETS = ("canonical", "seen wording", "unseen wording")
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion (better than p ± z·se near 0 or 1)."""
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))   # p inside, as rounding may not
+
+
+def prompt_sets(split: str = "train", seed: int = 30_000) -> dict:
+    """``{name: (prompts, canonical captions they mean)}`` for every caption of ``split`` (270 for
+    train): canonical, one seen-wording paraphrase each, one unseen-wording paraphrase each."""
+    canon = shapes.all_captions(split)
+    return {"canonical": (canon, canon),
+            "seen wording": paraphrase_prompts(split, "seen", seed),
+            "unseen wording": paraphrase_prompts(split, "unseen", seed)}
+
+
+@torch.no_grad()
+def generate(pipe, prompts: list[str], seed: int = 0, batch_size: int = 90, **kw) -> torch.Tensor:
+    """One picture per prompt [n, 3, 32, 32]; a learned-vocabulary pipeline reads unknown words as
+    ``<unk>`` (:class:`course_lib.text_encoders.unknown_as_unk`)."""
+    from .text_encoders import unknown_as_unk
+
+    learned = isinstance(pipe.text_encoder, t2i.ShapesTextEncoder)
+    with unknown_as_unk(pipe) if learned else contextlib.nullcontext():
+        return t2i.generate(pipe, list(prompts), seed=seed, batch_size=batch_size, **kw)
+
+
+def judge_set(images: torch.Tensor, targets: list[str], judge=None) -> dict:
+    """Per-attribute and all-five accuracy of pictures against the canonical captions they should show,
+    each with its 95% interval: ``{"size": (acc, lo, hi), ..., "all": (...), "n": n, "correct": [n, 5]}``."""
+    from .judges import score_shapes
+
+    res = score_shapes(images, targets, judge)
+    correct = res["correct"].bool()                                       # [n, 5]
+    n = len(targets)
+    out = {"n": n, "correct": correct}
+    cols = {a: correct[:, i] for i, a in enumerate(shapes.ATTRIBUTES)}
+    cols["all"] = correct.all(1)
+    for k, c in cols.items():
+        s = int(c.sum())
+        out[k] = (s / n, *wilson_interval(s, n))
+    return out
+
+
+def measure(pipes: dict, sets: dict | None = None, seed: int = 0, limit: int | None = None, **kw) -> dict:
+    """``{(encoder, prompt set): judge_set(...) plus "images", "prompts"}`` for every pipeline of
+    ``pipes`` (``{name: pipeline}``) on every prompt set (default :func:`prompt_sets`), the first
+    ``limit`` prompts of each (None: all)."""
+    sets = sets if sets is not None else prompt_sets()
+    out = {}
+    for name, pipe in pipes.items():
+        for set_name, (prompts, targets) in sets.items():
+            prompts, targets = prompts[:limit], targets[:limit]
+            images = generate(pipe, prompts, seed=seed, **kw)
+            out[(name, set_name)] = dict(judge_set(images, targets), images=images, prompts=prompts,
+                                         targets=targets)
+    return out
+
+
+def format_table(results: dict) -> str:
+    """The ladder as text: one row per (encoder, prompt set), accuracy per attribute and all five,
+    all five with its 95% interval, and a last row of chance levels."""
+    cols = (*shapes.ATTRIBUTES, "all")
+    lines = [f"{'encoder':22s}{'prompts':16s}" + "".join(f"{c:>7s}" for c in cols) + f"{'all five, 95% CI':>20s}"]
+    for (enc, set_name), r in results.items():
+        lines.append(f"{enc:22s}{set_name:16s}" + "".join(f"{r[c][0]:7.2f}" for c in cols)
+                     + f"{'':>6s}[{r['all'][1]:.2f}, {r['all'][2]:.2f}]")
+    lines.append(f"{'chance':22s}{'':16s}" + "".join(f"{CHANCE[c]:7.2f}" for c in cols))
+    return "\n".join(lines)
+
+
+def ladder_figure(results: dict, sizes: dict, attributes=("color", "shape", "all")):
+    """One panel per attribute: accuracy (with 95% intervals) against the text encoder's parameter
+    count (log scale), one line per prompt set, the chance level dashed. ``sizes``: ``{encoder:
+    parameters}``. Returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    encoders = list(dict.fromkeys(e for e, _ in results))
+    fig, axes = plt.subplots(1, len(attributes), figsize=(4.2 * len(attributes), 3.4), sharey=True)
+    for ax, attr in zip(np.atleast_1d(axes), attributes):
+        for set_name in dict.fromkeys(s for _, s in results):
+            xs = [sizes[e] for e in encoders if (e, set_name) in results]
+            rs = [results[(e, set_name)][attr] for e in encoders if (e, set_name) in results]
+            ys = np.array([r[0] for r in rs])
+            err = np.clip(np.array([[r[0] - r[1], r[2] - r[0]] for r in rs]).T, 0, None)
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=set_name)
+        ax.axhline(CHANCE[attr], ls="--", c="gray", lw=1, label="chance")
+        ax.set_xscale("log")
+        ax.set_xticks([sizes[e] for e in encoders], [f"{e}\n{sizes[e] / 1e6:.1f}M" for e in encoders], fontsize=7)
+        ax.minorticks_off()
+        ax.set_title("all five attributes" if attr == "all" else attr)
+        ax.set_ylim(0, 1.02)
+    np.atleast_1d(axes)[0].set_ylabel("judged right (95% interval)")
+    np.atleast_1d(axes)[-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# The two frozen rungs: shapes-t2i-minilm and shapes-t2i-mpnet
+# --------------------------------------------------------------------------------------------
+#: Registered name -> text-encoder kind.
+LADDER_MODELS = {"shapes-t2i-minilm": "minilm", "shapes-t2i-mpnet": "mpnet"}
+LADDER_STEPS = 2000
+P_CANONICAL = 0.25                 # share of training captions kept canonical; the rest reworded (seen)
+
+
+def ladder_config(kind: str, last_layers: int = 4) -> "t2i.TextToImageConfig":
+    """Chapter 05's model reading a frozen ``kind`` encoder: 24 tokens, the mean of its last
+    ``last_layers`` hidden layers (what generalised best to unseen wording in the probes)."""
+    if kind not in t2i.FROZEN_WIDTHS:
+        raise ValueError(f"kind must be one of {', '.join(t2i.FROZEN_WIDTHS)}, got {kind!r}")
+    return t2i.TextToImageConfig.from_dict({"text": {"kind": kind, "dim": t2i.FROZEN_WIDTHS[kind],
+                                                     "max_length": 24, "layers": last_layers}})
+
+
+def train_ladder_model(kind: str, steps: int = LADDER_STEPS, seed: int = 0, p_canonical: float = P_CANONICAL,
+                       device=None, progress: bool = True, **overrides):
+    """Chapter 05's recipe (:class:`~course_lib.models.text_to_image.TrainConfig`; ``overrides`` change
+    its fields) on a frozen ``kind`` encoder, with reworded training captions. Returns ``(ema_model,
+    history, settings)``."""
+    hp = t2i.TrainConfig.from_dict(dict(overrides, steps=steps))
+    torch.manual_seed(seed)
+    model = t2i.TextToImageModel(ladder_config(kind))
+    ds = shapes.ShapesDataset(hp.n_train, seed=seed + 100, split="train")
+    captions = training_captions(ds.captions, np.random.default_rng([seed, 66]), p_canonical)
+    model.text_encoder.precompute(captions + [""])                        # the frozen states, once
+    ema_model, history = t2i.train_on(model, diffusion.to_model_range(ds.images), captions, hp, steps,
+                                      seed=seed, device=device, progress=progress, desc=f"shapes-t2i-{kind}")
+    return ema_model, history, hp
+
+
+def evaluate_ladder_model(model) -> dict:
+    """The three prompt sets of :func:`prompt_sets` (270 prompts each), judged: accuracy per attribute
+    and all five, with the 95% interval of all five; and the sampling time per picture."""
+    pipe = t2i.make_pipeline(model)
+    q = {}
+    for set_name, (prompts, targets) in prompt_sets().items():
+        t0 = time.perf_counter()
+        r = judge_set(generate(pipe, prompts), targets)
+        q[set_name] = {k: round(r[k][0], 4) for k in (*shapes.ATTRIBUTES, "all")}
+        q[set_name]["all_ci95"] = [round(r["all"][1], 4), round(r["all"][2], 4)]
+        q[set_name]["n"] = r["n"]
+        q[set_name]["ms_per_picture"] = round(1000 * (time.perf_counter() - t0) / r["n"], 1)
+    q["num_inference_steps"] = pipe.default_num_inference_steps
+    q["guidance_scale"] = pipe.default_guidance_scale
+    return q
+
+
+def _registered_trainer(kind: str):
+    def train(seed: int = 0, quick: bool = False) -> TrainResult:
+        steps = 20 if quick else LADDER_STEPS
+
+        def notes(history, hp):
+            return (f"chapter 05's UNet and recipe ({history.steps} steps, batch {hp.batch_size}, EMA {hp.ema_decay}, "
+                    f"caption dropout {hp.caption_dropout}) reading frozen {kind} token states (mean of the last "
+                    f"4 layers) + pooled; {hp.n_train} training pictures, {P_CANONICAL:.0%} of their captions "
+                    f"canonical, the rest one of 8 seen-vocabulary wordings per caption; the language model "
+                    f"is not in this file")
+
+        return run_recipe(lambda: train_ladder_model(kind, steps, seed, progress=False), evaluate_ladder_model,
+                          notes=notes)
+    return train
+
+
+for _name, _kind in LADDER_MODELS.items():
+    register(_name, build=t2i.TextToImageModel, train=_registered_trainer(_kind), evaluate=evaluate_ladder_model,
+             finalize=t2i.make_pipeline, chapter="06",
+             description=f"chapter 05's text-to-image UNet reading frozen {_kind} token states (ShapesPipeline)")

@@ -1,0 +1,102 @@
+"""Chapter 06: the ladder of text encoders (chapter 05's model on frozen encoders, and its measures)."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from course_lib import ladder, pretrained, runtime, text_encoders
+from course_lib.data import shapes
+from course_lib.models import text_to_image as t2i
+
+
+def test_wilson_interval_and_chance_levels():
+    lo, hi = ladder.wilson_interval(81, 100)
+    assert lo == pytest.approx(0.7222, abs=1e-3) and hi == pytest.approx(0.8748, abs=1e-3)
+    assert ladder.wilson_interval(0, 20)[0] == 0 and 0 < ladder.wilson_interval(0, 20)[1] < 0.2
+    assert ladder.wilson_interval(20, 20)[1] == 1
+    with pytest.raises(ValueError):
+        ladder.wilson_interval(1, 0)
+    assert ladder.CHANCE["color"] == pytest.approx(1 / 6) and ladder.CHANCE["all"] == pytest.approx(1 / 324)
+
+
+def test_prompt_sets_ask_for_every_training_caption_three_ways():
+    sets = ladder.prompt_sets()
+    assert list(sets) == list(ladder.PROMPT_SETS)
+    canon = shapes.all_captions("train")
+    for prompts, targets in sets.values():
+        assert targets == canon and len(prompts) == 270
+    assert sets["canonical"][0] == canon
+    assert sum(p == c for p, c in zip(sets["unseen wording"][0], canon)) == 0
+
+
+def test_judge_set_counts_and_intervals():
+    specs = shapes.all_specs("train")[:12]
+    caps = [shapes.caption(s) for s in specs]
+    r = ladder.judge_set(shapes.render(specs, 0), caps)
+    assert r["n"] == 12 and r["all"][0] == 1.0 and r["all"][1] < 1.0 == r["all"][2]
+    black = ladder.judge_set(torch.zeros(12, 3, 32, 32), caps)
+    assert black["all"][0] < 0.5
+
+
+def test_frozen_rung_is_chapter_05s_model_with_another_encoder():
+    cfg = ladder.ladder_config("minilm")
+    assert cfg.text.kind == "minilm" and cfg.text.dim == 384 and cfg.text.layers == 4
+    with pytest.raises(ValueError, match="minilm"):
+        ladder.ladder_config("learned")
+    with pytest.raises(ValueError, match="text.dim must be 384"):
+        t2i.TextToImageConfig.from_dict({"text": {"kind": "minilm", "dim": 64}})
+    model = t2i.TextToImageModel(cfg)
+    assert isinstance(model.text_encoder, text_encoders.FrozenConditioner)
+    assert model.text_encoder.frozen.layers == (3, 4, 5, 6)                  # MiniLM's last four layers
+    assert [k for k in model.state_dict() if k.startswith("text_encoder")] == [
+        "text_encoder.norm.weight", "text_encoder.norm.bias"]               # the language model is not saved
+    caps = ["a small red circle in the top left", "in the upper left corner, a tiny crimson ball", ""]
+    assert model.text_encoder.precompute(caps) == 3 and model.text_encoder.precompute(caps) == 0
+    tok = model.text_encoder.tokenizer(caps)
+    cached = model.encode(tok["input_ids"], tok["attention_mask"])
+    model.text_encoder.cache.clear()
+    fresh = model.encode(tok["input_ids"], tok["attention_mask"])
+    for a, b in zip(cached, fresh):
+        torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)               # float16 cache
+    twin = copy.deepcopy(model)                                              # what an EMA copy does
+    assert twin.text_encoder.frozen.model is model.text_encoder.frozen.model
+    assert twin.text_encoder.cache is model.text_encoder.cache
+    x = torch.randn(3, 3, 32, 32)
+    assert model.denoise(x, torch.tensor([10, 500, 900]), *cached).shape == x.shape
+
+
+def test_frozen_rung_trains_a_few_steps():
+    model, history, hp = ladder.train_ladder_model("minilm", steps=2, n_train=16, batch_size=4, progress=False)
+    assert history.steps == 2 and hp.steps == 2
+    pipe = t2i.make_pipeline(model)
+    images = ladder.generate(pipe, ["a wee vermilion orb at twelve o'clock"], num_inference_steps=2)
+    assert images.shape == (1, 3, 32, 32)
+
+
+def _shipped(name):
+    return name in pretrained.read_manifest()["models"]
+
+
+@pytest.mark.skipif(not _shipped("shapes-t2i-mpnet"), reason="shapes-t2i-mpnet not shipped yet")
+def test_shipped_ladder_models_draw_canonical_captions():
+    records = {n: pretrained.info(n)["quality"] for n in ladder.LADDER_MODELS if _shipped(n)}
+    measured = {n: q for n, q in records.items() if "canonical" in q}      # recorded by this recipe
+    assert "shapes-t2i-mpnet" in measured
+    for name, quality in measured.items():
+        assert quality["canonical"]["n"] == 270 and quality["canonical"]["all"] >= 0.95, name
+    if len(measured) == 2:
+        assert measured["shapes-t2i-mpnet"]["unseen wording"]["all"] > measured["shapes-t2i-minilm"][
+            "unseen wording"]["all"]
+    pipe = pretrained.load("shapes-t2i-mpnet", "cpu")
+    images = ladder.generate(pipe, ["a small red circle in the top left"], num_inference_steps=4)
+    assert images.shape == (1, 3, 32, 32)
+
+
+@pytest.mark.skipif(not runtime.online(), reason="the CLIP and T5 text towers download their weights")
+def test_online_towers_give_token_states():
+    for kind in ("clip", "t5"):
+        enc = text_encoders.FrozenTextEncoder(kind, max_length=None)
+        out = enc.encode(["a small red circle", "a vermilion orb at twelve o'clock"])
+        assert out.states.shape[0] == 2 and out.states.shape[2] == text_encoders.DIMS[kind]
+        assert out.pooled.shape == (2, text_encoders.DIMS[kind])
