@@ -388,13 +388,13 @@ def train_digits(seed: int = 0, quick: bool = False) -> pretrained.TrainResult:
     EMA, class dropout) with the flow-matching loss instead of the ε loss. ``quick``: 20 steps."""
     from .models import ddpm
 
-    steps = 20 if quick else ddpm.TRAIN_DEFAULTS["steps"]
-    hp = ddpm.TRAIN_DEFAULTS
+    hp = ddpm.DDPMTrainConfig()
+    steps = 20 if quick else hp.steps
     evaluate = (lambda m: evaluate_digits(m, n=20, steps=(1, 4))) if quick else evaluate_digits
     return pretrained.run_recipe(
         lambda: ddpm.train_ddpm(config=DIGITS_CONFIG, steps=steps, seed=seed, progress=False), evaluate,
-        notes=lambda h, _: (f"{h.steps} steps, batch {hp['batch_size']}, AdamW lr {hp['lr']}, EMA {hp['ema_decay']}, "
-                            f"class dropout {hp['class_dropout']}: ddpm-mnist's recipe with the flow-matching loss "
+        notes=lambda h, _: (f"{h.steps} steps, batch {hp.batch_size}, AdamW lr {hp.lr}, EMA {hp.ema_decay}, "
+                            f"class dropout {hp.class_dropout}: ddpm-mnist's recipe with the flow-matching loss "
                             f"(uniform t, velocity target ε - x0)"))
 
 

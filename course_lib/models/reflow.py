@@ -23,12 +23,12 @@ import time
 
 import torch
 
-from .. import arguments, diffusion, flow, pretrained, samplers
+from .. import arguments, diffusion, flow, judges, pretrained, samplers
 from ..config import Config
 from ..data import shapes
 from ..pipelines import quiet
 from ..training import EMA, fit, infinite_loader, make_step
-from . import dit
+from . import dit, fast
 from . import text_to_image as t2i
 
 NAME = "shapes-t2i-reflow"
@@ -116,32 +116,39 @@ def train_reflow(teacher: dit.DiTModel, seed: int = 0, captions: list[str] | Non
 # --------------------------------------------------------------------------------------------
 # Measuring: the rows of chapter 08's table
 # --------------------------------------------------------------------------------------------
-def measure(model: dit.DiTModel, num_inference_steps: int, guidance_scale: float | None = None,
-            reference: torch.Tensor | None = None, seed: int = 0) -> dict:
-    """One row: all-five accuracy on the 270 train and 54 held-out captions, KID x 1000 on the judge's
-    features against fresh renderings of the train captions (chapter 08's paired KID), ms per picture
-    (batch 32, best of 2)."""
-    kw = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
-    caps = shapes.all_captions("train")
-    pipe = dit.make_pipeline(model)
+def measure(pipe, num_inference_steps: int, guidance_scale: float | None = None,
+            reference: torch.Tensor | None = None, seed: int = 0, n_train: int | None = None,
+            n_heldout: int | None = None, timing_captions: int = 32) -> dict:
+    """One row of chapter 08's few-step table for any Shapes pipeline (``shapes-t2i-reflow``, its
+    teacher, the distilled ``shapes-t2i-fast``): all-five accuracy on the first ``n_train`` of the 270
+    train captions and ``n_heldout`` of the 54 held-out ones, KID x 1000 on the judge's features against
+    ``reference`` (real renderings of those train captions, :func:`course_lib.samplers.reference_set`;
+    chapter 08's paired KID), network passes and ms per picture (one batch of ``timing_captions``,
+    best of 2, after a warm-up call)."""
+    kw = {"num_inference_steps": arguments.steps(num_inference_steps, 1000), "guidance_scale": guidance_scale}
+    caps = shapes.all_captions("train")[:n_train]
+    held = shapes.all_captions("heldout")[:n_heldout]
     reference = reference if reference is not None else samplers.reference_set(pipe, caps)
     q = samplers.quality(pipe, t2i.generate(pipe, caps, seed=seed, **kw), caps, reference)
+    heldout = judges.score_shapes(t2i.generate(pipe, held, seed=seed, **kw), held)["all"]
     w = pipe.default_guidance_scale if guidance_scale is None else guidance_scale
+    timing = shapes.all_captions("train")[:timing_captions]
+    t2i.generate(pipe, timing[:2], **kw)
     return {"num_inference_steps": num_inference_steps,
             "network_passes_per_picture": num_inference_steps * (1 if w == 1.0 else 2),
-            "train_all": round(q["accuracy"], 4), "heldout_all": t2i.judge_pipeline(pipe, "heldout", seed, **kw)["all"],
-            "kid_x1000": round(q["kid"], 2), "ms_per_picture": dit.ms_per_picture(pipe, **kw)}
+            "train_all": round(q["accuracy"], 4), "heldout_all": round(float(heldout), 4),
+            "kid_x1000": round(q["kid"], 2), "ms_per_picture": fast.ms_per_picture(pipe, timing, **kw)}
 
 
 def evaluate(model: dit.DiTModel, teacher: dit.DiTModel | None = None) -> dict:
     """The reflowed model at 1, 2 and 4 Euler steps against its teacher at 1, 2 and 20 (guidance 3),
-    measured in one run."""
+    measured in one run on all 270 train and 54 held-out captions."""
     teacher = teacher if teacher is not None else pretrained.load_module(TEACHER, next(model.parameters()).device)
-    ref = samplers.reference_set(dit.make_pipeline(model), shapes.all_captions("train"))
-    rows = {f"reflow_{s}_step{'s' if s > 1 else ''}": measure(model, s, reference=ref) for s in (1, 2, 4)}
+    pipe, teacher_pipe, caps = dit.make_pipeline(model), dit.make_pipeline(teacher), shapes.all_captions("train")
+    ref = samplers.reference_set(pipe, caps)
+    rows = {f"reflow_{s}_step{'s' if s > 1 else ''}": measure(pipe, s, reference=ref) for s in (1, 2, 4)}
     for s in (1, 2, teacher.config.num_inference_steps):
-        rows[f"teacher_{s}_step{'s' if s > 1 else ''}"] = measure(teacher, s, reference=ref)
-    pipe, caps = dit.make_pipeline(model), shapes.all_captions("train")
+        rows[f"teacher_{s}_step{'s' if s > 1 else ''}"] = measure(teacher_pipe, s, reference=ref)
     real = samplers.quality(pipe, samplers.reference_set(pipe, caps, per_target=1, seed=99), caps, ref)
     return {"rows": rows, "real_pictures_kid_x1000": round(real["kid"], 2),
             "num_inference_steps": model.config.num_inference_steps, "guidance_scale": model.config.guidance_scale}
