@@ -37,7 +37,7 @@ import math
 import torch
 import torch.nn as nn
 
-from . import arguments, diffusion, pretrained, samplers, sampling, training
+from . import arguments, diffusion, pretrained, runtime, samplers, sampling, training
 
 PREDICTION_TYPE = "flow_prediction"        # diffusers' name for a network that outputs the velocity ε - x_0
 TIME_SAMPLINGS = ("uniform", "logit-normal")
@@ -391,11 +391,15 @@ def train_digits(seed: int = 0, quick: bool = False) -> pretrained.TrainResult:
     hp = ddpm.DDPMTrainConfig()
     steps = 20 if quick else hp.steps
     evaluate = (lambda m: evaluate_digits(m, n=20, steps=(1, 4))) if quick else evaluate_digits
+    # a long run on a CPU: resumable (stopped, the same command continues from the last saved step)
+    state = None if quick else runtime.cache_dir() / "resume" / f"flow-mnist-seed{seed}.pt"
     return pretrained.run_recipe(
-        lambda: ddpm.train_ddpm(config=DIGITS_CONFIG, steps=steps, seed=seed, progress=False), evaluate,
+        lambda: ddpm.train_ddpm(config=DIGITS_CONFIG, steps=steps, seed=seed, progress=False, state_file=state),
+        evaluate,
         notes=lambda h, _: (f"{h.steps} steps, batch {hp.batch_size}, AdamW lr {hp.lr}, EMA {hp.ema_decay}, "
                             f"class dropout {hp.class_dropout}: ddpm-mnist's recipe with the flow-matching loss "
-                            f"(uniform t, velocity target ε - x0)"))
+                            f"(uniform t, velocity target ε - x0); resumable, train_loop_seconds counts every "
+                            f"session"))
 
 
 pretrained.register("flow-mnist", build=_build_digit_model, train=train_digits, evaluate=evaluate_digits,

@@ -214,3 +214,26 @@ def test_digit_flow_model_trains_and_samples():
     with pytest.raises(ValueError, match="euler"):
         flow.judge_digits(model, "heun", 1, n=10)
     assert "flow-mnist" in pretrained.known()
+
+
+def test_digit_training_resumes_where_it_stopped(tmp_path):
+    """A run stopped midway and called again ends with the weights of one uninterrupted run."""
+    from course_lib.models import ddpm
+
+    kw = dict(config=flow.DIGITS_CONFIG, steps=5, seed=0, progress=False, batch_size=4, device="cpu")
+    whole, _ = ddpm.train_ddpm(**kw)
+    state = tmp_path / "run.pt"
+
+    def stop(i, hist):
+        if i == 2:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        ddpm.train_ddpm(state_file=state, save_every=2, callback=stop, **kw)
+    assert state.exists()
+    resumed, hist = ddpm.train_ddpm(state_file=state, save_every=2, **kw)
+    assert hist.steps == 5 and len(hist.losses) == 5 and not state.exists()
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    torch.save({"run": {"seed": 1}}, state)
+    with pytest.raises(ValueError, match="another run"):
+        ddpm.train_ddpm(state_file=state, **kw)

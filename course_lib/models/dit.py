@@ -245,51 +245,86 @@ def evaluate(model: DiTModel) -> dict:
     return q
 
 
-def table_row(model: nn.Module, history, step_seconds: float) -> dict:
-    """One row of the {U-Net, DiT} x {v-prediction, flow matching} table."""
-    pipe = make_pipeline(model)
-    return {"parameters": sum(p.numel() for p in model.parameters()),
-            "cpu_seconds_per_step": round(step_seconds, 3), "train_steps": history.steps,
-            "train_cpu_minutes": round(history.steps * step_seconds / 60, 2),
-            "train_all": t2i.judge_pipeline(pipe, "train")["all"],
-            "heldout_all": t2i.judge_pipeline(pipe, "heldout")["all"],
-            "sampling_ms_per_picture": ms_per_picture(pipe), "sampler": type(pipe.scheduler).__name__}
+#: the table's equal budget: CPU minutes of training for each of the four cells (one torch thread)
+TABLE_CPU_MINUTES = 10.0
+TABLE_NOTE = ("{U-Net, DiT} x {v-prediction, flow matching}, chapter 05's training loop and recipe for each: "
+              "CPU seconds per training step and sampling ms per picture (batch 32, 20 steps, guidance 3) measured "
+              "with one torch thread on an otherwise idle machine (`python -m course_lib.models.dit time`); each "
+              "cell then trained for the same CPU time (steps = that time / its seconds per step; `python -m "
+              "course_lib.models.dit table BACKBONE PREDICTION_TYPE`) and judged on the 270 train and 54 held-out "
+              "captions at 20 steps, guidance 3 (v-prediction: DPM-Solver++, flow matching: Euler)")
 
 
-def table_cell(backbone: str, prediction_type: str, cpu_seconds: float, seed: int = 0, **overrides) -> dict:
-    """One cell of the chapter's table: ``backbone`` ("unet" or "dit") trained on ``prediction_type``
-    for ``cpu_seconds`` of CPU time (steps = that time / the CPU seconds one step takes here, measured
-    first), then judged (270 train and 54 held-out captions, 20 steps, guidance 3) and timed (sampling
-    ms per picture, batch 32)."""
-    overrides.pop("steps", None)
+def cells() -> list[tuple[str, str]]:
+    """The table's four cells, (backbone, prediction_type)."""
+    return [(b, pt) for b in BACKBONES for pt in reversed(PREDICTION_TYPES)]
+
+
+def time_cell(backbone: str, prediction_type: str, seed: int = 0, **overrides) -> dict:
+    """Parameters, CPU seconds per training step (:func:`seconds_per_step`) and sampling ms per picture
+    (:func:`ms_per_picture`) of one cell, on untrained networks (the cost does not depend on the weights)."""
     torch.manual_seed(seed)
-    secs = seconds_per_step(build_backbone(backbone, prediction_type), seed=seed, **overrides)
-    steps = max(1, int(cpu_seconds / secs))
+    model = build_backbone(backbone, prediction_type)
+    row = {"parameters": sum(p.numel() for p in model.parameters()),
+           "sampling_ms_per_picture": ms_per_picture(make_pipeline(model.eval()))}
+    row["cpu_seconds_per_step"] = round(seconds_per_step(model.train(), seed=seed, **overrides), 4)
+    return row
+
+
+def table_cell(backbone: str, prediction_type: str, cpu_seconds: float, seconds_per_step_: float,
+               seed: int = 0, **overrides) -> dict:
+    """One cell of the table: ``backbone`` ("unet" or "dit") trained on ``prediction_type`` with chapter 05's
+    loop for ``cpu_seconds / seconds_per_step_`` steps, then judged (270 train and 54 held-out captions,
+    20 steps, guidance 3). ``overrides``: fields of :func:`train_config` (``steps`` is set here)."""
+    overrides.pop("steps", None)
+    steps = max(1, int(cpu_seconds / seconds_per_step_))
     model, hist, _ = train_dit(build_backbone(backbone, prediction_type), steps, seed, **overrides)
-    return table_row(model, hist, secs)
+    pipe = make_pipeline(model)
+    return {"train_steps": hist.steps, "train_cpu_minutes": round(cpu_seconds / 60, 2),
+            "train_all": t2i.judge_pipeline(pipe, "train")["all"],
+            "heldout_all": t2i.judge_pipeline(pipe, "heldout")["all"], "sampler": type(pipe.scheduler).__name__}
 
 
-TABLE_NOTE = ("{U-Net, DiT} x {v-prediction, flow matching}: each trained with chapter 05's loop for the CPU time "
-              "the shipped DiT's training took (steps = that time / the CPU seconds per step measured in the same "
-              "run), then judged on the 270 train and 54 held-out captions at 20 steps, guidance 3 (v-prediction: "
-              "DPM-Solver++, flow matching: Euler), sampling ms per picture at batch 32; one row per command "
-              "`python -m course_lib.models.dit table BACKBONE PREDICTION_TYPE`")
+def _machine() -> str:
+    return f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
-def record_table_cell(backbone: str, prediction_type: str, seed: int = 0, quick: bool = False) -> dict:
-    """Measure :func:`table_cell` at the shipped ``shapes-t2i-dit``'s training CPU time and record it in
-    its manifest entry (``quality["backbone_table"]``). ``quick``: a 2-second smoke run, not recorded."""
-    rec = pretrained.info(NAME)
-    over = {"n_train": 64} if quick else {}
-    cpu = 2.0 if quick else rec["quality"]["train_process_cpu_seconds"]
-    row = table_cell(backbone, prediction_type, cpu, seed, **over)
-    row["trained_on"] = f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+def _record(update) -> None:
+    """Apply ``update(quality)`` to ``shapes-t2i-dit``'s manifest record (where the table lives)."""
+    manifest = pretrained.read_manifest()
+    q = manifest["models"][NAME]["quality"]
+    update(q)
+    q["backbone_table_note"] = TABLE_NOTE
+    pretrained.write_manifest(manifest)
+
+
+def record_timings(seed: int = 0, quick: bool = False) -> dict:
+    """:func:`time_cell` for the four cells, recorded in ``shapes-t2i-dit``'s manifest record
+    (``quality["backbone_table"]``). ``quick``: a smoke run on 64 pictures, not recorded."""
+    rows = {f"{b} {pt}": time_cell(b, pt, seed, **({"n_train": 64} if quick else {})) for b, pt in cells()}
     if not quick:
-        manifest = pretrained.read_manifest()
-        q = manifest["models"][NAME]["quality"]
-        q.setdefault("backbone_table", {})[f"{backbone} {prediction_type}"] = row
-        q["backbone_table_note"] = TABLE_NOTE
-        pretrained.write_manifest(manifest)
+        def update(q):
+            table = q.setdefault("backbone_table", {})
+            for k, row in rows.items():
+                table.setdefault(k, {}).update(row, timed_on=_machine())
+        _record(update)
+    return rows
+
+
+def record_table_cell(backbone: str, prediction_type: str, seed: int = 0, quick: bool = False,
+                      minutes: float = TABLE_CPU_MINUTES) -> dict:
+    """Train and judge one cell (:func:`table_cell`) for ``minutes`` of CPU time at the seconds per step
+    that :func:`record_timings` recorded, and record it beside them. ``quick``: 3 steps on 64 pictures,
+    not recorded."""
+    if quick:
+        return table_cell(backbone, prediction_type, 3.0, 1.0, seed, n_train=64)
+    key = f"{backbone} {prediction_type}"
+    timed = pretrained.info(NAME)["quality"].get("backbone_table", {}).get(key, {})
+    if "cpu_seconds_per_step" not in timed:
+        raise ValueError(f"no recorded seconds per step for {key!r}: run `python -m course_lib.models.dit time` first")
+    row = table_cell(backbone, prediction_type, 60 * minutes, timed["cpu_seconds_per_step"], seed)
+    row["trained_on"] = _machine()
+    _record(lambda q: q["backbone_table"][key].update(row))
     return row
 
 
@@ -324,15 +359,22 @@ def _main(argv=None) -> int:
     import json
 
     ap = argparse.ArgumentParser(prog="python -m course_lib.models.dit",
-                                 description="one row of chapter 05's {U-Net, DiT} x {v-prediction, flow matching} table")
+                                 description="chapter 05's {U-Net, DiT} x {v-prediction, flow matching} table")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("table", help="train and judge one cell at the shipped DiT's CPU time, record it")
+    tm = sub.add_parser("time", help="parameters, CPU s per training step, sampling ms per picture of the four")
+    t = sub.add_parser("table", help="train and judge one cell for the table's CPU time, record it")
     t.add_argument("backbone", choices=BACKBONES)
     t.add_argument("prediction_type", choices=PREDICTION_TYPES)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--quick", action="store_true", help="a smoke run of a few seconds, not recorded")
+    t.add_argument("--minutes", type=float, default=TABLE_CPU_MINUTES, help="CPU minutes of training")
+    for p in (tm, t):
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--quick", action="store_true", help="a smoke run of a few seconds, not recorded")
     args = ap.parse_args(argv)
-    print(json.dumps(record_table_cell(args.backbone, args.prediction_type, args.seed, args.quick), indent=2))
+    if args.cmd == "time":
+        out = record_timings(args.seed, args.quick)
+    else:
+        out = record_table_cell(args.backbone, args.prediction_type, args.seed, args.quick, args.minutes)
+    print(json.dumps(out, indent=2))
     return 0
 
 
