@@ -172,6 +172,7 @@ class TrainConfig(Config):
     min_snr_gamma: float | None = None
     n_train: int = 12000          # training pictures (rendered once)
     grad_clip: float = 1.0
+    time_sampling: str = "uniform"  # flow matching only: "uniform" or "logit-normal" (Esser et al. 2024)
 
 
 def build_unet(config: TextToImageConfig) -> UNet2DConditionModel:
@@ -451,7 +452,8 @@ def make_train_step(model, ema, cfg: TextToImageConfig, hp: TrainConfig, device,
         in_ids, mask = caption_dropout_fn(in_ids, mask, e_ids, e_mask, hp.caption_dropout, g)
         states, pooled = m.encode(in_ids, mask)
         return diffusion.diffusion_loss(lambda x, t: m.denoise(x, t, states, pooled), x0, ac,
-                                        cfg.prediction_type, generator=g, min_snr_gamma=hp.min_snr_gamma)
+                                        cfg.prediction_type, generator=g, min_snr_gamma=hp.min_snr_gamma,
+                                        time_sampling=hp.time_sampling)
 
     return make_step(model, loss_fn, opt, scheduler=sched, ema=ema, grad_clip=hp.grad_clip)
 
