@@ -55,6 +55,12 @@ def test_diffusion_loss_with_flow_prediction_is_flow_matching():
     a = diffusion.diffusion_loss(net, x0, ac, "flow_prediction", generator=torch.Generator().manual_seed(3))
     b = flow.flow_matching_loss(net, x0, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
+    c = diffusion.diffusion_loss(net, x0, ac, "flow_prediction", generator=torch.Generator().manual_seed(3),
+                                 time_sampling="logit-normal")
+    d = flow.flow_matching_loss(net, x0, generator=torch.Generator().manual_seed(3), time_sampling="logit-normal")
+    assert torch.equal(c, d) and not torch.equal(a, c)
+    with pytest.raises(ValueError, match="flow matching"):
+        diffusion.diffusion_loss(net, x0, ac, "epsilon", time_sampling="logit-normal")
 
 
 def test_reflow_pairs_keep_their_noise():
