@@ -9,6 +9,7 @@ from course_lib.models import dit, reflow
 TINY = {"num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 8, "text": {"dim": 16, "heads": 2}}
 CAPTIONS = ["a small red circle in the top left", "a large blue triangle at the bottom",
             "a small green square on the right"]
+HELD = ["a large purple triangle in the center", "a small orange circle at the top"]
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +47,10 @@ def test_reflow_trains_a_student_that_samples_unguided(teacher):
 
 
 def test_measure_gives_one_row_of_the_few_step_table(teacher):
-    row = reflow.measure(dit.make_pipeline(teacher), 1, n_train=4, n_heldout=2, timing_captions=2)
+    row = reflow.measure(dit.make_pipeline(teacher), 1, captions=CAPTIONS, heldout=HELD, timing_captions=2)
     assert row["network_passes_per_picture"] == 2                    # guided: two passes per step
     assert 0 <= row["train_all"] <= 1 and 0 <= row["heldout_all"] <= 1 and row["ms_per_picture"] > 0
     assert isinstance(row["kid_x1000"], float)
-    one = reflow.measure(dit.make_pipeline(teacher), 2, guidance_scale=1.0, n_train=4, n_heldout=2,
+    one = reflow.measure(dit.make_pipeline(teacher), 2, guidance_scale=1.0, captions=CAPTIONS, heldout=HELD,
                          timing_captions=2)
     assert one["network_passes_per_picture"] == 2

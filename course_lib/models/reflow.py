@@ -117,17 +117,17 @@ def train_reflow(teacher: dit.DiTModel, seed: int = 0, captions: list[str] | Non
 # Measuring: the rows of chapter 08's table
 # --------------------------------------------------------------------------------------------
 def measure(pipe, num_inference_steps: int, guidance_scale: float | None = None,
-            reference: torch.Tensor | None = None, seed: int = 0, n_train: int | None = None,
-            n_heldout: int | None = None, timing_captions: int = 32) -> dict:
+            reference: torch.Tensor | None = None, seed: int = 0, captions: list[str] | None = None,
+            heldout: list[str] | None = None, timing_captions: int = 32) -> dict:
     """One row of chapter 08's few-step table for any Shapes pipeline (``shapes-t2i-reflow``, its
-    teacher, the distilled ``shapes-t2i-fast``): all-five accuracy on the first ``n_train`` of the 270
-    train captions and ``n_heldout`` of the 54 held-out ones, KID x 1000 on the judge's features against
-    ``reference`` (real renderings of those train captions, :func:`course_lib.samplers.reference_set`;
+    teacher, the distilled ``shapes-t2i-fast``): all-five accuracy on ``captions`` (default: the 270
+    train captions) and ``heldout`` (default: the 54 held-out ones), KID x 1000 on the judge's features
+    against ``reference`` (real renderings of ``captions``, :func:`course_lib.samplers.reference_set`;
     chapter 08's paired KID), network passes and ms per picture (one batch of ``timing_captions``,
     best of 2, after a warm-up call)."""
     kw = {"num_inference_steps": arguments.steps(num_inference_steps, 1000), "guidance_scale": guidance_scale}
-    caps = shapes.all_captions("train")[:n_train]
-    held = shapes.all_captions("heldout")[:n_heldout]
+    caps = list(captions) if captions is not None else shapes.all_captions("train")
+    held = list(heldout) if heldout is not None else shapes.all_captions("heldout")
     reference = reference if reference is not None else samplers.reference_set(pipe, caps)
     q = samplers.quality(pipe, t2i.generate(pipe, caps, seed=seed, **kw), caps, reference)
     heldout = judges.score_shapes(t2i.generate(pipe, held, seed=seed, **kw), held)["all"]
