@@ -184,16 +184,20 @@ def build_backbone(backbone: str, prediction_type: str, config: dict | None = No
     return DiTModel(cfg) if backbone == "dit" else t2i.TextToImageModel(cfg)
 
 
-def train_config(**overrides) -> t2i.TrainConfig:
-    """Chapter 05's :class:`~course_lib.models.text_to_image.TrainConfig` with :data:`RECIPE`."""
-    return t2i.TrainConfig.from_dict(RECIPE, **overrides)
+def train_config(prediction_type: str = flow.PREDICTION_TYPE, **overrides) -> t2i.TrainConfig:
+    """Chapter 05's :class:`~course_lib.models.text_to_image.TrainConfig` with :data:`RECIPE` for a model
+    trained on ``prediction_type`` (the recipe's logit-normal times are flow matching's: a v-prediction
+    model draws its discrete steps uniformly)."""
+    arguments.choice(prediction_type, PREDICTION_TYPES, "prediction_type")
+    recipe = RECIPE if prediction_type == flow.PREDICTION_TYPE else {**RECIPE, "time_sampling": "uniform"}
+    return t2i.TrainConfig.from_dict(recipe, **overrides)
 
 
 def train_dit(model: nn.Module | None = None, steps: int | None = None, seed: int = 0, eval_fn=None,
               eval_every: int | None = None, progress: bool = False, **overrides):
     """Train ``model`` (default: a new :class:`DiTModel`) with chapter 05's loop on Shapes (train split)
     and :func:`train_config` (``overrides`` change its fields). Returns ``(ema_model, history, settings)``."""
-    hp = train_config(**overrides)
+    hp = train_config(model.config.prediction_type if model is not None else flow.PREDICTION_TYPE, **overrides)
     torch.manual_seed(seed)
     model = model if model is not None else DiTModel()
     ds = shapes.ShapesDataset(hp.n_train, seed=seed + 100, split="train")
@@ -208,7 +212,7 @@ def seconds_per_step(model: nn.Module, n_steps: int = 12, warmup: int = 3, seed:
     ``n_steps`` after ``warmup``, on one batch. It trains ``model`` a little: pass a spare one."""
     from ..training import EMA
 
-    hp = train_config(**overrides)
+    hp = train_config(model.config.prediction_type, **overrides)
     dev = next(model.parameters()).device
     x, caps = shapes.sample(hp.batch_size, seed=seed + 7)
     tok = model.text_encoder.tokenizer(caps)
