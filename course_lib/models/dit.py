@@ -266,14 +266,17 @@ def cells() -> list[tuple[str, str]]:
     return [(b, pt) for b in BACKBONES for pt in reversed(PREDICTION_TYPES)]
 
 
-def time_cell(backbone: str, prediction_type: str, seed: int = 0, **overrides) -> dict:
+def time_cell(backbone: str, prediction_type: str, seed: int = 0, sampling_only: bool = False,
+              **overrides) -> dict:
     """Parameters, CPU seconds per training step (:func:`seconds_per_step`) and sampling ms per picture
-    (:func:`ms_per_picture`) of one cell, on untrained networks (the cost does not depend on the weights)."""
+    (:func:`ms_per_picture`) of one cell, on untrained networks (the cost does not depend on the weights).
+    ``sampling_only``: only the ms per picture."""
     torch.manual_seed(seed)
     model = build_backbone(backbone, prediction_type)
-    row = {"parameters": sum(p.numel() for p in model.parameters()),
-           "sampling_ms_per_picture": ms_per_picture(make_pipeline(model.eval()))}
-    row["cpu_seconds_per_step"] = round(seconds_per_step(model.train(), seed=seed, **overrides), 4)
+    row = {"sampling_ms_per_picture": ms_per_picture(make_pipeline(model.eval()))}
+    if not sampling_only:
+        row["parameters"] = sum(p.numel() for p in model.parameters())
+        row["cpu_seconds_per_step"] = round(seconds_per_step(model.train(), seed=seed, **overrides), 4)
     return row
 
 
@@ -304,10 +307,12 @@ def _record(update) -> None:
     pretrained.write_manifest(manifest)
 
 
-def record_timings(seed: int = 0, quick: bool = False) -> dict:
+def record_timings(seed: int = 0, quick: bool = False, sampling_only: bool = False) -> dict:
     """:func:`time_cell` for the four cells, recorded in ``shapes-t2i-dit``'s manifest record
-    (``quality["backbone_table"]``). ``quick``: a smoke run on 64 pictures, not recorded."""
-    rows = {f"{b} {pt}": time_cell(b, pt, seed, **({"n_train": 64} if quick else {})) for b, pt in cells()}
+    (``quality["backbone_table"]``). ``quick``: a smoke run on 64 pictures, not recorded.
+    ``sampling_only``: measure (again) only the ms per picture."""
+    rows = {f"{b} {pt}": time_cell(b, pt, seed, sampling_only, **({"n_train": 64} if quick else {}))
+            for b, pt in cells()}
     if not quick:
         def update(q):
             table = q.setdefault("backbone_table", {})
@@ -372,12 +377,13 @@ def _main(argv=None) -> int:
     t.add_argument("backbone", choices=BACKBONES)
     t.add_argument("prediction_type", choices=PREDICTION_TYPES)
     t.add_argument("--minutes", type=float, default=TABLE_CPU_MINUTES, help="CPU minutes of training")
+    tm.add_argument("--sampling-only", action="store_true", help="measure only the ms per picture again")
     for p in (tm, t):
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--quick", action="store_true", help="a smoke run of a few seconds, not recorded")
     args = ap.parse_args(argv)
     if args.cmd == "time":
-        out = record_timings(args.seed, args.quick)
+        out = record_timings(args.seed, args.quick, args.sampling_only)
     else:
         out = record_table_cell(args.backbone, args.prediction_type, args.seed, args.quick, args.minutes)
     print(json.dumps(out, indent=2))
