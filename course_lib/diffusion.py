@@ -186,10 +186,19 @@ def min_snr_weight(t, alphas_cumprod: torch.Tensor, gamma: float = 5.0,
 
 def diffusion_loss(model_fn, x0: torch.Tensor, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon",
                    generator: torch.Generator | None = None, min_snr_gamma: float | None = None,
-                   return_parts: bool = False):
+                   return_parts: bool = False, time_sampling: str = "uniform"):
     """One Monte Carlo estimate of the denoising loss: draw t and ε, noise x_0 in closed form, ask
     ``model_fn(x_t, t)`` for ``prediction_type``'s target, return the (optionally Min-SNR-weighted)
-    mean squared error."""
+    mean squared error. ``"flow_prediction"`` is flow matching (:func:`course_lib.flow.flow_matching_loss`:
+    the straight path, times in [0, 1], no ``alphas_cumprod``; ``time_sampling`` "uniform" or
+    "logit-normal", :func:`course_lib.flow.sample_time`); the other types draw the step uniformly."""
+    if prediction_type == "flow_prediction":
+        from . import flow
+        return flow.flow_matching_loss(model_fn, x0, generator=generator, time_sampling=time_sampling,
+                                       return_parts=return_parts)
+    if time_sampling != "uniform":
+        raise ValueError(f"time_sampling {time_sampling!r} is for flow matching (prediction_type "
+                         f"'flow_prediction'); {prediction_type!r} draws its steps uniformly: use 'uniform'")
     n = x0.shape[0]
     T = len(alphas_cumprod)
     t = torch.randint(0, T, (n,), generator=generator).to(x0.device)
