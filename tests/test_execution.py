@@ -56,3 +56,27 @@ def test_time_statement_is_replaced_whole():
     assert "full run about 2 minutes" in new and "1 torch thread," in new
     assert new.endswith("minute. **Prerequisites**: chapters 03 and 04.\n\nMore.") or \
         "**Prerequisites**: chapters 03 and 04." in new
+
+
+def test_quiet_loading_silences_the_hub_libraries_and_restores_them():
+    import huggingface_hub.utils as hub
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    from course_lib.progress import quiet_loading
+
+    assert dlog.is_progress_bar_enabled() and tlog.is_progress_bar_enabled()
+    assert not hub.are_progress_bars_disabled()
+    with quiet_loading():
+        assert not dlog.is_progress_bar_enabled() and not tlog.is_progress_bar_enabled()
+        assert hub.are_progress_bars_disabled()
+        assert dlog.tqdm(range(3)).disable
+    assert dlog.is_progress_bar_enabled() and tlog.is_progress_bar_enabled()
+    assert not hub.are_progress_bars_disabled()
+    dlog.disable_progress_bar()   # a setting the reader chose stays as it was
+    try:
+        with quiet_loading():
+            pass
+        assert not dlog.is_progress_bar_enabled()
+    finally:
+        dlog.enable_progress_bar()
