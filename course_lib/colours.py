@@ -177,6 +177,41 @@ def shapes_colour_names(exclude: tuple | set | frozenset = ()) -> dict[str, list
     return out
 
 
+def hue_figure(exclude: tuple = (), marked: dict | None = None):
+    """Every XKCD and CSS4 colour name on the CIELAB hue circle (angle: hue, radius: chroma), drawn
+    in its own colour: large where :func:`shapes_colour_of` takes it for a Shapes colour, small where
+    it does not. The six Shapes colours are the labelled stars. ``marked``: ``{word: rgb}`` drawn as
+    labelled crosses (the unseen colour words). Returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    names = colour_names()
+    rgb = np.array([c for _, c in names])
+    _, chroma, hue = lch(rgb)
+    taken = np.array([shapes_colour_of(n, c) is not None for n, c in names])
+    fig = plt.figure(figsize=(6.2, 6.2))
+    ax = fig.add_subplot(projection="polar")
+    ax.set_facecolor("0.92")
+    for keep, size in ((False, 6), (True, 22)):
+        k = taken == keep
+        ax.scatter(np.radians(hue[k]), chroma[k], s=size, c=rgb[k], edgecolors="none" if not keep else "k",
+                   linewidths=0.2, label="a Shapes colour" if keep else "not clearly one")
+    palette_names, palette = shapes_palette()
+    _, pc, ph = lch(palette)
+    ax.scatter(np.radians(ph), pc, marker="*", s=260, c=palette, edgecolors="k", linewidths=0.8)
+    for n, c, h in zip(palette_names, pc, ph):
+        ax.annotate(n, (np.radians(h), c), xytext=(6, 6), textcoords="offset points", fontsize=9, weight="bold")
+    for word, colour in (marked or {}).items():
+        _, c, h = (float(v) for v in lch(np.asarray(colour)))
+        ax.scatter([np.radians(h)], [c], marker="X", s=60, c=[colour], edgecolors="k", linewidths=0.8)
+        ax.annotate(word, (np.radians(h), c), xytext=(4, -10), textcoords="offset points", fontsize=7)
+    ax.set_rlabel_position(100)
+    ax.set_yticks([30, 60, 90], ["chroma 30", "60", "90"], fontsize=7)
+    ax.set_xticks(np.radians(np.arange(0, 360, 45)), [f"{d}°" for d in range(0, 360, 45)], fontsize=7)
+    ax.legend(loc="lower left", bbox_to_anchor=(-0.12, -0.12), fontsize=8, framealpha=0.9)
+    ax.set_title("colour names on the CIELAB hue circle", fontsize=10)
+    return fig
+
+
 # --------------------------------------------------------------------------------------------
 # The colour probe
 # --------------------------------------------------------------------------------------------
