@@ -1,7 +1,9 @@
 """``[PASS]`` / ``[FAIL]`` checks for the exercises of every chapter (convention taught in chapter 00).
 
-A check prints one line and returns a bool; it never raises, so a student notebook with an
-unfinished exercise still runs to the end and shows ``[FAIL] ... not implemented yet``.
+A check prints one line and returns a :class:`CheckResult`, truthy when it passed; it never raises,
+so a student notebook with an unfinished exercise still runs to the end and shows
+``[FAIL] ... not implemented yet``. As the last line of a notebook cell a result shows nothing more
+than its printed line (no ``Out[n]: True`` under it).
 """
 from __future__ import annotations
 
@@ -10,7 +12,35 @@ import traceback
 import torch
 
 
-def _report(ok: bool, name: str, detail: str = "", hint: str = "") -> bool:
+class CheckResult:
+    """What a check returns: ``bool(result)`` is whether it passed; ``result.name`` says which check.
+    Compares equal to ``True``/``False``. In a notebook it displays nothing: the check has already
+    printed its ``[PASS]``/``[FAIL]`` line."""
+
+    __slots__ = ("passed", "name")
+
+    def __init__(self, passed: bool, name: str):
+        self.passed, self.name = bool(passed), name
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (bool, CheckResult)):
+            return self.passed == bool(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.passed)
+
+    def __repr__(self) -> str:
+        return f"CheckResult({self.name!r}, passed={self.passed})"
+
+    def _ipython_display_(self) -> None:
+        """IPython calls this instead of printing ``Out[n]: ...``: nothing to add to the line above."""
+
+
+def _report(ok: bool, name: str, detail: str = "", hint: str = "") -> CheckResult:
     if ok:
         print(f"[PASS] {name}" + (f" ({detail})" if detail else ""))
     else:
@@ -18,16 +48,16 @@ def _report(ok: bool, name: str, detail: str = "", hint: str = "") -> bool:
         if hint:
             msg += f"\n       hint: {hint}"
         print(msg)
-    return ok
+    return CheckResult(ok, name)
 
 
-def check(condition, name: str, hint: str = "", detail: str = "") -> bool:
+def check(condition, name: str, hint: str = "", detail: str = "") -> CheckResult:
     """Pass when ``condition`` is truthy."""
     return _report(bool(condition), name, detail, hint)
 
 
 def check_close(actual, expected, name: str, atol: float = 1e-5, rtol: float = 1e-4,
-                hint: str = "") -> bool:
+                hint: str = "") -> CheckResult:
     """Pass when two numbers or tensors agree within tolerance (and have the same shape)."""
     try:
         a = torch.as_tensor(actual, dtype=torch.float64)
@@ -41,13 +71,15 @@ def check_close(actual, expected, name: str, atol: float = 1e-5, rtol: float = 1
     return _report(ok, name, f"max abs error {err:.2e}", hint)
 
 
-def run_check(name: str, fn, hint: str = "") -> bool:
+def run_check(name: str, fn, hint: str = "") -> CheckResult:
     """Run ``fn()``, which asserts what must hold. An ``AssertionError`` or any other error is a
-    ``[FAIL]`` (with the message); ``NotImplementedError`` says the exercise is not done yet."""
+    ``[FAIL]`` (with the message); ``NotImplementedError`` says the exercise is not done yet. When
+    ``fn`` returns a string, the ``[PASS]`` line shows it (what was measured)."""
     try:
         detail = fn()
     except NotImplementedError:
-        return _report(False, name, "not implemented yet (replace the `raise NotImplementedError`)", hint)
+        return _report(False, name, "not implemented yet (replace the `raise NotImplementedError`)",
+                       hint)
     except AssertionError as exc:
         return _report(False, name, str(exc) or "an assertion failed", hint)
     except Exception as exc:

@@ -186,10 +186,19 @@ def min_snr_weight(t, alphas_cumprod: torch.Tensor, gamma: float = 5.0,
 
 def diffusion_loss(model_fn, x0: torch.Tensor, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon",
                    generator: torch.Generator | None = None, min_snr_gamma: float | None = None,
-                   return_parts: bool = False):
+                   return_parts: bool = False, time_sampling: str = "uniform"):
     """One Monte Carlo estimate of the denoising loss: draw t and ε, noise x_0 in closed form, ask
     ``model_fn(x_t, t)`` for ``prediction_type``'s target, return the (optionally Min-SNR-weighted)
-    mean squared error."""
+    mean squared error. ``"flow_prediction"`` is flow matching (:func:`course_lib.flow.flow_matching_loss`:
+    the straight path, times in [0, 1], no ``alphas_cumprod``; ``time_sampling`` "uniform" or
+    "logit-normal", :func:`course_lib.flow.sample_time`); the other types draw the step uniformly."""
+    if prediction_type == "flow_prediction":
+        from . import flow
+        return flow.flow_matching_loss(model_fn, x0, generator=generator, time_sampling=time_sampling,
+                                       return_parts=return_parts)
+    if time_sampling != "uniform":
+        raise ValueError(f"time_sampling {time_sampling!r} is for flow matching (prediction_type "
+                         f"'flow_prediction'); {prediction_type!r} draws its steps uniformly: use 'uniform'")
     n = x0.shape[0]
     T = len(alphas_cumprod)
     t = torch.randint(0, T, (n,), generator=generator).to(x0.device)
@@ -292,18 +301,13 @@ def sample_ddpm(model_fn, shape, alphas_cumprod: torch.Tensor, generator: torch.
     Returns x_0 in the model's range (for the course: [-1, 1]).
     """
     T = len(alphas_cumprod)
-    steps = inference_timesteps(T, num_inference_steps or T)
-    device = device or "cpu"
-    x = torch.randn(shape, generator=generator).to(device)
-    for i, t in enumerate(steps):
-        prev_t = steps[i + 1] if i + 1 < len(steps) else -1
-        tt = torch.full((shape[0],), t, dtype=torch.long, device=device)
-        out = model_fn(x, tt)
-        x, x0 = ddpm_step(out, t, x, alphas_cumprod, prev_t=prev_t, prediction_type=prediction_type,
-                          clip_sample=clip_sample, generator=generator, return_x0=True)
-        if callback is not None:
-            callback(t, x, x0)
-    return x
+
+    def step(out, t, x, prev_t):
+        return ddpm_step(out, t, x, alphas_cumprod, prev_t=prev_t, prediction_type=prediction_type,
+                         clip_sample=clip_sample, generator=generator, return_x0=True)
+
+    return _reverse_loop(model_fn, step, shape, inference_timesteps(T, num_inference_steps or T),
+                         generator, device, callback)
 
 
 @torch.no_grad()
@@ -312,15 +316,24 @@ def sample_ddim(model_fn, shape, alphas_cumprod: torch.Tensor, num_inference_ste
                 clip_sample: bool = False, device=None, callback=None) -> torch.Tensor:
     """DDIM sampling with :func:`ddim_step` over ``num_inference_steps`` evenly spaced timesteps."""
     T = len(alphas_cumprod)
-    steps = inference_timesteps(T, num_inference_steps)
+
+    def step(out, t, x, prev_t):
+        return ddim_step(out, t, x, alphas_cumprod, prev_t, prediction_type=prediction_type, eta=eta,
+                         clip_sample=clip_sample, generator=generator, return_x0=True)
+
+    return _reverse_loop(model_fn, step, shape, inference_timesteps(T, num_inference_steps),
+                         generator, device, callback)
+
+
+def _reverse_loop(model_fn, step, shape, steps, generator, device, callback) -> torch.Tensor:
+    """The loop both hand-written samplers share: pure noise, then ``step(out, t, x, prev_t) ->
+    (x_prev, x0_hat)`` at each timestep of ``steps`` (descending; the last step goes to index -1)."""
     device = device or "cpu"
-    x = torch.randn(shape, generator=generator).to(device)
+    x = torch.randn(shape, generator=generator).to(device)           # [n, c, h, w]
     for i, t in enumerate(steps):
         prev_t = steps[i + 1] if i + 1 < len(steps) else -1
         tt = torch.full((shape[0],), t, dtype=torch.long, device=device)
-        out = model_fn(x, tt)
-        x, x0 = ddim_step(out, t, x, alphas_cumprod, prev_t, prediction_type=prediction_type, eta=eta,
-                          clip_sample=clip_sample, generator=generator, return_x0=True)
+        x, x0 = step(model_fn(x, tt), t, x, prev_t)
         if callback is not None:
             callback(t, x, x0)
     return x

@@ -269,25 +269,31 @@ def paired_kernel_distance(feats_real, feats_fake, standardise: bool = True) -> 
 
 def kernel_inception_distance(feats_a, feats_b, subsets: int = 100, subset_size: int = 1000,
                               degree: int = 3, gamma: float | None = None, coef: float = 1.0,
-                              seed: int = 0, return_std: bool = False):
+                              seed: int = 0, return_std: bool = False, mmd=None):
     """Kernel Inception Distance (Binkowski et al., 2018): the unbiased squared MMD with the cubic
     polynomial kernel, averaged over ``subsets`` random subsets of ``subset_size`` from each set
     (capped at the smaller set's size). Unlike FID its estimate is unbiased: it is near 0, possibly
     negative, for two samples of the same distribution, whatever their size.
 
     Returns the mean (and the standard deviation over subsets with ``return_std``); ``seed`` fixes
-    the subsets.
+    the subsets. ``mmd(a, b) -> float`` estimates one subset's squared MMD with the cubic kernel
+    (default :func:`mmd2_unbiased`; chapter 07 passes the learner's own).
     """
     a, b = _f64(feats_a), _f64(feats_b)
     m = min(subset_size, len(a), len(b))
     if m < 2:
         raise ValueError("KID needs at least 2 samples in each set")
+    if mmd is not None and (degree, gamma, coef) != (3, None, 1.0):
+        raise ValueError("give either mmd or the kernel's degree/gamma/coef, not both")
     g = torch.Generator().manual_seed(seed)
     vals = []
     for _ in range(subsets):
         ia = torch.randperm(len(a), generator=g)[:m]
         ib = torch.randperm(len(b), generator=g)[:m]
-        vals.append(mmd2_unbiased(a[ia], b[ib], degree=degree, gamma=gamma, coef=coef))
+        if mmd is None:
+            vals.append(mmd2_unbiased(a[ia], b[ib], degree=degree, gamma=gamma, coef=coef))
+        else:
+            vals.append(float(mmd(a[ia], b[ib])))
     mean = float(np.mean(vals))
     return (mean, float(np.std(vals))) if return_std else mean
 
@@ -513,8 +519,10 @@ def _call_first(obj, names, *args):
 
 @torch.no_grad()
 def clip_score(images: torch.Tensor, captions, model=None) -> float:
-    """CLIP score (Hessel et al., 2021, as torchmetrics reports it): the mean over pairs of
-    ``max(100 cos(E_image, E_text), 0)``, with the tiny CLIP ``shapes-clip`` of chapter 06.
+    """CLIP score as torchmetrics reports it: the mean over pairs of ``100 * max(cos(E_image,
+    E_text), 0)``, with the tiny CLIP ``shapes-clip`` of chapter 06. Hessel et al. (2021) define
+    CLIP-S with a weight of 2.5 instead of 100 (``2.5 * max(cos, 0)``): the same ranking, on a
+    different scale, so say which one a number uses.
 
     ``model`` needs ``encode_images(images) -> [n, d]`` and ``encode_texts(list[str]) -> [n, d]`` (as
     chapter 06's ``TinyCLIP``; ``encode_image``/``encode_text`` or ``get_image_features``/

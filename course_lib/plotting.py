@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from matplotlib import ticker
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -21,16 +22,29 @@ def to_numpy_image(img) -> np.ndarray:
     return np.clip(img, 0, 1)
 
 
+def grid_shape(n: int, ncols: int) -> tuple[int, int]:
+    """``(rows, columns)`` for ``n`` pictures in at most ``ncols`` columns with no empty column and
+    rows as full as they can be: 9 pictures in at most 8 columns are 2 rows of 5, not 8 + 1."""
+    if n < 1 or ncols < 1:
+        raise ValueError(f"need at least one picture and one column, got n={n}, ncols={ncols}")
+    rows = math.ceil(n / ncols)
+    return rows, math.ceil(n / rows)
+
+
 def show_images(images, captions=None, ncols: int = 8, title: str | None = None,
-                size: float = 1.3, fontsize: int = 7, wrap: int = 18, fig=None):
+                size: float = 1.3, fontsize: int = 9, wrap: int | None = None, fig=None):
     """Show a batch of pictures ([n, C, H, W] in [0, 1]) as a grid, each with its caption.
 
-    Returns the matplotlib figure (pass ``fig`` to redraw into an existing one, e.g. a live grid).
+    At most ``ncols`` columns, balanced by :func:`grid_shape`. Captions wrap at ``wrap`` characters
+    (default: what fits ``size`` inches at ``fontsize``). Returns the matplotlib figure (pass ``fig``
+    to redraw into an existing one, e.g. a live grid).
     """
     images = list(images)
     n = len(images)
-    ncols = max(1, min(ncols, n))
-    nrows = max(1, math.ceil(n / ncols))
+    if captions is not None and len(captions) < n:
+        raise ValueError(f"got {len(captions)} captions for {n} pictures")
+    nrows, ncols = grid_shape(n, ncols) if n else (1, 1)
+    wrap = wrap if wrap is not None else max(8, int(size * 130 / fontsize))
     extra = 0.35 * (2 if captions is not None else 0)
     if fig is None:
         fig = plt.figure(figsize=(ncols * size, nrows * (size + extra)))
@@ -83,6 +97,9 @@ def plot_losses(history, keys=None, window: int = 25, ax=None, title: str | None
     ax.set_xlabel("step")
     if logy:
         ax.set_yscale("log")
+        # plain numbers ("0.05", "1.2") on the log axis, not 1.2x10^0 on a short range of losses
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(ticker.LogFormatter(minor_thresholds=(2, 0.4)))
     ax.legend()
     if title:
         ax.set_title(title)

@@ -45,6 +45,9 @@ ENTRY_MODULES = (
     "course_lib.ladder",
     "course_lib.models.fast",
     "course_lib.models.latent",
+    "course_lib.flow",
+    "course_lib.models.dit",
+    "course_lib.models.reflow",
 )
 
 

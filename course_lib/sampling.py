@@ -113,13 +113,14 @@ def denoise_loop(scheduler, net: Callable, latents: torch.Tensor, num_inference_
     ``progress_bar(total=...)`` (None: no bar). Returns the final sample [n, ...].
     """
     scheduler.set_timesteps(num_inference_steps)
-    x = latents * scheduler.init_noise_sigma
+    x = latents * getattr(scheduler, "init_noise_sigma", 1.0)      # flow matching starts at unit noise
+    scale = getattr(scheduler, "scale_model_input", lambda sample, t: sample)
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
     kw = {"generator": generator} if takes_generator else {}
     bar = progress_bar(total=len(scheduler.timesteps)) if progress_bar is not None else contextlib.nullcontext()
     with bar:
         for i, t in enumerate(scheduler.timesteps):
-            out = guided(net, scheduler.scale_model_input(x, t), t, cond, uncond, guidance_scale, mode)
+            out = guided(net, scale(x, t), t, cond, uncond, guidance_scale, mode)
             x = scheduler.step(out, t, x, **kw).prev_sample
             if callback_on_step_end is not None:
                 returned = callback_on_step_end(pipe, i, t, {"latents": x}) or {}
@@ -178,7 +179,7 @@ def make_scheduler(name: str, model, spacing: str = "trailing", shift: float = 1
     arguments.choice(name, allowed, "sampler")
     arguments.choice(spacing, ("trailing", "leading", "linspace"), "spacing")
     cfg = schedule_of(model)
-    if name in FLOW_SAMPLERS or cfg["prediction_type"] == "flow":
+    if name in FLOW_SAMPLERS or cfg["prediction_type"] in ("flow", "flow_prediction"):
         if name not in FLOW_SAMPLERS:
             raise ValueError(f"a flow-matching model samples with {FLOW_SAMPLERS}, got {name!r}")
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=cfg["num_train_timesteps"], shift=shift)

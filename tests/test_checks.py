@@ -1,11 +1,13 @@
+"""The [PASS]/[FAIL] checks every chapter's exercises use (course_lib.checks)."""
 import torch
+from IPython.core.formatters import DisplayFormatter
 
-from course_lib.checks import check, check_close, run_check
+from course_lib.checks import CheckResult, check, check_close, run_check
 
 
 def test_check_prints_pass_and_fail(capsys):
-    assert check(True, "ok") is True
-    assert check(False, "bad", hint="try again") is False
+    assert check(True, "ok") == True  # noqa: E712 (a CheckResult compares equal to a bool)
+    assert check(False, "bad", hint="try again") == False  # noqa: E712
     out = capsys.readouterr().out
     assert "[PASS] ok" in out and "[FAIL] bad" in out and "try again" in out
 
@@ -33,3 +35,15 @@ def test_run_check_never_raises(capsys):
     out = capsys.readouterr().out
     assert "not implemented yet" in out and "one is not two" in out and "IndexError" in out
     assert "[PASS] fine (all good)" in out
+
+
+def test_a_check_as_the_last_line_of_a_cell_shows_no_out_prompt(capsys):
+    """IPython shows nothing for a result whose _ipython_display_ draws nothing: no 'Out[n]: True'
+    under the [PASS] line. A plain bool would be shown."""
+    formatter = DisplayFormatter()
+    result = run_check("quiet", lambda: None)
+    assert isinstance(result, CheckResult) and result.name == "quiet"
+    assert formatter.format(result) == ({}, {})
+    assert formatter.format(True)[0].get("text/plain") == "True"
+    assert "passed=True" in repr(result) and "passed=False" in repr(check(False, "x"))
+    assert {check(True, "a"), True} == {True}                       # hashable like the bool it is

@@ -140,3 +140,22 @@ def test_digit_denoiser_trains_and_samples():
     assert x.shape == (3, 1, 28, 28) and x.min() >= 0 and x.max() <= 1
     x2 = ddpm.sample_digits(model, n=2, sampler="ddpm", num_inference_steps=4)
     assert x2.shape == (2, 1, 28, 28)
+
+
+def test_train_ddpm_runs_the_loss_it_is_given():
+    """Chapter 04 trains with the learner's loss: the same draws give the same run as the default."""
+    from course_lib.models import ddpm
+
+    small = dict(config={"block_out_channels": [8, 16, 16], "norm_num_groups": 4, "attention_head_dim": 8},
+                 steps=2, progress=False, batch_size=8)
+    calls = []
+
+    def mine(model_fn, x0, ac, generator):
+        calls.append(x0.shape)
+        return diffusion.diffusion_loss(model_fn, x0, ac, generator=generator)
+
+    _, default = ddpm.train_ddpm(**small)
+    _, given = ddpm.train_ddpm(loss=mine, **small)
+    assert len(calls) == 2 and given.losses == default.losses
+    with pytest.raises(TypeError, match="loss must be"):
+        ddpm.train_ddpm(loss="mse", **small)

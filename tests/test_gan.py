@@ -1,5 +1,5 @@
 """Chapter 01 contracts: the GAN losses (signs, saturation), the optimal discriminator, the generator
-API, one training step, and the shipped checkpoints."""
+API, the training step (the one chapter 01's learner writes), and the shipped checkpoints."""
 import math
 
 import pytest
@@ -107,6 +107,99 @@ def test_gan_training_step_runs_and_learns(n_classes):
     assert model.generate(4).shape == (4, 1, 28, 28)
 
 
+def _tiny_pair(n_classes=0, seed=0):
+    torch.manual_seed(seed)
+    G = gan.DCGenerator(z_dim=8, width=4, n_classes=n_classes)
+    D = gan.DCDiscriminator(width=4, n_classes=n_classes, extra_conv=False)
+    return G, D, torch.optim.Adam(G.parameters(), lr=1e-2), torch.optim.Adam(D.parameters(), lr=1e-2)
+
+
+def test_gan_step_matches_a_step_written_out_by_hand():
+    """The reference the learner's step is checked against: D on real and detached fakes, then G
+    through the updated D; compared with the same update written out with plain autograd calls."""
+    import copy
+    G, D, opt_g, opt_d = _tiny_pair()
+    G2, D2 = copy.deepcopy(G), copy.deepcopy(D)
+    opt_g2 = torch.optim.Adam(G2.parameters(), lr=1e-2)
+    opt_d2 = torch.optim.Adam(D2.parameters(), lr=1e-2)
+    real, z = torch.rand(8, 1, 28, 28) * 2 - 1, torch.randn(8, 8)
+    logs = gan.gan_step(G, D, opt_g, opt_d, real, z)
+    fake = G2(z)
+    d_loss = (F.binary_cross_entropy_with_logits(D2(real), torch.ones(8))
+              + F.binary_cross_entropy_with_logits(D2(fake.detach()), torch.zeros(8)))
+    d_grads = torch.autograd.grad(d_loss, list(D2.parameters()))
+    for p, g_ in zip(D2.parameters(), d_grads):
+        p.grad = g_
+    opt_d2.step()
+    g_loss = F.binary_cross_entropy_with_logits(D2(fake), torch.ones(8))
+    g_grads = torch.autograd.grad(g_loss, list(G2.parameters()))
+    for p, g_ in zip(G2.parameters(), g_grads):
+        p.grad = g_
+    opt_g2.step()
+    assert logs["d_loss"] == pytest.approx(d_loss.item(), abs=1e-5)
+    assert logs["g_loss"] == pytest.approx(g_loss.item(), abs=1e-5)
+    for a, b in zip(list(G.parameters()) + list(D.parameters()),
+                    list(G2.parameters()) + list(D2.parameters())):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_gan_step_detaches_the_fakes_for_the_discriminator():
+    G, D, opt_g, opt_d = _tiny_pair()
+    reaches_g = {}
+
+    def d_loss(real_logits, fake_logits):
+        grads = torch.autograd.grad(fake_logits.sum(), list(G.parameters()), allow_unused=True,
+                                    retain_graph=True) if fake_logits.requires_grad else []
+        reaches_g["d"] = any(g_ is not None for g_ in grads)
+        return gan.discriminator_loss(real_logits, fake_logits)
+
+    def g_loss(fake_logits):
+        grads = torch.autograd.grad(fake_logits.sum(), list(G.parameters()), allow_unused=True,
+                                    retain_graph=True)
+        reaches_g["g"] = any(g_ is not None for g_ in grads)
+        return gan.generator_loss_nonsaturating(fake_logits)
+
+    before = [p.detach().clone() for p in G.parameters()]
+    gan.gan_step(G, D, opt_g, opt_d, torch.rand(8, 1, 28, 28) * 2 - 1, torch.randn(8, 8),
+                 d_loss_fn=d_loss, g_loss_fn=g_loss)
+    assert reaches_g == {"d": False, "g": True}       # D's loss stops at the fakes, G's does not
+    assert any((a - b).abs().max() > 0 for a, b in zip(before, G.parameters()))
+
+
+@pytest.mark.parametrize("n_classes", [0, 10])
+def test_make_gan_step_uses_the_update_it_is_given_and_extra_generator_steps(n_classes, monkeypatch):
+    G, D, opt_g, opt_d = _tiny_pair(n_classes)
+    calls, extra = [], []
+
+    def my_update(G_, D_, opt_g_, opt_d_, real, z, labels, **kwargs):
+        calls.append((real.min().item(), labels, kwargs))
+        return gan.gan_step(G_, D_, opt_g_, opt_d_, real, z, labels, **kwargs)
+
+    real_generator_update = gan.generator_update
+    monkeypatch.setattr(gan, "generator_update",
+                        lambda *a, **k: extra.append(1) or real_generator_update(*a, **k))
+    step = gan.make_gan_step(G, D, opt_g, opt_d, g_steps=3, update=my_update,
+                             noise_generator=torch.Generator().manual_seed(0))
+    logs = step((torch.rand(8, 1, 28, 28), torch.arange(8) % 10), 0)
+    (real_min, labels, kwargs), = calls
+    assert real_min >= -1 and real_min < 0                # pictures reach D in [-1, 1]
+    assert (labels is None) == (n_classes == 0)
+    assert kwargs["g_loss_fn"] is gan.generator_loss_nonsaturating
+    assert kwargs["d_loss_fn"] is gan.discriminator_loss
+    assert len(extra) == 2                                # g_steps=3: two generator-only updates
+    assert set(logs) == {"d_loss", "g_loss", "d_real", "d_fake"}
+
+
+def test_make_gan_step_rejects_bad_arguments():
+    G, D, opt_g, opt_d = _tiny_pair()
+    with pytest.raises(ValueError, match="nonsaturating"):
+        gan.make_gan_step(G, D, opt_g, opt_d, g_loss="wasserstein")
+    with pytest.raises(ValueError, match="g_steps"):
+        gan.make_gan_step(G, D, opt_g, opt_d, g_steps=0)
+    with pytest.raises(TypeError):
+        gan.make_gan_step(G, D, opt_g, opt_d, d_loss="bce")
+
+
 def test_registered():
     names = pretrained.known()
     assert "dcgan-mnist" in names and "cgan-mnist" in names
@@ -123,7 +216,14 @@ def test_shipped_checkpoint(name):
     x = G.generate(10, labels=labels, generator=torch.Generator().manual_seed(0))
     assert x.shape == (10, 1, 28, 28) and 0 <= x.min() and x.max() <= 1
     q = rec["quality"]
-    if G.n_classes:  # issue 3's targets, as measured by the train command with the mnist-classifier
+    if G.n_classes:  # chapter 01's bars, as measured by the train command with the mnist-classifier
         assert q["accuracy"] >= 0.95, q
     else:
-        assert q["mean_top_prob"] >= 0.90 and q["hist_entropy"] >= 0.95 * math.log(10), q
+        assert q["mean_top_prob"] >= 0.91 and q["hist_entropy"] >= 0.95 * math.log(10), q
+
+
+@pytest.mark.xfail(strict=True, reason="dcgan-mnist reads 0.9184 (10000 steps); 7000 steps read 0.9144 "
+                   "and 12000 with the learning rates decayed to 0 read 0.9097: the recipe plateaus "
+                   "just under 0.92. Remove this mark when a retrained generator reaches it.")
+def test_dcgan_reaches_the_courses_confidence_target():
+    assert pretrained.read_manifest()["models"]["dcgan-mnist"]["quality"]["mean_top_prob"] >= 0.92

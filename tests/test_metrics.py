@@ -14,7 +14,7 @@ from skimage.metrics import structural_similarity as sk_ssim
 from torchmetrics.functional.image import peak_signal_noise_ratio as tm_psnr
 from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
 
-from course_lib import metrics as M
+from course_lib import metrics
 from course_lib import pretrained
 from course_lib.data import mnist, shapes
 from course_lib.judges import MnistClassifier, ShapesJudge
@@ -47,40 +47,40 @@ def _skimage_ssim(x, y):
 @pytest.mark.parametrize("i", range(6))
 def test_psnr_matches_skimage_and_torchmetrics(i):
     x, y = _pairs()[i]
-    ours = M.psnr(x, y)
+    ours = metrics.psnr(x, y)
     assert abs(ours - sk_psnr(x.double().numpy(), y.double().numpy(), data_range=1.0)) < TOL
     assert abs(ours - tm_psnr(y.double(), x.double(), data_range=1.0).item()) < TOL
-    per = M.psnr(x, y, per_image=True)
+    per = metrics.psnr(x, y, per_image=True)
     ref = [sk_psnr(a.double().numpy(), b.double().numpy(), data_range=1.0) for a, b in zip(x, y)]
     assert np.allclose(per.numpy(), ref, atol=TOL)
 
 
 def test_psnr_identical_is_inf_and_known_value():
     x = torch.rand(2, 1, 8, 8)
-    assert M.psnr(x, x) == math.inf
-    assert abs(M.psnr(torch.zeros(10, dtype=torch.float64), torch.full((10,), 0.1, dtype=torch.float64)) - 20.0) < 1e-9      # MSE 0.01 -> 20 dB
+    assert metrics.psnr(x, x) == math.inf
+    assert abs(metrics.psnr(torch.zeros(10, dtype=torch.float64), torch.full((10,), 0.1, dtype=torch.float64)) - 20.0) < 1e-9      # MSE 0.01 -> 20 dB
 
 
 @pytest.mark.parametrize("i", range(6))
 def test_ssim_valid_matches_skimage(i):
     x, y = _pairs()[i]
-    per = M.ssim(x, y, per_image=True)
+    per = metrics.ssim(x, y, per_image=True)
     ref = np.array([_skimage_ssim(a, b) for a, b in zip(x, y)])
     assert np.abs(per.numpy() - ref).max() < TOL
-    assert abs(M.ssim(x, y) - ref.mean()) < TOL
+    assert abs(metrics.ssim(x, y) - ref.mean()) < TOL
 
 
 @pytest.mark.parametrize("i", range(6))
 def test_ssim_reflect_matches_torchmetrics(i):
     x, y = _pairs()[i]
     ref = tm_ssim(y.double(), x.double(), data_range=1.0).item()
-    assert abs(M.ssim(x, y, border="reflect") - ref) < TOL
+    assert abs(metrics.ssim(x, y, border="reflect") - ref) < TOL
 
 
 def test_ssim_identity_and_2d_input():
     x = torch.rand(28, 28)
-    assert abs(M.ssim(x, x) - 1.0) < 1e-12
-    assert abs(M.ssim(x, 1 - x) - _skimage_ssim(x[None], 1 - x[None])) < TOL
+    assert abs(metrics.ssim(x, x) - 1.0) < 1e-12
+    assert abs(metrics.ssim(x, 1 - x) - _skimage_ssim(x[None], 1 - x[None])) < TOL
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,17 +88,17 @@ def test_ssim_identity_and_2d_input():
 # ---------------------------------------------------------------------------------------------
 def test_inception_score_known_tables():
     K = 10
-    assert abs(M.inception_score(torch.full((50, K), 1 / K)) - 1.0) < 1e-12      # uninformative
-    assert abs(M.inception_score(torch.eye(K).repeat(5, 1)) - K) < 1e-9           # confident, balanced
+    assert abs(metrics.inception_score(torch.full((50, K), 1 / K)) - 1.0) < 1e-12      # uninformative
+    assert abs(metrics.inception_score(torch.eye(K).repeat(5, 1)) - K) < 1e-9           # confident, balanced
     collapsed = torch.zeros(50, K); collapsed[:, 3] = 1
-    assert abs(M.inception_score(collapsed) - 1.0) < 1e-12                        # confident, one class
+    assert abs(metrics.inception_score(collapsed) - 1.0) < 1e-12                        # confident, one class
     # two pictures: [1, 0] and [.5, .5]; p(y) = [.75, .25]
     p = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
     kl1 = math.log(1 / 0.75)
     kl2 = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)
-    assert abs(M.inception_score(p) - math.exp((kl1 + kl2) / 2)) < 1e-12
+    assert abs(metrics.inception_score(p) - math.exp((kl1 + kl2) / 2)) < 1e-12
     # half the classes, evenly: K/2
-    assert abs(M.inception_score(torch.eye(K)[:4].repeat(3, 1)) - 4) < 1e-9
+    assert abs(metrics.inception_score(torch.eye(K)[:4].repeat(3, 1)) - 4) < 1e-9
 
 
 def test_inception_score_entropy_identity_and_torchmetrics():
@@ -109,7 +109,7 @@ def test_inception_score_entropy_identity_and_torchmetrics():
     p = torch.softmax(logits.double(), 1)
     h_y = -(p.mean(0) * p.mean(0).log()).sum()
     h_y_x = -(p * p.log()).sum(1).mean()
-    assert abs(M.inception_score(p) - math.exp(h_y - h_y_x)) < 1e-9
+    assert abs(metrics.inception_score(p) - math.exp(h_y - h_y_x)) < 1e-9
     for splits in (1, 4):
         metric = InceptionScore(feature=nn.Identity(), splits=splits)
         metric.update(logits)
@@ -117,18 +117,18 @@ def test_inception_score_entropy_identity_and_torchmetrics():
         tm_mean, _ = metric.compute()
         torch.manual_seed(123)
         perm = torch.randperm(len(logits))                                      # torchmetrics shuffles
-        ours = M.inception_score_from_logits(logits[perm], splits=splits)
+        ours = metrics.inception_score_from_logits(logits[perm], splits=splits)
         assert abs(ours - tm_mean.item()) < TOL * max(1, ours)
-    mean, std = M.inception_score(p, splits=4, return_std=True)
-    per = [M.inception_score(c) for c in torch.chunk(p, 4)]
+    mean, std = metrics.inception_score(p, splits=4, return_std=True)
+    per = [metrics.inception_score(c) for c in torch.chunk(p, 4)]
     assert abs(mean - np.mean(per)) < 1e-12 and abs(std - np.std(per)) < 1e-12
 
 
 def test_wrong_inception_score_rewards_collapse():
     collapsed = torch.zeros(50, 10); collapsed[:, 1] = 1
-    assert M.wrong_inception_score(collapsed) == 1.0 and M.inception_score(collapsed) == 1.0
+    assert metrics.wrong_inception_score(collapsed) == 1.0 and metrics.inception_score(collapsed) == 1.0
     with pytest.raises(ValueError):
-        M.inception_score(torch.randn(5, 3))                                     # logits, not probs
+        metrics.inception_score(torch.randn(5, 3))                                     # logits, not probs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ def test_frechet_distance_against_scipy_and_torchmetrics():
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     a, b = _feature_sets()
-    ours = M.frechet_distance(a, b)
+    ours = metrics.frechet_distance(a, b)
     assert abs(ours - _scipy_fid(a, b)) < TOL * max(1, ours)
 
     class Identity(nn.Identity):
@@ -168,17 +168,17 @@ def test_frechet_distance_against_scipy_and_torchmetrics():
 
 def test_frechet_distance_closed_forms():
     # 1-D: (m1 - m2)^2 + (s1 - s2)^2
-    assert abs(M.frechet_distance_gaussians([1.0], [[4.0]], [3.0], [[9.0]]) - (4 + 1)) < 1e-12
+    assert abs(metrics.frechet_distance_gaussians([1.0], [[4.0]], [3.0], [[9.0]]) - (4 + 1)) < 1e-12
     # diagonal covariances: sum over coordinates
     v1, v2 = torch.tensor([1.0, 4.0, 0.25]), torch.tensor([9.0, 1.0, 1.0])
     want = 1.0 + ((v1.sqrt() - v2.sqrt()) ** 2).sum().item()
-    assert abs(M.frechet_distance_gaussians(torch.zeros(3), torch.diag(v1), torch.tensor([1.0, 0, 0]),
+    assert abs(metrics.frechet_distance_gaussians(torch.zeros(3), torch.diag(v1), torch.tensor([1.0, 0, 0]),
                                             torch.diag(v2)) - want) < 1e-12
     # same set: 0; a shifted copy: the squared shift
     a, _ = _feature_sets()
-    assert abs(M.frechet_distance(a, a)) < 1e-6
+    assert abs(metrics.frechet_distance(a, a)) < 1e-6
     shift = torch.linspace(-1, 1, a.shape[1])
-    assert abs(M.frechet_distance(a, a + shift) - shift.pow(2).sum().item()) < 1e-6
+    assert abs(metrics.frechet_distance(a, a + shift) - shift.pow(2).sum().item()) < 1e-6
 
 
 def test_kid_matches_torchmetrics():
@@ -192,12 +192,29 @@ def test_kid_matches_torchmetrics():
         kid.update(b.double(), real=False)
         torch.manual_seed(7)                                                    # torchmetrics' subsets
         tm_mean, _ = kid.compute()
-        ours = M.kernel_inception_distance(a, b, subsets=subsets, subset_size=size, seed=7)
+        ours = metrics.kernel_inception_distance(a, b, subsets=subsets, subset_size=size, seed=7)
         assert abs(ours - tm_mean.item()) < TOL * max(1, abs(ours))
     # unbiased: near 0 for two samples of one distribution
     g = torch.Generator().manual_seed(3)
     x, y = torch.randn(300, 8, generator=g), torch.randn(300, 8, generator=g)
-    assert abs(M.kernel_inception_distance(x, y, subsets=20, subset_size=100)) < 0.02
+    assert abs(metrics.kernel_inception_distance(x, y, subsets=20, subset_size=100)) < 0.02
+
+
+def test_kid_averages_the_estimator_it_is_given_over_the_same_subsets():
+    """Chapter 07 passes the learner's estimator: same subsets, same mean as the library's."""
+    a, b = _feature_sets(n=80)
+    calls = []
+
+    def mine(x, y):
+        calls.append(len(x))
+        return metrics.mmd2_unbiased(x, y)
+
+    want = metrics.kernel_inception_distance(a, b, subsets=4, subset_size=30, seed=2)
+    assert metrics.kernel_inception_distance(a, b, subsets=4, subset_size=30, seed=2, mmd=mine) == \
+        pytest.approx(want, rel=1e-12)
+    assert calls == [30] * 4
+    with pytest.raises(ValueError, match="not both"):
+        metrics.kernel_inception_distance(a, b, degree=2, mmd=mine)
 
 
 @pytest.mark.parametrize("net_cls,kind", [(MnistClassifier, "mnist"), (ShapesJudge, "shapes")])
@@ -208,19 +225,19 @@ def test_fid_kid_torchmetrics_feature_module_path(net_cls, kind):
         real, fake = mnist.load_mnist("test")[0][:200], mnist.load_mnist("train")[0][:180]
     else:
         real, fake = shapes.sample(200, seed=1)[0], shapes.sample(180, seed=2, split="heldout")[0]
-    ours = M.domain_fid(real, fake, net)
-    assert abs(ours - M.fid_torchmetrics(real, fake, net)) < TOL * max(1, ours)
+    ours = metrics.domain_fid(real, fake, net)
+    assert abs(ours - metrics.fid_torchmetrics(real, fake, net)) < TOL * max(1, ours)
     torch.manual_seed(5)
-    tm_kid, _ = M.kid_torchmetrics(real, fake, net, subsets=3, subset_size=100)
-    ours_kid = M.kernel_inception_distance(M.extract_features(real, net), M.extract_features(fake, net),
+    tm_kid, _ = metrics.kid_torchmetrics(real, fake, net, subsets=3, subset_size=100)
+    ours_kid = metrics.kernel_inception_distance(metrics.extract_features(real, net), metrics.extract_features(fake, net),
                                            subsets=3, subset_size=100, seed=5)
     assert abs(ours_kid - tm_kid) < TOL * max(1, abs(ours_kid))
 
 
 def test_inception_fid_is_not_attempted_offline(monkeypatch):
-    monkeypatch.delenv(M.ONLINE_ENV, raising=False)
-    with pytest.raises(M.MetricUnavailable, match="online"):
-        M.inception_fid(torch.rand(4, 1, 28, 28), torch.rand(4, 1, 28, 28))
+    monkeypatch.delenv(metrics.ONLINE_ENV, raising=False)
+    with pytest.raises(metrics.MetricUnavailable, match="online"):
+        metrics.inception_fid(torch.rand(4, 1, 28, 28), torch.rand(4, 1, 28, 28))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,13 +258,13 @@ def _brute_force_pr(real, fake, k):
 def test_precision_recall_constructed_cases():
     g = torch.Generator().manual_seed(0)
     real = torch.randn(200, 5, generator=g)
-    assert M.precision_recall(real, real.clone()) == (1.0, 1.0)                 # a copy of the real set
+    assert metrics.precision_recall(real, real.clone()) == (1.0, 1.0)                 # a copy of the real set
     collapsed = real[7].repeat(200, 1)                                          # one real point, 200 times
-    p, r = M.precision_recall(real, collapsed)
+    p, r = metrics.precision_recall(real, collapsed)
     assert p == 1.0 and abs(r - 1 / 200) < 1e-12
-    assert M.precision_recall(real, real + 100) == (0.0, 0.0)                   # disjoint
+    assert metrics.precision_recall(real, real + 100) == (0.0, 0.0)                   # disjoint
     # 1-D by hand: real 0..9 (k=1 radii 1), fake {0.5, 20} (k=1 radii 19.5)
-    p, r = M.precision_recall(torch.arange(10.0)[:, None], torch.tensor([[0.5], [20.0]]), k=1)
+    p, r = metrics.precision_recall(torch.arange(10.0)[:, None], torch.tensor([[0.5], [20.0]]), k=1)
     assert (p, r) == (0.5, 1.0)
 
 
@@ -256,13 +273,13 @@ def test_precision_recall_matches_brute_force():
     real = torch.randn(60, 3, generator=g)
     fake = 0.6 * torch.randn(50, 3, generator=g) + 0.7
     for k in (1, 3, 5):
-        assert np.allclose(M.precision_recall(real, fake, k=k), _brute_force_pr(real, fake, k), atol=1e-12)
+        assert np.allclose(metrics.precision_recall(real, fake, k=k), _brute_force_pr(real, fake, k), atol=1e-12)
 
 
 def test_nearest_neighbours_finds_copies():
     x = torch.rand(30, 1, 8, 8)
     idx = torch.randperm(30)[:10]
-    d, j = M.nearest_neighbours(x[idx], x)
+    d, j = metrics.nearest_neighbours(x[idx], x)
     assert d.abs().max() == 0 and torch.equal(j, idx)
 
 
@@ -272,10 +289,10 @@ def test_nearest_neighbours_finds_copies():
 @pytest.mark.skipif("shapes-judge" not in pretrained.read_manifest()["models"], reason="judge not shipped")
 def test_caption_accuracy_with_the_shapes_judge():
     images, caps = shapes.sample(64, seed=11, split="all")
-    acc = M.caption_accuracy(images, caps)
+    acc = metrics.caption_accuracy(images, caps)
     assert acc["all"] >= 0.98
     wrong = [caps[(i + 1) % len(caps)] for i in range(len(caps))]
-    assert M.caption_accuracy(images, wrong)["all"] < 0.2
+    assert metrics.caption_accuracy(images, wrong)["all"] < 0.2
 
 
 class _ToyClip:
@@ -291,14 +308,14 @@ class _ToyClip:
 
 def test_clip_score_hand_made():
     e = torch.eye(3)
-    assert abs(M.clip_score(torch.zeros(3, 3, 4, 4), ["a"] * 3, _ToyClip(e, 2 * e)) - 100) < 1e-9
+    assert abs(metrics.clip_score(torch.zeros(3, 3, 4, 4), ["a"] * 3, _ToyClip(e, 2 * e)) - 100) < 1e-9
     # cos = 1, 0, -1 -> 100, 0, 0 (clamped)
     img = torch.tensor([[1.0, 0], [1, 0], [1, 0]])
     txt = torch.tensor([[1.0, 0], [0, 1], [-1, 0]])
-    assert abs(M.clip_score(torch.zeros(3, 3, 4, 4), ["a"] * 3, _ToyClip(img, txt)) - 100 / 3) < 1e-9
+    assert abs(metrics.clip_score(torch.zeros(3, 3, 4, 4), ["a"] * 3, _ToyClip(img, txt)) - 100 / 3) < 1e-9
     if "shapes-clip" not in pretrained.read_manifest()["models"]:
-        with pytest.raises(M.MetricUnavailable, match="shapes-clip"):
-            M.clip_score(torch.zeros(1, 3, 32, 32), ["a small red circle in the center"])
+        with pytest.raises(metrics.MetricUnavailable, match="shapes-clip"):
+            metrics.clip_score(torch.zeros(1, 3, 32, 32), ["a small red circle in the center"])
 
 
 def test_caption_round_trip_with_toy_captioners():
@@ -314,8 +331,8 @@ def test_caption_round_trip_with_toy_captioners():
             return ["blue blue blue"] * len(caps)
 
     imgs = torch.zeros(6, 3, 32, 32)
-    assert M.caption_round_trip(imgs, caps, Perfect())["all"] == 1.0
-    bad = M.caption_round_trip(imgs, caps, Babble())
+    assert metrics.caption_round_trip(imgs, caps, Perfect())["all"] == 1.0
+    bad = metrics.caption_round_trip(imgs, caps, Babble())
     assert bad["all"] == 0.0 and bad["parsed"] == 0.0
 
 
@@ -329,13 +346,13 @@ def test_efficiency_measures():
         calls.append(1)
         time.sleep(0.05 if len(calls) == 1 else 0.01)                           # slow first call
 
-    t = M.latency(slow, repeats=3, warmup=1)
+    t = metrics.latency(slow, repeats=3, warmup=1)
     assert 0.009 < t < 0.04 and len(calls) == 4                                 # warm-up excluded
     lin = nn.Linear(10, 10)
-    assert M.parameter_count(lin) == 110
-    size = M.size_on_disk(lin)
+    assert metrics.parameter_count(lin) == 110
+    size = metrics.size_on_disk(lin)
     assert 440 <= size < 440 + 1024                                             # 110 float32 + header
-    rep = M.efficiency(lin, lin, torch.zeros(4, 10), repeats=3, per=4)
+    rep = metrics.efficiency(lin, lin, torch.zeros(4, 10), repeats=3, per=4)
     assert rep["parameters"] == 110 and rep["latency_s"] > 0 and rep["size_mb"] == size / 1e6
 
 
@@ -372,14 +389,15 @@ def test_scoreboard_scores_a_digit_model_and_skips_unknown_names():
 def test_scoreboard_real_shapes_row_uses_the_generators_captions():
     """The real row is the FID floor only if it shows the caption mix the generators are asked for: a
     perfect renderer scored as a model must land near it, while an independent caption draw lands far
-    above (issue 7's full run had real 1980 vs a generator 824 before this was fixed)."""
+    above (an independent draw of captions once gave the real row an FID of 1980 against a
+    generator's 824)."""
     from course_lib import scoreboard
 
     n = 96
     ref = scoreboard.shapes_reference(n, device="cpu")
     real = scoreboard.reference_row(ref, n)
     x = scoreboard.real_shapes_for(ref.captions[:n])
-    assert M.caption_accuracy(x, ref.captions[:n], ref.net)["all"] == 1.0
+    assert metrics.caption_accuracy(x, ref.captions[:n], ref.net)["all"] == 1.0
 
     class Renderer:                                   # a "text-to-image model" that renders the truth
         def __call__(self, prompts, generator=None, output_type="pt"):
@@ -388,7 +406,7 @@ def test_scoreboard_real_shapes_row_uses_the_generators_captions():
 
     row = scoreboard.score_text_model("renderer", Renderer(), ref, n, repeats=1, latency_batch=4)
     other, _ = shapes.sample(n, seed=5, split="train")
-    independent = M.frechet_distance(ref.feats, M.extract_features(other, ref.net))
+    independent = metrics.frechet_distance(ref.feats, metrics.extract_features(other, ref.net))
     assert row["caption_accuracy"] == 1.0
     assert abs(row["fid"] - real["fid"]) < 0.25 * independent, (row["fid"], real["fid"], independent)
 
@@ -401,11 +419,11 @@ def test_paired_kernel_distance_is_unbiased_on_paired_sets_where_plain_kid_is_no
     real = centres + 0.3 * torch.randn(40, 8)
     fresh = centres + 0.3 * torch.randn(40, 8)
     worse = centres + 1.5 * torch.randn(40, 8)
-    paired = M.paired_kernel_distance(real, fresh)
+    paired = metrics.paired_kernel_distance(real, fresh)
     mu, sd = real.mean(0), real.std(0)
-    plain = M.kernel_inception_distance((real - mu) / sd, (fresh - mu) / sd, subsets=1, subset_size=40)
-    scale = M.paired_kernel_distance(real, worse)
+    plain = metrics.kernel_inception_distance((real - mu) / sd, (fresh - mu) / sd, subsets=1, subset_size=40)
+    scale = metrics.paired_kernel_distance(real, worse)
     assert abs(paired) < 0.1 * scale, (paired, scale)
     assert plain < -0.5 * scale, (plain, scale)
     with pytest.raises(ValueError):
-        M.paired_kernel_distance(real, fresh[:10])
+        metrics.paired_kernel_distance(real, fresh[:10])

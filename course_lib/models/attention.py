@@ -123,6 +123,21 @@ def wrong_masked_attention(q, k, v, mask: torch.Tensor, how: str = "multiply"):
 # --------------------------------------------------------------------------------------------
 # Multi-head attention (self- and cross-)
 # --------------------------------------------------------------------------------------------
+def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """[n, L, d_model] -> [n, h, L, d_model / h]: head ``i`` gets channels ``i*dh : (i+1)*dh``
+    (the layout of ``torch.nn.MultiheadAttention``), so each head attends in its own subspace."""
+    n, length, d_model = x.shape
+    if d_model % n_heads:
+        raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+    return x.view(n, length, n_heads, d_model // n_heads).transpose(1, 2)      # [n, h, L, dh]
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """[n, h, L, dh] -> [n, L, h * dh]: the inverse of :func:`split_heads` (heads side by side)."""
+    n, h, length, dh = x.shape
+    return x.transpose(1, 2).reshape(n, length, h * dh)                         # [n, L, d_model]
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention, batch first, written with :func:`scaled_dot_product_attention`.
 
@@ -146,10 +161,6 @@ class MultiHeadAttention(nn.Module):
         self.dropout = dropout
         self.last_weights: torch.Tensor | None = None   # [n, h, Lq, Lk] when kept
 
-    def _split(self, x: torch.Tensor) -> torch.Tensor:
-        n, length, _ = x.shape
-        return x.view(n, length, self.n_heads, self.d_head).transpose(1, 2)   # [n, h, L, d_head]
-
     def forward(self, query: torch.Tensor, key: torch.Tensor | None = None,
                 value: torch.Tensor | None = None, key_padding_mask: torch.Tensor | None = None,
                 attn_mask: torch.Tensor | None = None, is_causal: bool = False,
@@ -163,9 +174,9 @@ class MultiHeadAttention(nn.Module):
         """
         key = query if key is None else key
         value = key if value is None else value
-        q = self._split(self.q_proj(query))                          # [n, h, Lq, dh]
-        k = self._split(self.k_proj(key))                            # [n, h, Lk, dh]
-        v = self._split(self.v_proj(value))                          # [n, h, Lk, dh]
+        q = split_heads(self.q_proj(query), self.n_heads)            # [n, h, Lq, dh]
+        k = split_heads(self.k_proj(key), self.n_heads)              # [n, h, Lk, dh]
+        v = split_heads(self.v_proj(value), self.n_heads)            # [n, h, Lk, dh]
         mask = None
         if attn_mask is not None:
             mask = to_additive(attn_mask, q.dtype)
@@ -175,8 +186,7 @@ class MultiHeadAttention(nn.Module):
         out, w = scaled_dot_product_attention(q, k, v, mask, is_causal=is_causal,
                                               dropout_p=self.dropout if self.training else 0.0,
                                               return_weights=True)
-        n, _, lq, _ = out.shape
-        out = self.out_proj(out.transpose(1, 2).reshape(n, lq, self.d_model))   # [n, Lq, d_model]
+        out = self.out_proj(merge_heads(out))                        # [n, Lq, d_model]
         if keep_weights:
             self.last_weights = w.detach()
         return out, (w if need_weights else None)
@@ -273,8 +283,15 @@ def sinusoidal_positions_2d(height: int, width: int, dim: int) -> torch.Tensor:
 # A Transformer block (pre-norm), with optional cross-attention
 # --------------------------------------------------------------------------------------------
 class TransformerBlock(nn.Module):
-    """Pre-norm block: ``x + SelfAttn(LN(x))``, then (if ``d_context``) ``x + CrossAttn(LN(x), context)``,
-    then ``x + MLP(LN(x))``. x: [n, L, d_model] -> [n, L, d_model]."""
+    """Pre-norm block (chapter 03 has the learner write its ``forward``): ``x + SelfAttn(LN(x))``,
+    then (if ``d_context``) ``x + CrossAttn(LN(x), context)``, then ``x + MLP(LN(x))``.
+    x: [n, L, d_model] -> [n, L, d_model].
+
+    Without cross-attention it computes what ``nn.TransformerEncoderLayer(d_model, n_heads,
+    mlp_ratio * d_model, activation="gelu", norm_first=True, batch_first=True)`` computes (checked in
+    ``tests/test_attention.py`` after :func:`load_encoder_layer` copies the weights); note the mask
+    conventions: ``attn_mask`` here is an *allowed* mask, torch's ``src_mask`` a *forbidden* one.
+    """
 
     def __init__(self, d_model: int, n_heads: int, mlp_ratio: int = 4, dropout: float = 0.0,
                  d_context: int | None = None):
@@ -293,8 +310,27 @@ class TransformerBlock(nn.Module):
                 context=None, context_mask=None, keep_weights: bool = False):
         h, _ = self.attn(self.ln1(x), attn_mask=attn_mask, key_padding_mask=key_padding_mask,
                          is_causal=is_causal, keep_weights=keep_weights)
-        x = x + h
+        x = x + h                                                      # residual around attention
         if self.cross is not None and context is not None:
             h, _ = self.cross(self.ln_cross(x), context, context_mask, keep_weights=keep_weights)
             x = x + h
-        return x + self.mlp(self.ln2(x))
+        return x + self.mlp(self.ln2(x))                               # residual around the MLP
+
+
+@torch.no_grad()
+def load_encoder_layer(block: nn.Module, layer: nn.TransformerEncoderLayer) -> nn.Module:
+    """Copy a ``torch.nn.TransformerEncoderLayer``'s weights into a pre-norm block with the parts
+    ``ln1``, ``attn`` (a :class:`MultiHeadAttention`), ``ln2`` and ``mlp`` (Linear, GELU, Linear, ...):
+    :class:`TransformerBlock`, or the block the learner writes in chapter 03. Returns ``block``."""
+    if not isinstance(layer, nn.TransformerEncoderLayer):
+        raise TypeError(f"layer must be a torch.nn.TransformerEncoderLayer, got {type(layer).__name__}")
+    if not layer.norm_first:
+        raise ValueError("layer is post-norm (norm_first=False); a pre-norm block computes something else")
+    for ours, theirs in ((block.ln1, layer.norm1), (block.ln2, layer.norm2),
+                         (block.mlp[0], layer.linear1), (block.mlp[2], layer.linear2)):
+        if ours.weight.shape != theirs.weight.shape:
+            raise ValueError(f"shapes differ: {tuple(ours.weight.shape)} vs {tuple(theirs.weight.shape)}")
+        ours.weight.copy_(theirs.weight)
+        ours.bias.copy_(theirs.bias)
+    block.attn.load_from_torch(layer.self_attn)
+    return block

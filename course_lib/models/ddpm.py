@@ -10,7 +10,10 @@ check them against diffusers' schedulers.
 """
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -21,7 +24,7 @@ from ..config import Config
 from ..data import mnist
 from ..pretrained import TrainResult, register, run_recipe
 from ..runtime import get_device
-from ..training import EMA, fit, infinite_loader, make_step
+from ..training import EMA, History, cycle, fit, infinite_loader, make_step
 
 NULL_CLASS = 10
 
@@ -39,7 +42,7 @@ class DDPMConfig(Config):
     prediction_type: str = "epsilon"
 
     def __post_init__(self):
-        arguments.choice(self.prediction_type, ("epsilon", "v_prediction", "sample"), "prediction_type")
+        arguments.choice(self.prediction_type, diffusion.PREDICTION_TYPES + ("flow_prediction",), "prediction_type")
         arguments.choice(self.schedule, tuple(diffusion.DIFFUSERS_SCHEDULE_NAMES), "schedule")
 
 
@@ -118,12 +121,24 @@ def sample_digits(model: DigitDenoiser, n: int = 64, labels=None, guidance_scale
 
 
 def train_ddpm(config: dict | None = None, steps: int | None = None, minutes: float | None = None, seed: int = 0,
-               device=None, callback=None, progress: bool = True, **overrides):
-    """Train a :class:`DigitDenoiser` with the ε-prediction loss on MNIST-5k train digits.
+               device=None, callback=None, progress: bool = True, loss=None,
+               state_file: "str | Path | None" = None, save_every: int = 100, **overrides):
+    """Train a :class:`DigitDenoiser` with the loss of ``config``'s prediction type (ε by default) on
+    MNIST-5k train digits. ``overrides``: fields of :class:`DDPMTrainConfig`.
 
-    Returns ``(ema_model, history)``.
+    ``state_file``: a file to save the whole run to every ``save_every`` steps (weights, EMA, optimiser,
+    learning-rate schedule, random generators, history) and to resume from when it exists. A run that
+    was stopped (a time limit, Ctrl-C) then continues where it stopped when called again with the same
+    arguments, and ends with the same weights as one uninterrupted run; the file is deleted at the end.
+
+    ``loss(model_fn, x0, alphas_cumprod, generator) -> scalar`` is the training step's loss (draw t,
+    draw ε, noise x0, compare); default :func:`course_lib.diffusion.diffusion_loss`, which chapter
+    04's exercise writes. Returns ``(ema_model, history)``.
     """
     hp = DDPMTrainConfig.from_dict(overrides)
+    if loss is not None and not callable(loss):
+        raise TypeError(f"loss must be None or a function (model_fn, x0, alphas_cumprod, generator) -> "
+                        f"loss, got {type(loss).__name__}")
     if steps is None and minutes is None:
         steps = hp.steps
     device = device or get_device()
@@ -140,19 +155,60 @@ def train_ddpm(config: dict | None = None, steps: int | None = None, minutes: fl
         opt, lambda s: min(1.0, (s + 1) / hp.warmup) * (0.1 + 0.9 * max(0.0, 1 - s / total)))
     g = torch.Generator().manual_seed(seed + 1)
     pt = model.config.prediction_type
+    hist = History()
+    parts = {"model": model, "ema": ema.averaged, "optimizer": opt, "schedule": sched}
+    if state_file is not None and Path(state_file).exists():
+        hist = _load_state(state_file, parts, g, {"config": model.config.to_dict(), "recipe": hp.to_dict(),
+                                                   "seed": seed, "steps": steps})
+    batches = itertools.islice(cycle(loader), hist.steps, None)      # the batches a whole run would see next
 
     def loss_fn(m, batch):
         xb, yb = batch
         xb = xb.to(device)
         drop = torch.rand(len(yb), generator=g) < hp.class_dropout
         yb = torch.where(drop, torch.full_like(yb, NULL_CLASS), yb).to(device)
+        if loss is not None:
+            return loss(lambda a, t: m(a, t, yb), xb, ac, g)
         return diffusion.diffusion_loss(lambda a, t: m(a, t, yb), xb, ac, pt, generator=g)
 
-    hist = fit(make_step(model, loss_fn, opt, scheduler=sched, ema=ema, grad_clip=1.0), loader, steps=steps,
-               minutes=minutes, desc="ddpm-mnist", progress=progress, callback=callback)
+    def save_now(i, h):
+        if callback is not None:
+            callback(i, h)
+        if state_file is not None and (i + 1) % save_every == 0:
+            _save_state(state_file, parts, g, h, {"config": model.config.to_dict(), "recipe": hp.to_dict(),
+                                                  "seed": seed, "steps": steps})
+
+    remaining = None if steps is None else steps - hist.steps
+    hist = fit(make_step(model, loss_fn, opt, scheduler=sched, ema=ema, grad_clip=1.0), batches,
+               steps=remaining, minutes=minutes, desc="ddpm-mnist", progress=progress, callback=save_now,
+               history=hist)
+    if state_file is not None and steps is not None and hist.steps >= steps:
+        Path(state_file).unlink(missing_ok=True)
     m = ema.module
     m.config = model.config
     return m.eval(), hist
+
+
+def _save_state(path, parts: dict, generator: torch.Generator, history: History, run: dict) -> None:
+    """Write a resumable training state (written to a temporary file first, then renamed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.state_dict() for k, v in parts.items()}
+    state.update(generator=generator.get_state(), history=dataclasses.asdict(history), run=run)
+    torch.save(state, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)
+
+
+def _load_state(path, parts: dict, generator: torch.Generator, run: dict) -> History:
+    """Restore :func:`_save_state`'s file into ``parts`` and ``generator``; refuse a file from another run."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state["run"] != run:
+        raise ValueError(f"{path} holds the state of another run ({state['run']}), not of {run}: "
+                         "delete it or pass another state_file")
+    for k, v in parts.items():
+        v.load_state_dict(state[k])
+    generator.set_state(state["generator"])
+    return History(**state["history"])
 
 
 def evaluate(model: DigitDenoiser, n: int = 500, num_inference_steps: int = 50) -> dict:

@@ -338,10 +338,14 @@ def judge_fid(images: torch.Tensor, n_real: int = 2000) -> float:
 
 
 def measure(pipe, num_inference_steps: int, passes_per_step: int, n_train: int | None = None,
-            n_heldout: int | None = None, timing_captions: int = 32, seed: int = 0) -> dict:
+            n_heldout: int | None = None, timing_captions: int = 32, seed: int = 0,
+            kid_reference: torch.Tensor | None = None) -> dict:
     """One row of the chapter's table: judged accuracy on the train captions (first ``n_train`` of 270)
-    and held-out captions, FID on the judge's features (train-caption pictures), ms per picture."""
+    and held-out captions, FID on the judge's features (train-caption pictures), ms per picture.
+    With ``kid_reference`` (:func:`course_lib.samplers.reference_set` of those train captions), also
+    KID x 1000 on the same features (``judge_kid``): unbiased at the few pictures where FID is not."""
     from ..judges import score_shapes
+    from ..samplers import quality
 
     row = {"num_inference_steps": num_inference_steps,
            "unet_evals_per_picture": num_inference_steps * passes_per_step}
@@ -353,6 +357,8 @@ def measure(pipe, num_inference_steps: int, passes_per_step: int, n_train: int |
         row[f"{split}_captions"]["n"] = len(caps)
         if split == "train":
             row["judge_fid"] = judge_fid(images)
+            if kid_reference is not None:
+                row["judge_kid"] = round(quality(pipe, images, caps, kid_reference)["kid"], 2)
     row["ms_per_picture"] = ms_per_picture(pipe, shapes.all_captions("train")[:timing_captions],
                                            num_inference_steps=num_inference_steps)
     return row

@@ -1,6 +1,6 @@
-"""Generative adversarial networks (chapter 01): the losses, the seeds' MLP pair, a DCGAN and a
-class-conditional DCGAN for 28x28 digits, and the registered checkpoints ``dcgan-mnist`` and
-``cgan-mnist``. Chapter 07 scores these generators.
+"""Generative adversarial networks (chapter 01): the losses, the training step, a fully connected
+pair, a DCGAN and a class-conditional DCGAN for 28x28 digits, and the registered checkpoints
+``dcgan-mnist`` and ``cgan-mnist``. Chapter 07 scores these generators.
 
 The game (Goodfellow et al., 2014). A discriminator ``D(x) = sigmoid(l(x))`` and a generator ``G(z)``:
 
@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data import mnist
-from ..pretrained import TrainResult, register
+from ..pretrained import TrainResult, register, run_recipe
 from ..runtime import get_device
 from ..training import fit, infinite_loader
 
@@ -135,7 +135,7 @@ class _GeneratorMixin:
 
 
 class MLPGenerator(_GeneratorMixin, nn.Module):
-    """The seeds' generator: fully connected layers from noise to 784 pixels (unconditional)."""
+    """A fully connected generator, as in the first GANs: noise -> 784 pixels (unconditional)."""
 
     def __init__(self, z_dim: int = 64, hidden: int = 256):
         super().__init__()
@@ -150,7 +150,7 @@ class MLPGenerator(_GeneratorMixin, nn.Module):
 
 
 class MLPDiscriminator(nn.Module):
-    """The seeds' discriminator: 784 pixels -> one logit."""
+    """A fully connected discriminator: 784 pixels -> one logit."""
 
     def __init__(self, hidden: int = 256):
         super().__init__()
@@ -179,6 +179,9 @@ class DCGenerator(_GeneratorMixin, nn.Module):
         self.net = nn.Sequential(
             nn.ConvTranspose2d(2 * w, w, 4, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),   # [n, w, 14, 14]
             nn.ConvTranspose2d(w, 1, 4, 2, 1), nn.Tanh())                                     # [n, 1, 28, 28]
+        self.config = dict(z_dim=z_dim, width=width, n_classes=n_classes)
+        if embed_dim != 16:
+            self.config["embed_dim"] = embed_dim
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.n_classes:
@@ -286,49 +289,91 @@ class WarmEMA:
 
 
 # --------------------------------------------------------------------------------------------
-# Training: one step = one discriminator update and ``g_steps`` generator updates.
+# Training. One step of the game = one discriminator update, then one generator update
+# (chapter 01's central exercise writes :func:`gan_step`; its check compares with this one).
 # --------------------------------------------------------------------------------------------
+def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
+             real: torch.Tensor, z: torch.Tensor, labels: torch.Tensor | None = None,
+             d_loss_fn=discriminator_loss, g_loss_fn=generator_loss_nonsaturating) -> dict:
+    """One round of the game on a batch, in place.
+
+    ``real``: [n, 1, 28, 28] in [-1, 1] (what D sees); ``z``: [n, z_dim] noise on the models' device;
+    ``labels``: [n] for conditional models (the fakes are asked for the real batch's labels), else None.
+
+    1. ``fake = G(z)``, once.
+    2. Discriminator: ``d_loss_fn(D(real), D(fake.detach()))``; ``detach`` stops this loss at the
+       fakes, so D's update computes no gradient for G. Step ``opt_d`` only.
+    3. Generator: ``g_loss_fn(D(fake))`` through the *just updated* D, not detached. Step ``opt_g``
+       only (the gradients this leaves in D are cleared by D's next ``zero_grad``).
+
+    Returns ``{"d_loss", "g_loss", "d_real": mean D(x), "d_fake": mean D(G(z))}`` (D before its update).
+    """
+    fake = G(z, labels)                                                           # [n, 1, 28, 28]
+    real_logits, fake_logits = D(real, labels), D(fake.detach(), labels)          # [n], [n]
+    d_loss = d_loss_fn(real_logits, fake_logits)
+    opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    opt_d.step()
+    g_loss = g_loss_fn(D(fake, labels))
+    opt_g.zero_grad(set_to_none=True)
+    g_loss.backward()
+    opt_g.step()
+    return {"d_loss": d_loss.item(), "g_loss": g_loss.item(),
+            "d_real": torch.sigmoid(real_logits).mean().item(),
+            "d_fake": torch.sigmoid(fake_logits).mean().item()}
+
+
+def generator_update(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, z: torch.Tensor,
+                     labels: torch.Tensor | None = None, g_loss_fn=generator_loss_nonsaturating) -> float:
+    """A generator update alone (the second half of :func:`gan_step`, on fresh fakes): chapter 01's
+    mode-collapse run trains G several times per discriminator update."""
+    g_loss = g_loss_fn(D(G(z, labels), labels))
+    opt_g.zero_grad(set_to_none=True)
+    g_loss.backward()
+    opt_g.step()
+    return g_loss.item()
+
+
 def make_gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
-                  g_loss: str = "nonsaturating", g_steps: int = 1, ema: WarmEMA | None = None,
-                  device=None, noise_generator: torch.Generator | None = None):
+                  g_loss="nonsaturating", g_steps: int = 1, ema: WarmEMA | None = None,
+                  device=None, noise_generator: torch.Generator | None = None, update=None,
+                  d_loss=discriminator_loss):
     """A ``step_fn(batch, step) -> dict`` for :func:`course_lib.training.fit`.
 
-    ``batch`` is ``(images in [0, 1], labels)``. Logged: ``d_loss``, ``g_loss``, ``d_real`` (mean
-    D(x)), ``d_fake`` (mean D(G(z)) at the discriminator update).
+    ``batch`` is ``(images in [0, 1], labels)``. ``update`` is the step of the game (default
+    :func:`gan_step`; chapter 01 passes the learner's own), called as
+    ``update(G, D, opt_g, opt_d, real, z, labels, d_loss_fn=d_loss, g_loss_fn=...)``. ``g_loss``: a
+    name in :data:`GENERATOR_LOSSES` or a function of D's logits; ``d_loss``: a function of
+    ``(real_logits, fake_logits)``. ``g_steps > 1`` adds generator-only updates
+    (:func:`generator_update`). Logged: ``d_loss``, ``g_loss``, ``d_real``, ``d_fake``.
     """
-    g_loss_fn = GENERATOR_LOSSES[g_loss] if isinstance(g_loss, str) else g_loss
+    if isinstance(g_loss, str):
+        if g_loss not in GENERATOR_LOSSES:
+            raise ValueError(f"g_loss must be one of {sorted(GENERATOR_LOSSES)} or a function, got {g_loss!r}")
+        g_loss = GENERATOR_LOSSES[g_loss]
+    if not callable(g_loss) or not callable(d_loss):
+        raise TypeError("g_loss and d_loss must be functions of the discriminator's logits")
+    if not isinstance(g_steps, int) or g_steps < 1:
+        raise ValueError(f"g_steps must be a positive int, got {g_steps!r}")
+    update = gan_step if update is None else update
     device = device if device is not None else next(G.parameters()).device
     conditional = bool(getattr(G, "n_classes", 0))
 
     def noise(n):
-        return torch.randn(n, G.z_dim, generator=noise_generator).to(device)
+        return torch.randn(n, G.z_dim, generator=noise_generator).to(device)     # [n, z_dim]
 
     def step_fn(batch, step):
         x, y = batch
-        x = to_signed(x.to(device))
+        x = to_signed(x.to(device))                                               # [n, 1, 28, 28]
         y = y.to(device) if conditional else None
         n = x.shape[0]
         G.train(); D.train()
-        # discriminator: real -> 1, fake -> 0
-        with torch.no_grad():
-            fake = G(noise(n), y)
-        real_logits, fake_logits = D(x, y), D(fake, y)
-        d_loss = discriminator_loss(real_logits, fake_logits)
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
-        # generator: fool the (just updated) discriminator
-        for _ in range(g_steps):
-            y_g = y if y is None else y[torch.randperm(n, generator=noise_generator).to(device)]
-            g = g_loss_fn(D(G(noise(n), y_g), y_g))
-            opt_g.zero_grad(set_to_none=True)
-            g.backward()
-            opt_g.step()
+        logs = update(G, D, opt_g, opt_d, x, noise(n), y, d_loss_fn=d_loss, g_loss_fn=g_loss)
+        for _ in range(g_steps - 1):
+            logs["g_loss"] = generator_update(G, D, opt_g, noise(n), y, g_loss)
         if ema is not None:
             ema.update(G)
-        return {"d_loss": d_loss.item(), "g_loss": g.item(),
-                "d_real": torch.sigmoid(real_logits).mean().item(),
-                "d_fake": torch.sigmoid(fake_logits).mean().item()}
+        return logs
 
     return step_fn
 
@@ -360,10 +405,13 @@ def recalibrate_batchnorm(G: nn.Module, n_batches: int = 20, batch_size: int = 2
 def train_gan(gan: GAN, steps: int | None = None, minutes: float | None = None, batch_size: int = 64,
               lr_g: float = 2e-4, lr_d: float = 2e-4, betas=(0.5, 0.999), g_loss: str = "nonsaturating",
               g_steps: int = 1, ema_decay: float = 0.999, seed: int = 0, data=None, callback=None,
-              callback_every: int = 0, progress: bool = True, desc: str = "GAN"):
+              callback_every: int = 0, progress: bool = True, desc: str = "GAN", update=None,
+              d_loss=discriminator_loss):
     """Train ``gan`` in place on MNIST-5k train (or ``data=(x, y)``); returns the :class:`History`.
 
-    ``callback(step, gan)`` every ``callback_every`` steps (a live sample grid)."""
+    ``update``, ``d_loss``, ``g_loss``: the step of the game and its losses (default :func:`gan_step`
+    with the library's losses; see :func:`make_gan_step`). ``callback(step, gan)`` every
+    ``callback_every`` steps (a live sample grid)."""
     device = next(gan.parameters()).device
     x, y = data if data is not None else mnist.load_mnist("train")
     loader = infinite_loader(torch.utils.data.TensorDataset(x, y), batch_size, seed=seed)
@@ -371,7 +419,8 @@ def train_gan(gan: GAN, steps: int | None = None, minutes: float | None = None, 
     opt_d = torch.optim.Adam(gan.D.parameters(), lr=lr_d, betas=betas)
     ema = WarmEMA(gan.G, ema_decay, target=gan.g_ema) if gan.g_ema is not None else None
     step_fn = make_gan_step(gan.G, gan.D, opt_g, opt_d, g_loss=g_loss, g_steps=g_steps, ema=ema,
-                            device=device, noise_generator=torch.Generator().manual_seed(seed + 1))
+                            device=device, noise_generator=torch.Generator().manual_seed(seed + 1),
+                            update=update, d_loss=d_loss)
 
     def cb(step, history):
         if callback is not None and callback_every and (step + 1) % callback_every == 0:
@@ -418,36 +467,48 @@ def evaluate_gan(model) -> dict:
     return evaluate_conditional(model) if model.n_classes else evaluate_unconditional(model)
 
 
-#: The recipes of the shipped checkpoints (the notebook's full run uses the same ones).
+#: The recipes of the shipped checkpoints (the notebook's full run uses the same ones). ``train``
+#: goes to :func:`train_gan`; the step of the game is :func:`gan_step`.
 RECIPES = {
     "dcgan-mnist": dict(model=dict(z_dim=64, g_width=32, d_width=32, n_classes=0, extra_conv=False),
-                        train=dict(lr_g=5e-4, lr_d=5e-4), steps=7000),
+                        train=dict(lr_g=5e-4, lr_d=5e-4, ema_decay=0.999), steps=10000),
     "cgan-mnist": dict(model=dict(z_dim=64, g_width=32, d_width=32, n_classes=10, extra_conv=False),
-                       train=dict(lr_g=5e-4, lr_d=5e-4), steps=7000),
+                       train=dict(lr_g=5e-4, lr_d=5e-4, ema_decay=0.999), steps=7000),
 }
+
+
+def evaluate_shipped(G) -> dict:
+    """What the manifest records for a shipped generator: :func:`evaluate_gan`, and the same samples
+    with the noise shrunk by 0.7 (the truncation trick), for comparison."""
+    quality = evaluate_gan(G)
+    if G.n_classes:
+        t = evaluate_conditional(_Truncated(G, 0.7))
+        quality["truncation_0.7"] = {"accuracy": t["accuracy"], "mean_top_prob": t["mean_top_prob"]}
+    else:
+        t = evaluate_unconditional(_Truncated(G, 0.7))
+        quality["truncation_0.7"] = {k: t[k] for k in ("mean_top_prob", "hist_entropy",
+                                                       "hist_entropy_over_ln10")}
+    return quality
 
 
 def _train_registered(name: str, seed: int = 0, quick: bool = False) -> TrainResult:
     """Train a recipe; what ships is the sampling generator alone (the EMA copy), a few MB."""
     recipe = RECIPES[name]
-    torch.manual_seed(seed)
-    gan = GAN(**recipe["model"]).to(get_device())
     steps = 20 if quick else recipe["steps"]
-    hist = train_gan(gan, steps=steps, seed=seed, desc=name, **recipe["train"])
-    G = gan.sampler.eval()
-    quality = evaluate_gan(G)
-    if G.n_classes:  # the same samples with the noise shrunk (the truncation trick), for comparison
-        t = evaluate_conditional(_Truncated(G, 0.7))
-        quality["truncation_0.7"] = {"accuracy": t["accuracy"], "mean_top_prob": t["mean_top_prob"]}
-    else:
-        t = evaluate_unconditional(_Truncated(G, 0.7))
-        quality["truncation_0.7"] = {k: t[k] for k in ("mean_top_prob", "hist_entropy", "hist_entropy_over_ln10")}
-    quality["steps"] = hist.steps
-    quality["train_seconds_loop"] = round(hist.seconds, 1)
-    cfg = dict(z_dim=G.z_dim, width=G.width, n_classes=G.n_classes)
-    return TrainResult(G, cfg, quality,
-                       notes=f"{hist.steps} steps, batch 64, Adam 5e-4 betas (0.5, 0.999), non-saturating "
-                             f"loss, spectral-norm discriminator; ships the EMA (0.999) generator only")
+
+    def train():
+        torch.manual_seed(seed)
+        model = GAN(**recipe["model"]).to(get_device())
+        hist = train_gan(model, steps=steps, seed=seed, desc=name, **recipe["train"])
+        return model.sampler.eval(), hist
+
+    def notes(hist, extra):
+        t = recipe["train"]
+        return (f"{hist.steps} steps of gan_step, batch 64, Adam lr {t['lr_g']} (G) / {t['lr_d']} (D), "
+                f"betas (0.5, 0.999), non-saturating loss, spectral-norm discriminator; ships the EMA "
+                f"({t['ema_decay']}, warmed up) generator only, batch-norm statistics recomputed")
+
+    return run_recipe(train, evaluate_shipped, notes=notes)
 
 
 class _Truncated:

@@ -149,9 +149,10 @@ class TextToImageConfig(Config):
     autoencoder_sha256: str | None = None           # chapter 08: the autoencoder whose latents it denoises
 
     def __post_init__(self):
-        arguments.choice(self.prediction_type, ("epsilon", "v_prediction", "sample"), "prediction_type")
+        arguments.choice(self.prediction_type, diffusion.PREDICTION_TYPES + ("flow_prediction",), "prediction_type")
         arguments.choice(self.schedule, tuple(diffusion.DIFFUSERS_SCHEDULE_NAMES), "schedule")
-        arguments.choice(self.sampler, sampling.SAMPLERS + sampling.STOCHASTIC_SAMPLERS, "sampler")
+        arguments.choice(self.sampler, sampling.SAMPLERS + sampling.STOCHASTIC_SAMPLERS + sampling.FLOW_SAMPLERS,
+                         "sampler")
         arguments.positive_int(self.fold, "fold")
         if self.sample_size % self.fold:
             raise ValueError(f"fold must divide sample_size {self.sample_size}, got {self.fold}")
@@ -171,6 +172,7 @@ class TrainConfig(Config):
     min_snr_gamma: float | None = None
     n_train: int = 12000          # training pictures (rendered once)
     grad_clip: float = 1.0
+    time_sampling: str = "uniform"  # flow matching only: "uniform" or "logit-normal" (Esser et al. 2024)
 
 
 def build_unet(config: TextToImageConfig) -> UNet2DConditionModel:
@@ -253,7 +255,7 @@ class ShapesPipeline(CoursePipeline):
 
     @property
     def fold(self) -> int:
-        return int(round(math.sqrt(self.unet.config.in_channels // self.image_channels)))
+        return int(round(math.sqrt(self.backbone.config.in_channels // self.image_channels)))
 
     @property
     def image_channels(self) -> int:
@@ -289,8 +291,8 @@ class ShapesPipeline(CoursePipeline):
     def prepare_latents(self, n: int, generator, latents=None) -> torch.Tensor:
         """The starting noise on the backbone's grid: drawn as [n, 3, 32, 32] (pictures) and folded,
         or checked if given."""
-        shape = (n, self.image_channels, self.fold * self.unet.config.sample_size,
-                 self.fold * self.unet.config.sample_size)
+        shape = (n, self.image_channels, self.fold * self.backbone.config.sample_size,
+                 self.fold * self.backbone.config.sample_size)
         if latents is None:
             latents = torch.randn(shape, generator=generator, dtype=torch.float32)
         elif not isinstance(latents, torch.Tensor) or tuple(latents.shape) != shape:
@@ -450,7 +452,8 @@ def make_train_step(model, ema, cfg: TextToImageConfig, hp: TrainConfig, device,
         in_ids, mask = caption_dropout_fn(in_ids, mask, e_ids, e_mask, hp.caption_dropout, g)
         states, pooled = m.encode(in_ids, mask)
         return diffusion.diffusion_loss(lambda x, t: m.denoise(x, t, states, pooled), x0, ac,
-                                        cfg.prediction_type, generator=g, min_snr_gamma=hp.min_snr_gamma)
+                                        cfg.prediction_type, generator=g, min_snr_gamma=hp.min_snr_gamma,
+                                        time_sampling=hp.time_sampling)
 
     return make_step(model, loss_fn, opt, scheduler=sched, ema=ema, grad_clip=hp.grad_clip)
 

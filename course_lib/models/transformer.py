@@ -1,7 +1,7 @@
 """Language models and a captioner on Shapes captions (chapter 03), built from
 :mod:`course_lib.models.attention`.
 
-* :class:`LSTMLanguageModel`: the recurrent baseline (the seed's language model).
+* :class:`LSTMLanguageModel`: the recurrent baseline.
 * :class:`TinyGPT`: a decoder-only Transformer with causal self-attention.
 * :class:`ShapesCaptioner`: image -> caption, a small CNN encoder whose 8x8 feature map becomes 64
   "image tokens", read by a Transformer decoder through cross-attention. Shipped as
@@ -94,17 +94,24 @@ class LSTMLanguageModel(nn.Module):
 class TinyGPT(nn.Module):
     """A decoder-only Transformer: token embedding + learned positions, ``n_layers`` pre-norm blocks
     with causal self-attention, a final LayerNorm and a linear head tied to the embedding.
-    ``ids [n, L] -> logits [n, L, vocab]``."""
+    ``ids [n, L] -> logits [n, L, vocab]``.
+
+    ``block(d_model, n_heads, dropout=...)`` makes each block (default
+    :class:`~course_lib.models.attention.TransformerBlock`; chapter 03 passes the learner's own). A
+    block is called as ``block(x, attn_mask=..., key_padding_mask=..., keep_weights=...)`` and keeps
+    its self-attention as ``block.attn``."""
 
     def __init__(self, vocab_size: int, d_model: int = 64, n_heads: int = 4, n_layers: int = 2,
-                 max_len: int = 16, dropout: float = 0.1):
+                 max_len: int = 16, dropout: float = 0.1, block=None):
         super().__init__()
+        block = TransformerBlock if block is None else block
+        if not callable(block):
+            raise TypeError(f"block must be a class or function that makes a block, got {block!r}")
         self.max_len = max_len
         self.emb = nn.Embedding(vocab_size, d_model)
         self.pos = LearnedPositions(d_model, max_len)
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(TransformerBlock(d_model, n_heads, dropout=dropout)
-                                    for _ in range(n_layers))
+        self.blocks = nn.ModuleList(block(d_model, n_heads, dropout=dropout) for _ in range(n_layers))
         self.ln = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         self.head.weight = self.emb.weight                           # weight tying

@@ -46,11 +46,12 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
 
 
-def gaussian_kl_seed(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """The formula one seed text prints, ``-0.5 * sum(1 + logvar - mu**2 - logvar)``: **wrong**. The
-    last term must be ``exp(logvar)`` (the variance), not ``logvar``; as printed, the log-variance
-    cancels, so the 'KL' ignores the encoder's variance and is negative for small ``mu``. Kept to
-    show that the Monte Carlo test catches it."""
+def gaussian_kl_wrong(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """A WRONG formula that circulates in VAE tutorials, ``-0.5 * sum(1 + logvar - mu**2 - logvar)``,
+    kept so chapter 02 can show the Monte Carlo test catching it. The last term must be
+    ``exp(logvar)`` (the variance), not ``logvar``. As printed, the log-variance cancels: the value is
+    ``0.5 * (sum mu^2 - d)``, which ignores the encoder's variance and is negative whenever
+    ``sum mu^2 < d`` (a KL never is)."""
     return -0.5 * (1.0 + logvar - mu.pow(2) - logvar).sum(-1)
 
 
@@ -74,6 +75,27 @@ def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``-log p(x|z)`` of a Bernoulli decoder, summed over pixels: binary cross-entropy with logits
     (x may be intensities in [0, 1]). Shape [n]."""
     return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+
+
+def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """The closed-form KL of each latent dimension, averaged over the batch: FloatTensor[d] for
+    ``mu, logvar: [n, d]``; it sums to the mean of :func:`gaussian_kl`. Dimensions near 0 carry no
+    information about the picture (the encoder leaves them at the prior: "inactive" units)."""
+    return (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)).mean(0)                # [d]
+
+
+def negative_elbo_loss(logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+                       beta: float = 1.0):
+    """Chapter 02's central step: the VAE's training loss for one reparameterised sample per picture,
+    ``mean_n [ rec_n + beta * KL_n ]`` in nats per picture, with ``rec_n`` the Bernoulli negative
+    log-likelihood summed over pixels (:func:`bernoulli_nll`) and ``KL_n`` the closed-form Gaussian KL
+    summed over latent dimensions (:func:`gaussian_kl`). ``beta = 1`` is the negative ELBO.
+
+    logits, x: [n, 1, 28, 28]; mu, logvar: [n, d]. Returns ``(loss, {"rec": float, "kl": float})``
+    (a :func:`course_lib.training.make_step` loss)."""
+    rec = bernoulli_nll(logits, x)                                                 # [n]
+    kl = gaussian_kl(mu, logvar)                                                   # [n]
+    return (rec + beta * kl).mean(), {"rec": rec.mean().item(), "kl": kl.mean().item()}
 
 
 def one_hot(labels: torch.Tensor, n_classes: int = N_CLASSES) -> torch.Tensor:
@@ -121,8 +143,8 @@ class ConvDecoder(nn.Module):
 
 
 class Autoencoder(nn.Module):
-    """The seeds' image -> code -> image autoencoder (their Keras version does not run), in PyTorch:
-    a deterministic code, trained to reconstruct. Same encoder/decoder as the VAE."""
+    """The image -> code -> image autoencoder: a deterministic code, trained to reconstruct. Same
+    encoder/decoder as the VAE."""
 
     def __init__(self, latent_dim: int = 16, width: int = 32, hidden: int = 256):
         super().__init__()
@@ -148,7 +170,9 @@ class VAE(nn.Module):
     (a CVAE: both encoder and decoder see a one-hot label) when ``n_classes > 0``.
 
     ``encode(x) -> (mu, logvar)``, ``decode(z) -> logits`` (same shape as x), ``elbo(x) -> [n]`` nats,
-    ``sample(n, labels=None, generator=None) -> [n, 1, 28, 28]`` in [0, 1] (Bernoulli means, on the CPU).
+    ``sample(n, labels=None, generator=None) -> [n, 1, 28, 28]`` in [0, 1]: the decoder's Bernoulli
+    *means* for ``z ~ N(0, I)``, on the CPU (not draws of the Bernoulli pixels, which would be
+    speckled black and white).
     """
 
     def __init__(self, latent_dim: int = 16, width: int = 32, hidden: int = 256, n_classes: int = 0,
@@ -193,10 +217,12 @@ class VAE(nn.Module):
         rec, kl = self.elbo_terms(x, labels, n_samples, generator)
         return -(rec + kl)
 
-    def loss(self, x, labels=None, beta: float = 1.0, generator=None):
-        """Training loss ``mean(rec + beta * KL)`` and its parts (a ``make_step`` loss)."""
-        rec, kl = self.elbo_terms(x, labels, 1, generator)
-        return (rec + beta * kl).mean(), {"rec": rec.mean().item(), "kl": kl.mean().item()}
+    def loss(self, x, labels=None, beta: float = 1.0, generator=None, loss_fn=None):
+        """Training loss ``mean(rec + beta * KL)`` and its parts (a ``make_step`` loss), for one
+        reparameterised sample per picture. ``loss_fn(logits, x, mu, logvar, beta)`` assembles it
+        (default :func:`negative_elbo_loss`; chapter 02 passes the learner's own)."""
+        logits, mu, logvar = self(x, labels, generator)
+        return (loss_fn or negative_elbo_loss)(logits, x, mu, logvar, beta)
 
     @torch.no_grad()
     def sample(self, n: int, labels=None, generator: torch.Generator | None = None,
@@ -266,9 +292,10 @@ def negative_elbo(model: VAE, x: torch.Tensor, labels=None, n_samples: int = 10,
 def train_vae(model: VAE, steps: int | None = None, minutes: float | None = None, batch_size: int = 64,
               lr: float = 2e-3, weight_decay: float = 1e-4, beta: float = 1.0, max_shift: int = 1,
               val_every: int = 200, seed: int = 0, train_data=None, val_data=None, progress: bool = True,
-              desc: str = "VAE", callback=None):
+              desc: str = "VAE", callback=None, loss_fn=None):
     """Train in place with AdamW, a cosine learning rate, shift augmentation, and early stopping on a
-    validation split: the weights kept are those of the best validation negative ELBO.
+    validation split: the weights kept are those of the best validation negative ELBO. ``loss_fn``
+    assembles the loss (see :meth:`VAE.loss`; default :func:`negative_elbo_loss`).
 
     Returns the :class:`History`; ``history.evals`` holds ``(step, {"val_neg_elbo", ...})``."""
     device = next(model.parameters()).device
@@ -284,10 +311,10 @@ def train_vae(model: VAE, steps: int | None = None, minutes: float | None = None
     g = torch.Generator().manual_seed(seed + 1)
     cond = bool(model.n_classes)
 
-    def loss_fn(m, batch):
+    def batch_loss(m, batch):
         xb, yb = batch
         xb = random_shift(xb, max_shift, g).to(device)
-        return m.loss(xb, yb.to(device) if cond else None, beta=beta, generator=g)
+        return m.loss(xb, yb.to(device) if cond else None, beta=beta, generator=g, loss_fn=loss_fn)
 
     best = {"val": math.inf, "state": None, "step": 0}
 
@@ -301,7 +328,7 @@ def train_vae(model: VAE, steps: int | None = None, minutes: float | None = None
         model.train()
         return {"val_neg_elbo": r["neg_elbo"], "val_rec": r["rec"], "val_kl": r["kl"]}
 
-    hist = fit(make_step(model, loss_fn, opt, scheduler=sched), loader, steps=steps, minutes=minutes,
+    hist = fit(make_step(model, batch_loss, opt, scheduler=sched), loader, steps=steps, minutes=minutes,
                eval_fn=eval_fn, eval_every=val_every, desc=desc, progress=progress, callback=callback)
     if best["state"] is not None:
         model.load_state_dict(best["state"])

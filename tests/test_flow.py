@@ -1,0 +1,245 @@
+"""Chapter 04: flow matching. The straight path and its velocity, the conversions to the other
+parameterisations, and the hand-written Euler sampler against diffusers' FlowMatchEulerDiscreteScheduler."""
+import math
+
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from course_lib import diffusion, flow
+
+
+def toy_velocity(x, timesteps):
+    """A fixed, deterministic stand-in for a network (same output for both samplers)."""
+    t = (timesteps.float() / 1000).view(-1, *([1] * (x.dim() - 1)))
+    return 0.5 * x - 0.3 * torch.cos(3 * x + t)
+
+
+def test_path_ends_at_data_and_noise_and_is_straight():
+    x0, eps = torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4)
+    assert torch.equal(flow.interpolate(x0, eps, 0.0), x0)
+    assert torch.equal(flow.interpolate(x0, eps, 1.0), eps)
+    t = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9])
+    x_t = flow.interpolate(x0, eps, t)
+    assert torch.allclose(x_t[2], (x0[2] + eps[2]) / 2)
+    # the velocity is the derivative of the path, the same at every t
+    h = 1e-3
+    numeric = (flow.interpolate(x0.double(), eps.double(), t.double() + h)
+               - flow.interpolate(x0.double(), eps.double(), t.double() - h)) / (2 * h)
+    assert torch.allclose(numeric, flow.velocity_target(x0, eps).double(), atol=1e-8)
+
+
+def test_flow_matching_loss_is_the_mse_to_the_velocity():
+    x0 = torch.randn(16, 2)
+    g = torch.Generator().manual_seed(0)
+    loss, parts = flow.flow_matching_loss(lambda x, ts: torch.zeros_like(x), x0, generator=g, return_parts=True)
+    eps = parts["target"] + x0
+    assert torch.allclose(parts["x_t"], flow.interpolate(x0, eps, parts["t"]), atol=1e-6)
+    assert math.isclose(loss.item(), (parts["target"] ** 2).mean().item(), rel_tol=1e-6)
+    # a network that outputs the exact velocity has zero loss; the timesteps it gets are 1000 t
+    seen = {}
+
+    def oracle(x, ts):
+        seen["ts"] = ts
+        return parts["target"]
+    g = torch.Generator().manual_seed(0)
+    assert flow.flow_matching_loss(oracle, x0, generator=g).item() < 1e-12
+    assert torch.allclose(seen["ts"], 1000 * parts["t"])
+
+
+def test_diffusion_loss_with_flow_prediction_is_flow_matching():
+    """Chapter 04's and chapter 05's training steps train flow matching when the config says so."""
+    x0 = torch.randn(8, 1, 4, 4)
+    net = lambda x, ts: 0.1 * x  # noqa: E731
+    ac = diffusion.NoiseSchedule.make("linear").alphas_cumprod
+    a = diffusion.diffusion_loss(net, x0, ac, "flow_prediction", generator=torch.Generator().manual_seed(3))
+    b = flow.flow_matching_loss(net, x0, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    c = diffusion.diffusion_loss(net, x0, ac, "flow_prediction", generator=torch.Generator().manual_seed(3),
+                                 time_sampling="logit-normal")
+    d = flow.flow_matching_loss(net, x0, generator=torch.Generator().manual_seed(3), time_sampling="logit-normal")
+    assert torch.equal(c, d) and not torch.equal(a, c)
+    with pytest.raises(ValueError, match="flow matching"):
+        diffusion.diffusion_loss(net, x0, ac, "epsilon", time_sampling="logit-normal")
+
+
+def test_reflow_pairs_keep_their_noise():
+    noise = torch.randn(10, 2)
+    g = torch.Generator().manual_seed(0)
+    x0 = flow.reflow_pairs(toy_velocity, noise, 4)
+    assert torch.allclose(x0, flow.sample_euler(toy_velocity, noise, 4), atol=1e-6)
+    loss, parts = flow.flow_matching_loss(lambda x, ts: x, x0, noise=noise, generator=g, return_parts=True)
+    assert torch.allclose(parts["target"], noise - x0)
+
+
+def test_time_sampling():
+    g = torch.Generator().manual_seed(0)
+    u = flow.sample_time(20000, g, "uniform")
+    ln = flow.sample_time(20000, g, "logit-normal")
+    assert 0 < u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.01
+    assert abs(ln.median() - 0.5) < 0.01 and ((ln - 0.5).abs() < 0.25).float().mean() > 0.6
+    with pytest.raises(ValueError, match="uniform"):
+        flow.sample_time(4, g, "cosine")
+
+
+# --------------------------------------------------------------------------------------------
+# the same noisy picture, four parameterisations
+# --------------------------------------------------------------------------------------------
+def test_velocity_gives_back_data_and_noise():
+    x0, eps = torch.randn(4, 3, 4, 4), torch.randn(4, 3, 4, 4)
+    t = torch.tensor([0.05, 0.4, 0.6, 0.95])
+    x_t = flow.interpolate(x0, eps, t)
+    u = flow.velocity_target(x0, eps)
+    x0_hat, eps_hat = flow.x0_and_noise(u, x_t, t)
+    assert torch.allclose(x0_hat, x0, atol=1e-5) and torch.allclose(eps_hat, eps, atol=1e-5)
+    assert torch.allclose(flow.velocity_from(eps, x_t, t, "epsilon"), u, atol=1e-4)
+    assert torch.allclose(flow.velocity_from(x0, x_t, t, "sample"), u, atol=1e-4)
+    with pytest.raises(ValueError, match="epsilon"):
+        flow.velocity_from(x0, x_t, t, "v_prediction")
+
+
+@pytest.mark.parametrize("step", [1, 250, 500, 900, 999])
+def test_variance_preserving_point_is_a_rescaled_flow_point_and_v_converts(step):
+    """z = α x0 + σ ε (chapter 04's DDPM, cosine schedule) is the flow point at t = σ/(α+σ), scaled by
+    α + σ; a v-prediction converts to the velocity and back."""
+    ac = diffusion.NoiseSchedule.make("cosine").alphas_cumprod
+    x0, eps = torch.randn(3, 3, 4, 4, dtype=torch.float64), torch.randn(3, 3, 4, 4, dtype=torch.float64)
+    z = diffusion.q_sample(x0, step, eps, ac)
+    t, scale = flow.flow_time(ac[step])
+    assert torch.allclose(scale * z, flow.interpolate(x0, eps, t), atol=1e-10)
+    v = diffusion.v_target(x0, eps, step, ac)
+    u = flow.velocity_from_v(v, z, ac[step])
+    assert torch.allclose(u, eps - x0, atol=1e-8)
+    assert torch.allclose(flow.v_from_velocity(u, scale * z, t), v, atol=1e-8)
+
+
+# --------------------------------------------------------------------------------------------
+# the Euler sampler against diffusers
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("steps,shift", [(1, 1.0), (4, 1.0), (20, 1.0), (10, 3.0)])
+def test_euler_sigmas_match_diffusers(steps, shift):
+    sched = FlowMatchEulerDiscreteScheduler(shift=shift)
+    sched.set_timesteps(steps)
+    ours = flow.euler_sigmas(steps, shift)
+    assert torch.allclose(ours.float(), sched.sigmas, atol=1e-6)
+    assert torch.allclose(1000 * ours[:-1].float(), sched.timesteps, atol=1e-3)
+    assert ours[0] == 1.0 and ours[-1] == 0.0
+
+
+@pytest.mark.parametrize("steps,shift", [(1, 1.0), (8, 1.0), (8, 3.0)])
+def test_euler_sampler_matches_flow_match_euler_scheduler(steps, shift):
+    noise = torch.randn(3, 2, 5, 5, generator=torch.Generator().manual_seed(1))
+    ours = flow.sample_euler(toy_velocity, noise, steps, shift=shift)
+    sched = FlowMatchEulerDiscreteScheduler(shift=shift)
+    sched.set_timesteps(steps)
+    x = noise.clone()
+    for t in sched.timesteps:
+        x = sched.step(toy_velocity(x, t.expand(len(x))), t, x).prev_sample
+    assert torch.allclose(ours, x, atol=1e-5), (ours - x).abs().max()
+
+
+def test_euler_one_step_on_a_straight_flow_is_exact():
+    """If every line shares one velocity (a single data point), one Euler step lands on the data."""
+    target = torch.tensor([[0.3, -0.7]])
+    noise = torch.randn(6, 2)
+    exact = lambda x, ts: (x - target) / (ts / 1000).view(-1, 1)  # noqa: E731  (the velocity toward target)
+    assert torch.allclose(flow.sample_euler(exact, noise, 1), target.expand(6, 2), atol=1e-5)
+
+
+def test_shift_spends_steps_at_high_noise():
+    s = flow.euler_sigmas(10, shift=3.0)
+    plain = flow.euler_sigmas(10)
+    assert (s[1:-1] > plain[1:-1]).all()
+    assert torch.allclose(flow.shift_sigmas(plain, 1.0), plain)
+    with pytest.raises(ValueError):
+        flow.euler_sigmas(0)
+    with pytest.raises(TypeError):
+        flow.euler_sigmas(2.5)
+
+
+# --------------------------------------------------------------------------------------------
+# the 2-D toy
+# --------------------------------------------------------------------------------------------
+def test_two_moons_and_toy_net():
+    pts = flow.two_moons(1000, torch.Generator().manual_seed(0))
+    assert pts.shape == (1000, 2) and pts.abs().max() < 2.5
+    net = flow.ToyNet()
+    assert net(pts[:5], torch.full((5,), 500.0)).shape == (5, 2)
+
+
+def test_straightness_of_straight_and_bent_paths():
+    s = torch.linspace(0, 1, 11).view(-1, 1, 1)
+    a, b = torch.randn(1, 7, 2), torch.randn(1, 7, 2)
+    assert abs(flow.straightness(a + s * (b - a)) - 1.0) < 1e-5
+    corner = torch.cat([a, torch.cat([b[..., :1], a[..., 1:]], -1), b])            # along x, then along y
+    assert flow.straightness(corner) > 1.0
+
+
+@pytest.mark.parametrize("objective", ["flow", "ddpm"])
+def test_toy_trains_and_draws_paths(objective):
+    model, hist = flow.train_toy(objective, steps=20, n_points=512, batch_size=64)
+    assert hist.steps == 20 and math.isfinite(hist.last())
+    path = flow.toy_trajectories(model, objective, n=16, num_inference_steps=5)
+    assert path.shape == (6, 16, 2)
+    start = torch.randn((16, 2), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(path[0], start)
+    if objective == "ddpm":
+        rescaled = flow.toy_trajectories(model, objective, n=16, num_inference_steps=5, flow_coordinates=True)
+        assert torch.allclose(rescaled[-1], path[-1]) and not torch.allclose(rescaled[2], path[2])
+
+
+def test_reflow_pairs_train_a_straighter_toy_flow():
+    """One reflow on the toy: paths closer to straight lines than the first flow's (seconds)."""
+    torch.manual_seed(0)
+    first, _ = flow.train_toy("flow", steps=400, n_points=4000)
+    noise = torch.randn((4000, 2), generator=torch.Generator().manual_seed(1))
+    pairs = (flow.reflow_pairs(first, noise, 50), noise)
+    second, _ = flow.train_toy("flow", steps=400, pairs=pairs)
+    s1 = flow.straightness(flow.toy_trajectories(first, "flow", n=300, num_inference_steps=50))
+    s2 = flow.straightness(flow.toy_trajectories(second, "flow", n=300, num_inference_steps=50))
+    assert s2 < s1 - 0.1, (s1, s2)
+    with pytest.raises(ValueError, match="flow"):
+        flow.train_toy("ddpm", steps=1, pairs=pairs)
+
+
+# --------------------------------------------------------------------------------------------
+# digits: chapter 04's network and recipe with the flow-matching loss
+# --------------------------------------------------------------------------------------------
+def test_digit_flow_model_trains_and_samples():
+    from course_lib import pretrained
+    from course_lib.models import ddpm
+
+    model, hist = ddpm.train_ddpm(config=flow.DIGITS_CONFIG, steps=2, seed=0, progress=False, batch_size=8)
+    assert model.config.prediction_type == "flow_prediction" and all(math.isfinite(v) for v in hist.losses)
+    digits = flow.sample_digits(model, labels=[3, 7], guidance_scale=2.0, num_inference_steps=2, seed=0)
+    assert digits.shape == (2, 1, 28, 28) and 0 <= digits.min() and digits.max() <= 1
+    again = flow.sample_digits(model, labels=[3, 7], guidance_scale=2.0, num_inference_steps=2, seed=0)
+    assert torch.equal(digits, again)
+    row = flow.judge_digits(model, "euler", 1, n=10)
+    assert set(row) >= {"mean_top_prob", "hist_entropy", "accuracy_guided"} and row["steps"] == 1
+    with pytest.raises(ValueError, match="euler"):
+        flow.judge_digits(model, "heun", 1, n=10)
+    assert "flow-mnist" in pretrained.known()
+
+
+def test_digit_training_resumes_where_it_stopped(tmp_path):
+    """A run stopped midway and called again ends with the weights of one uninterrupted run."""
+    from course_lib.models import ddpm
+
+    kw = dict(config=flow.DIGITS_CONFIG, steps=5, seed=0, progress=False, batch_size=4, device="cpu")
+    whole, _ = ddpm.train_ddpm(**kw)
+    state = tmp_path / "run.pt"
+
+    def stop(i, hist):
+        if i == 2:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        ddpm.train_ddpm(state_file=state, save_every=2, callback=stop, **kw)
+    assert state.exists()
+    resumed, hist = ddpm.train_ddpm(state_file=state, save_every=2, **kw)
+    assert hist.steps == 5 and len(hist.losses) == 5 and not state.exists()
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    torch.save({"run": {"seed": 1}}, state)
+    with pytest.raises(ValueError, match="another run"):
+        ddpm.train_ddpm(state_file=state, **kw)

@@ -1,0 +1,55 @@
+"""The figure helpers every chapter uses (course_lib.plotting)."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from course_lib.plotting import grid_shape, plot_losses, show_images, smooth  # noqa: E402
+
+
+@pytest.mark.parametrize("n,ncols,want", [(9, 8, (2, 5)), (16, 8, (2, 8)), (3, 8, (1, 3)),
+                                          (100, 10, (10, 10)), (17, 16, (2, 9)), (1, 4, (1, 1))])
+def test_grid_has_no_empty_column(n, ncols, want):
+    rows, cols = grid_shape(n, ncols)
+    assert (rows, cols) == want
+    assert cols <= ncols and rows * cols >= n and (rows - 1) * cols < n and rows * (cols - 1) < n
+
+
+def test_grid_shape_rejects_nothing_to_show():
+    with pytest.raises(ValueError):
+        grid_shape(0, 8)
+
+
+def test_show_images_layout_captions_and_readable_text():
+    fig = show_images(torch.rand(9, 3, 32, 32), [f"a small red circle number {i}" for i in range(9)],
+                      ncols=8, title="nine")
+    try:
+        axes = fig.axes
+        assert len(axes) == 9
+        cols = {round(ax.get_position().x0, 3) for ax in axes}
+        assert len(cols) == 5                                             # 5 + 4, not 8 + 1
+        assert min(ax.title.get_fontsize() for ax in axes) >= 9
+        assert all(len(line) <= 20 for ax in axes for line in ax.get_title().splitlines())
+    finally:
+        plt.close(fig)
+    with pytest.raises(ValueError, match="captions"):
+        show_images(torch.rand(3, 1, 28, 28), ["one", "two"])
+
+
+def test_smooth_and_plot_losses():
+    v = [1.0, 3.0, 5.0, 7.0]
+    assert smooth(v, 2).tolist() == [1.0, 2.0, 4.0, 6.0]
+    ax = plot_losses({"loss": v}, window=2, title="t")
+    assert ax.get_title() == "t" and len(ax.lines) == 2
+    plt.close(ax.figure)
+
+
+def test_loss_plot_on_a_log_axis_labels_plain_numbers():
+    losses = (1.05 + 0.15 * torch.exp(-torch.arange(200) / 50)).tolist()      # less than one decade
+    ax = plot_losses({"loss": losses}, logy=True)
+    ax.figure.canvas.draw()
+    labels = [t.get_text() for t in ax.get_yticklabels(minor=True) + ax.get_yticklabels()]
+    assert any(label for label in labels) and not any("times" in s or "^" in s for s in labels), labels
+    plt.close(ax.figure)
