@@ -97,6 +97,122 @@ def nearest_shapes_colour(rgb) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------------------------
+# Which colour names are Shapes colours
+# --------------------------------------------------------------------------------------------
+#: Words for colours Shapes does not draw (also with -ish or -y: "brownish", "pinky"). A name with one
+#: of them is never taken for a Shapes colour, whatever its hue ("brown" is a dark orange by hue).
+OTHER_COLOUR_WORDS = frozenset(
+    "pink brown grey gray black white teal turquoise cyan aqua beige khaki tan cream creme ecru silver "
+    "magenta maroon burgundy olive mauve taupe puce".split())
+#: Below this chroma a red is a pink and a yellow a beige (:func:`shapes_colour_of`).
+PALE_CHROMA = 50.0
+#: Names of the XKCD survey a course should not teach from.
+CRUDE_WORDS = frozenset("shit poo poop puke vomit barf booger snot piss diarrhea bile".split())
+
+
+def lch(rgb) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """sRGB [..., 3] -> (lightness L, chroma C, hue angle h in degrees), from CIELAB."""
+    lab = rgb_to_lab(rgb)
+    return lab[..., 0], np.hypot(lab[..., 1], lab[..., 2]), np.degrees(np.arctan2(lab[..., 2], lab[..., 1])) % 360
+
+
+def _name_words(name: str) -> list[str]:
+    return [w for w in re.split(r"[^a-z]+", name.lower()) if w]
+
+
+def _root(word: str) -> str:
+    """'brownish' -> 'brown', 'pinky' -> 'pink', 'reddish' -> 'red', 'purply' -> 'purple'."""
+    for suffix in ("dish", "ish", "ey", "y"):
+        if word.endswith(suffix) and len(word) > len(suffix) + 2:
+            stem = word[: -len(suffix)]
+            return {"purpl": "purple", "blu": "blue", "orang": "orange", "yellow": "yellow"}.get(stem, stem)
+    return word
+
+
+def shapes_colour_of(name: str, rgb, min_chroma: float = 30.0, max_hue_gap: float = 30.0,
+                     min_margin: float = 10.0) -> str | None:
+    """The Shapes colour a colour name means, or ``None`` where that is not clear.
+
+    Colour names name a hue, and the six Shapes colours are six hues (CIELAB hue angle: red 37°,
+    orange 64°, yellow 99°, green 138°, blue 299°, purple 318°). A name counts as Shapes colour ``c``
+    when its colour is chromatic (chroma at least ``min_chroma``: no greys), its hue is within
+    ``max_hue_gap`` degrees of ``c``'s and at least ``min_margin`` degrees nearer to it than to any
+    other Shapes colour, and the name has no word of another colour: none of
+    :data:`OTHER_COLOUR_WORDS` ("brownish red"), and no other Shapes colour ("orange red").
+    English has basic colour words next to three of the six: a pale red is *pink* and a pale yellow
+    *beige* (so red and yellow need chroma at least :data:`PALE_CHROMA`), a dark orange is *brown*
+    and a dark yellow *olive* (so they need lightness L at least 55), and a red almost black
+    (L < 25) is no longer red."""
+    palette_names, palette = shapes_palette()
+    _, _, hues = lch(palette)
+    L, C, h = (float(v) for v in lch(np.asarray(rgb, dtype=np.float64)))
+    gaps = np.abs((h - hues + 180) % 360 - 180)                            # [6] degrees
+    order = np.argsort(gaps)
+    colour = palette_names[order[0]]
+    words = _name_words(name)
+    roots = set(words) | {_root(w) for w in words}
+    named = {c for c in palette_names for w in words if w.startswith(c) or w.endswith(c) or _root(w) == c}
+    if (C < min_chroma or gaps[order[0]] > max_hue_gap or gaps[order[1]] - gaps[order[0]] < min_margin
+            or roots & OTHER_COLOUR_WORDS or roots & CRUDE_WORDS or named - {colour}):
+        return None
+    if colour in ("red", "yellow") and C < PALE_CHROMA:                     # pink, beige
+        return None
+    if (colour in ("orange", "yellow") and L < 55) or (colour == "red" and L < 25):   # brown, olive, near black
+        return None
+    return colour
+
+
+def shapes_colour_names(exclude: tuple | set | frozenset = ()) -> dict[str, list[str]]:
+    """``{Shapes colour: [colour names]}``: every XKCD and CSS4 name (:func:`colour_names`) that
+    :func:`shapes_colour_of` maps to one of the six, except names with a word that contains a word of
+    ``exclude`` (excluding "butter" drops "butterscotch" too)."""
+    exclude = tuple(exclude)
+    out = {c: [] for c in shapes.ATTRIBUTE_VALUES["color"]}
+    for name, rgb in colour_names():
+        if any(x in w for w in _name_words(name) for x in exclude):
+            continue
+        colour = shapes_colour_of(name, rgb)
+        if colour is not None:
+            out[colour].append(name)
+    return out
+
+
+def hue_figure(exclude: tuple = (), marked: dict | None = None):
+    """Every XKCD and CSS4 colour name on the CIELAB hue circle (angle: hue, radius: chroma), drawn
+    in its own colour: large where :func:`shapes_colour_of` takes it for a Shapes colour, small where
+    it does not. The six Shapes colours are the labelled stars. ``marked``: ``{word: rgb}`` drawn as
+    labelled crosses (the unseen colour words). Returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    names = colour_names()
+    rgb = np.array([c for _, c in names])
+    _, chroma, hue = lch(rgb)
+    taken = np.array([shapes_colour_of(n, c) is not None for n, c in names])
+    fig = plt.figure(figsize=(6.2, 6.2))
+    ax = fig.add_subplot(projection="polar")
+    ax.set_facecolor("0.92")
+    for keep, size in ((False, 6), (True, 22)):
+        k = taken == keep
+        ax.scatter(np.radians(hue[k]), chroma[k], s=size, c=rgb[k], edgecolors="none" if not keep else "k",
+                   linewidths=0.2, label="a Shapes colour" if keep else "not clearly one")
+    palette_names, palette = shapes_palette()
+    _, pc, ph = lch(palette)
+    ax.scatter(np.radians(ph), pc, marker="*", s=260, c=palette, edgecolors="k", linewidths=0.8)
+    for n, c, h in zip(palette_names, pc, ph):
+        ax.annotate(n, (np.radians(h), c), xytext=(6, 6), textcoords="offset points", fontsize=9, weight="bold")
+    for word, colour in (marked or {}).items():
+        _, c, h = (float(v) for v in lch(np.asarray(colour)))
+        ax.scatter([np.radians(h)], [c], marker="X", s=60, c=[colour], edgecolors="k", linewidths=0.8)
+        ax.annotate(word, (np.radians(h), c), xytext=(4, -10), textcoords="offset points", fontsize=7)
+    ax.set_rlabel_position(100)
+    ax.set_yticks([30, 60, 90], ["chroma 30", "60", "90"], fontsize=7)
+    ax.set_xticks(np.radians(np.arange(0, 360, 45)), [f"{d}°" for d in range(0, 360, 45)], fontsize=7)
+    ax.legend(loc="lower left", bbox_to_anchor=(-0.12, -0.12), fontsize=8, framealpha=0.9)
+    ax.set_title("colour names on the CIELAB hue circle", fontsize=10)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
 # The colour probe
 # --------------------------------------------------------------------------------------------
 def name_split(names: list[str], test_fraction: float = 0.3, seed: int = 0,

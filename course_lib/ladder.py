@@ -13,7 +13,8 @@ Each model is asked for every training caption three ways: canonically, in the s
 the unseen wording (:func:`prompt_sets`). The shapes-judge reads each picture; :func:`judge_set`
 reports how often each asked-for attribute is there, with a 95% Wilson interval
 (:func:`wilson_interval`) and the chance level of guessing (:data:`CHANCE`). :func:`ladder_figure`
-draws it.
+draws it. :func:`subsample` picks a smaller, even-handed set of prompts for a shorter run;
+:func:`recorded_results` reads what training measured on all of them from the manifest.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from . import diffusion
 from .data import shapes
 from .data.wordings import paraphrase_prompts, training_captions
 from .models import text_to_image as t2i
-from .pretrained import TrainResult, register, run_recipe
+from .pretrained import TrainResult, info, register, run_recipe
 
 #: Accuracy of a guess uniform over the values: per attribute, and all five at once.
 CHANCE = {**{a: 1 / len(shapes.ATTRIBUTE_VALUES[a]) for a in shapes.ATTRIBUTES},
@@ -96,6 +97,31 @@ def measure(pipes: dict, sets: dict | None = None, seed: int = 0, limit: int | N
             images = generate(pipe, prompts, seed=seed, **kw)
             out[(name, set_name)] = dict(judge_set(images, targets), images=images, prompts=prompts,
                                          targets=targets)
+    return out
+
+
+def subsample(sets: dict, n: int | None, seed: int = 0) -> dict:
+    """The same ``n`` prompts of every set of :func:`prompt_sets`, drawn at random (a prefix would be
+    lopsided: the captions are in attribute order); ``n`` None keeps them all."""
+    size = len(next(iter(sets.values()))[0])
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= size):
+        raise ValueError(f"n must be None or an int from 1 to {size}, got {n!r}")
+    pick = sorted(np.random.default_rng([seed, 67]).permutation(size)[:n].tolist()) if n else range(size)
+    return {name: ([prompts[i] for i in pick], [targets[i] for i in pick])
+            for name, (prompts, targets) in sets.items()}
+
+
+def recorded_results(name: str) -> dict:
+    """What ``python -m course_lib.pretrained train NAME`` measured on all 270 prompts of each set
+    (:func:`evaluate_ladder_model`), in :func:`measure`'s form without the pictures:
+    ``{set: {"size": (acc, lo, hi), ..., "all": (...), "n": n}}``; empty for a model whose record
+    holds no ladder measurement (``shapes-t2i``)."""
+    out = {}
+    for set_name, q in info(name).get("quality", {}).items():
+        if set_name in PROMPT_SETS:
+            n = q["n"]
+            out[set_name] = {"n": n, **{k: (q[k], *wilson_interval(round(q[k] * n), n))
+                                         for k in (*shapes.ATTRIBUTES, "all")}}
     return out
 
 

@@ -265,20 +265,23 @@ class FrozenTextEncoder(nn.Module):
 
     @torch.no_grad()
     def encode(self, texts, batch_size: int = 256) -> TextEncoding:
-        """Encode a text or a list of texts: states [n, L, d], mask [n, L], pooled [n, d]."""
+        """Encode a text or a list of texts: states [n, L, d], mask [n, L], pooled [n, d]. Texts are
+        batched by length (little padding to compute), the result is in the order given."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts:
             raise ValueError("encode needs at least one text")
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         parts = []
         for i in range(0, len(texts), batch_size):
-            tok = self.tokenize(texts[i:i + batch_size])
+            tok = self.tokenize([texts[j] for j in order[i:i + batch_size]])
             parts.append(self.encode_tokens(tok["input_ids"], tok["attention_mask"]))
         if self.max_length is None and len(parts) > 1:
             width = max(p.states.shape[1] for p in parts)
             parts = [TextEncoding(F.pad(p.states, (0, 0, 0, width - p.states.shape[1])),
                                   F.pad(p.mask, (0, width - p.mask.shape[1])), p.pooled) for p in parts]
-        return TextEncoding(torch.cat([p.states for p in parts]), torch.cat([p.mask for p in parts]),
-                            torch.cat([p.pooled for p in parts]))
+        inverse = torch.argsort(torch.tensor(order))
+        return TextEncoding(torch.cat([p.states for p in parts])[inverse], torch.cat([p.mask for p in parts])[inverse],
+                            torch.cat([p.pooled for p in parts])[inverse])
 
     def forward(self, input_ids, attention_mask):
         """The chapter 05 encoder convention: ``(states, pooled)``."""

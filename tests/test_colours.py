@@ -52,3 +52,17 @@ def test_probe_beats_the_mean_colour_baseline_only_with_informative_features():
     assert good["baseline_delta_e"] == pytest.approx(float(base.mean()), rel=1e-4)
     assert good["delta_e"] < 0.5 * good["baseline_delta_e"]
     assert noise["delta_e"] > 0.9 * noise["baseline_delta_e"]
+
+
+def test_shapes_colour_of_names_a_hue_and_refuses_other_colours():
+    for c, rgb in shapes.COLORS.items():
+        assert colours.shapes_colour_of(c, rgb) == c
+    table = dict(colours.colour_names())
+    want = {"navy": "blue", "scarlet": "red", "tangerine": "orange", "violet": "purple", "lemon": "yellow",
+            "emerald": "green", "brown": None, "pink": None, "grey": None, "orange red": None,
+            "brownish red": None, "beige": None, "olive": None, "teal": None, "mauve": None}
+    for name, colour in want.items():
+        assert colours.shapes_colour_of(name, table[name]) == colour, name
+    groups = colours.shapes_colour_names()
+    assert set(groups) == set(shapes.ATTRIBUTE_VALUES["color"]) and all(len(v) >= 10 for v in groups.values())
+    assert "mint green" in groups["green"] and "mint green" not in colours.shapes_colour_names(("mint",))["green"]

@@ -30,6 +30,23 @@ def test_prompt_sets_ask_for_every_training_caption_three_ways():
     assert sum(p == c for p, c in zip(sets["unseen wording"][0], canon)) == 0
 
 
+def test_subsample_takes_the_same_prompts_of_every_set_across_attributes():
+    sets = ladder.prompt_sets()
+    small = ladder.subsample(sets, 90, seed=0)
+    assert list(small) == list(sets) and all(len(p) == len(t) == 90 for p, t in small.values())
+    assert small == ladder.subsample(sets, 90, seed=0) != ladder.subsample(sets, 90, seed=1)
+    canon = small["canonical"][1]
+    for name, (prompts, targets) in small.items():
+        assert targets == canon and set(prompts) <= set(sets[name][0])
+    specs = [shapes.parse_caption(c) for c in canon]
+    for a in shapes.ATTRIBUTES:                                   # a prefix would hold one size only
+        assert {getattr(s, a) for s in specs} == set(shapes.ATTRIBUTE_VALUES[a]), a
+    assert ladder.subsample(sets, None) == sets
+    for bad in (0, 271, 2.5, True):
+        with pytest.raises(ValueError, match="n must be"):
+            ladder.subsample(sets, bad)
+
+
 def test_judge_set_counts_and_intervals():
     specs = shapes.all_specs("train")[:12]
     caps = [shapes.caption(s) for s in specs]
@@ -88,6 +105,14 @@ def test_shipped_ladder_models_draw_canonical_captions():
     if len(measured) == 2:
         assert measured["shapes-t2i-mpnet"]["unseen wording"]["all"] > measured["shapes-t2i-minilm"][
             "unseen wording"]["all"]
+    for name, quality in measured.items():                               # the notebook's recorded table
+        rec = ladder.recorded_results(name)
+        assert list(rec) == list(ladder.PROMPT_SETS) and rec["canonical"]["n"] == 270
+        acc, lo, hi = rec["unseen wording"]["all"]
+        assert acc == quality["unseen wording"]["all"] and lo <= acc <= hi
+        assert [round(lo, 2), round(hi, 2)] == [round(v, 2) for v in quality["unseen wording"]["all_ci95"]]
+    if _shipped("shapes-t2i"):
+        assert ladder.recorded_results("shapes-t2i") == {}
     pipe = pretrained.load("shapes-t2i-mpnet", "cpu")
     images = ladder.generate(pipe, ["a small red circle in the top left"], num_inference_steps=4)
     assert images.shape == (1, 3, 32, 32)

@@ -35,6 +35,18 @@ def test_fixed_length_batches_concatenate(minilm):
     torch.testing.assert_close(a.states[0, :k], short.states[0, :k], atol=1e-5, rtol=1e-4)
 
 
+def test_batches_by_length_keep_the_order_given(minilm):
+    texts = ["a very long request for a small red circle in the top left corner of the image", "a red ball",
+             "a big blue box on the right", "dot"]
+    together = minilm.encode(texts, batch_size=2)                          # two batches, sorted by length
+    for i, t in enumerate(texts):
+        alone = minilm.encode([t])
+        k = int(alone.mask.sum())
+        assert int(together.mask[i].sum()) == k
+        torch.testing.assert_close(together.states[i, :k], alone.states[0, :k], atol=1e-4, rtol=1e-3)
+        torch.testing.assert_close(together.pooled[i], alone.pooled[0], atol=1e-4, rtol=1e-3)
+
+
 def test_online_towers_refuse_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for kind in ("clip", "t5"):

@@ -83,3 +83,45 @@ def test_training_captions_mix_canonical_and_seen_wording():
     assert not any(set(shapes.split_words(t)) & unseen for t in out)
     many = wordings.training_captions(caps * 20, np.random.default_rng(1), per_caption=4)
     assert len(set(many)) <= 5 * len(caps)                 # a bank of 4 wordings per caption, plus the caption
+
+
+def test_colour_words_are_clearly_one_shapes_colour_and_unseen_ones_stay_unseen():
+    from course_lib import colours
+
+    table = dict(colours.colour_names())
+    for vocab, words in (("seen", wordings.SEEN_CORE_COLOURS), ("unseen", wordings.UNSEEN_COLOURS)):
+        for colour, options in words.items():
+            assert len(options) >= 4, (vocab, colour)
+            for w in options:
+                name = wordings._UNSEEN_SPELLINGS.get(w, w)
+                if name in table:                                           # checked by its RGB
+                    assert colours.shapes_colour_of(name, table[name]) == colour, (vocab, w)
+    seen = wordings.WORDS["seen"]["color"]
+    assert sum(len(v) for v in seen.values()) > 250                       # the XKCD and CSS4 names
+    assert {"fire engine red", "kelly green", "navy", "lemon", "violet", "tangerine"} <= set().union(*seen.values())
+    unseen_words = [w for ws in wordings.UNSEEN_COLOURS.values() for w in ws] + ["vermillion", "perrywinkle"]
+    for names in seen.values():                                           # "mint green", "butterscotch" are out
+        assert not any(u in w for n in names for w in n.split() for u in unseen_words), names
+
+
+def test_split_vocabulary_holds_words_out_of_training():
+    kept, held = wordings.split_vocabulary("seen", 0.25, seed=0)
+    for key in ("size", "color", "shape", "where"):
+        for value in kept[key]:
+            assert kept[key][value] and held[key][value], (key, value)
+            assert not set(kept[key][value]) & set(held[key][value])
+            assert key == "where" or value in kept[key][value]               # the canonical word is kept
+    # a held-out colour name's distinctive words (in fewer than three names) are in no kept name
+    for colour, names in held["color"].items():
+        everything = [w for n in wordings.WORDS["seen"]["color"][colour] for w in n.split()]
+        kept_words = {w for n in kept["color"][colour] for w in n.split()}
+        rare = {w for n in names for w in n.split() if everything.count(w) < 3}
+        assert rare and not rare & kept_words, (colour, rare & kept_words)
+    texts, scenes = wordings.make_requests(50, seed=0, vocab=held)
+    assert len(texts) == 50 and any(s is None for s in scenes) and any(s for s in scenes)
+    again = wordings.split_vocabulary("seen", 0.25, seed=0)[1]
+    assert wordings.make_requests(20, seed=1, vocab=again) == wordings.make_requests(20, seed=1, vocab=held)
+    with pytest.raises(ValueError, match="fraction"):
+        wordings.split_vocabulary("seen", 1.5)
+    with pytest.raises(ValueError, match="split_vocabulary"):
+        wordings.make_requests(3, vocab={"size": {}})
