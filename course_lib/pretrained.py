@@ -138,7 +138,7 @@ def known() -> list[str]:
 
 def _entry(name: str) -> Entry:
     if name not in _REGISTRY:
-        # the manifest says which module registers a shipped model: import just that one
+        # data/checkpoints/manifest.json names the module that registers each shipped model: import that one
         module = read_manifest()["models"].get(name, {}).get("module")
         if module in ENTRY_MODULES:
             importlib.import_module(module)
