@@ -36,9 +36,21 @@ def minutes_up(seconds: float) -> int:
     return max(1, math.ceil(seconds / 60))
 
 
-def time_line(record: dict, quick_minutes: int | None = None) -> str:
-    """The header's Time line, from a run's record ``{"wall_seconds", "cpu_seconds", "threads", ...}``."""
-    line = (f"**Time**: full run about {minutes_up(record['wall_seconds'])} minutes (measured: "
+READING = re.compile(r"reading about (\d+) minutes")
+
+
+def reading_minutes(header: str) -> int | None:
+    """The reading time a header's Time line states ("reading about 40 minutes"), if it states one."""
+    m = TIME_LINE.search(header)
+    r = READING.search(m.group(0)) if m else None
+    return int(r.group(1)) if r else None
+
+
+def time_line(record: dict, quick_minutes: int | None = None, reading: int | None = None) -> str:
+    """The header's Time line, from a run's record ``{"wall_seconds", "cpu_seconds", "threads", ...}``
+    (``reading``: the minutes it takes to read the chapter, kept in front of the measured times)."""
+    read = f"reading about {reading} minutes; running: " if reading is not None else ""
+    line = (f"**Time**: {read}full run about {minutes_up(record['wall_seconds'])} minutes (measured: "
             f"{record['wall_seconds'] / 60:.1f} min wall, {record['cpu_seconds'] / 60:.1f} CPU-minutes, "
             f"{record['threads']} torch thread{'s' if record['threads'] != 1 else ''}, {record['machine']}; "
             f"`make execute NB={record['chapter']}`)")

@@ -107,8 +107,8 @@ def main(argv=None) -> int:
         head = nb.cells[0]
         if not execution.TIME_LINE.search(head.source):
             raise SystemExit(f"{path.name}: its first cell has no '**Time**:' line to state the measured time")
-        head.source = execution.TIME_LINE.sub(
-            execution.time_line(rec, execution.minutes_up(quick_wall)), head.source, count=1)
+        line = execution.time_line(rec, execution.minutes_up(quick_wall), execution.reading_minutes(head.source))
+        head.source = execution.TIME_LINE.sub(lambda _: line, head.source, count=1)
         target = Path(args.out) / path.name if args.out else path
         target.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, target)

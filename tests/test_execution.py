@@ -47,6 +47,16 @@ def test_time_line_states_the_measured_time_rounded_up():
     assert execution.TIME_LINE.search(_nb().cells[0].source)
 
 
+def test_time_line_keeps_the_reading_time_the_header_stated():
+    head = "**Time**: reading about 40 minutes. Running: about FULL_MINUTES minutes.\n\nMore."
+    assert execution.reading_minutes(head) == 40
+    assert execution.reading_minutes("**Time**: full run about 3 minutes.") is None
+    rec = {"wall_seconds": 125.0, "cpu_seconds": 130.0, "threads": 2, "machine": "2 CPU cores", "chapter": "01"}
+    new = execution.TIME_LINE.sub(execution.time_line(rec, 1, execution.reading_minutes(head)), head, count=1)
+    assert new.startswith("**Time**: reading about 40 minutes; running: full run about 3 minutes")
+    assert "FULL_MINUTES" not in new and new.endswith("\n\nMore.")
+
+
 def test_time_statement_is_replaced_whole():
     head = ("Intro.\n\n**Time**: full run about 18 minutes (measured on a laptop\nCPU); quick run about 2 "
             "minutes. **Prerequisites**: chapters 03 and 04.\n\nMore.")
