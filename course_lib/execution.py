@@ -14,6 +14,8 @@ import hashlib
 import math
 import re
 
+import nbformat
+
 #: Output MIME types of live widgets: they mean nothing without the running kernel.
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 #: The header's time statement: from "**Time**:" to the end of its paragraph or the next bold word.
@@ -72,10 +74,29 @@ def clean_stream(text: str) -> str:
     return "\n".join(lines)
 
 
+WIDGET_STATE_MIME = "application/vnd.jupyter.widget-state+json"
+STILL_NOTE = "(a still of the controls' first setting; run the cell to move them)\n"
+
+
+def widget_still(model_id: str, state: dict) -> list:
+    """The outputs a widget view showed when it was stored: those its ``Output`` widgets captured
+    (``interact`` draws into one), found through the widget's children. Empty if there are none."""
+    model = state.get(model_id)
+    if model is None:
+        return []
+    found = [dict(o) for o in model["state"].get("outputs", [])] if model.get("model_name") == "OutputModel" else []
+    for child in model["state"].get("children", []):
+        if isinstance(child, str) and child.startswith("IPY_MODEL_"):
+            found += widget_still(child[len("IPY_MODEL_"):], state)
+    return found
+
+
 def clean_outputs(nb) -> dict:
-    """Make stored outputs stand without a kernel: widget views (which need the live kernel) and
-    erased progress bars go, and notebook-level widget state is not stored. Returns counts."""
-    n_widgets = n_streams = 0
+    """Make stored outputs stand without a kernel: a widget view (which needs the live kernel) is
+    replaced by a still of what it showed (:func:`widget_still`, with a line saying so), erased
+    progress bars go, and notebook-level widget state is not stored. Returns counts."""
+    n_widgets = n_streams = n_stills = 0
+    state = nb["metadata"].get("widgets", {}).get(WIDGET_STATE_MIME, {}).get("state", {})
     for cell in nb["cells"]:
         if cell["cell_type"] != "code":
             continue
@@ -84,6 +105,12 @@ def clean_outputs(nb) -> dict:
             data = out.get("data", {})
             if WIDGET_MIME in data:
                 n_widgets += 1
+                still = [o for o in widget_still(data[WIDGET_MIME].get("model_id", ""), state)
+                         if o.get("output_type") in ("display_data", "stream", "execute_result")]
+                if still:
+                    n_stills += 1
+                    kept.append(nbformat.v4.new_output("stream", name="stdout", text=STILL_NOTE))
+                    kept += [nbformat.from_dict(o) for o in still]
                 continue
             if out.get("output_type") == "stream":
                 text = out["text"] if isinstance(out["text"], str) else "".join(out["text"])
@@ -95,4 +122,4 @@ def clean_outputs(nb) -> dict:
             kept.append(out)
         cell["outputs"] = kept
     nb["metadata"].pop("widgets", None)
-    return {"widget_outputs_removed": n_widgets, "streams_cleaned": n_streams}
+    return {"widget_outputs_removed": n_widgets, "widget_stills": n_stills, "streams_cleaned": n_streams}

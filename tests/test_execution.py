@@ -90,3 +90,24 @@ def test_quiet_loading_silences_the_hub_libraries_and_restores_them():
         assert not dlog.is_progress_bar_enabled()
     finally:
         dlog.enable_progress_bar()
+
+
+def test_a_widget_is_stored_as_a_still_of_what_it_showed():
+    """interact() draws into an Output widget inside a VBox; the stored notebook keeps that picture."""
+    png = {"output_type": "display_data", "metadata": {}, "data": {"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"}}
+    state = {"box": {"model_name": "VBoxModel", "state": {"children": ["IPY_MODEL_slider", "IPY_MODEL_out"]}},
+             "slider": {"model_name": "IntSliderModel", "state": {}},
+             "out": {"model_name": "OutputModel", "state": {"outputs": [png]}}}
+    nb = nbformat.v4.new_notebook()
+    view = nbformat.v4.new_output("display_data", data={execution.WIDGET_MIME: {"model_id": "box"},
+                                                        "text/plain": "interactive(...)"})
+    lost = nbformat.v4.new_output("display_data", data={execution.WIDGET_MIME: {"model_id": "gone"}})
+    nb.cells = [nbformat.v4.new_code_cell("interact(...)", outputs=[view, lost])]
+    nb.metadata["widgets"] = {execution.WIDGET_STATE_MIME: {"state": state}}
+    counts = execution.clean_outputs(nb)
+    outs = nb.cells[0].outputs
+    assert counts["widget_outputs_removed"] == 2 and counts["widget_stills"] == 1
+    assert [o.output_type for o in outs] == ["stream", "display_data"] and "still" in outs[0].text
+    assert outs[1].data["image/png"] == png["data"]["image/png"]
+    assert "widgets" not in nb.metadata
+    nbformat.validate(nb)
