@@ -133,3 +133,30 @@ def test_stored_notebooks_stand_without_a_kernel(path):
 def test_stored_outputs_stay_small_in_all():
     total = sum(p.stat().st_size for p in NOTEBOOKS)
     assert total < MAX_STORED_BYTES, f"notebooks/ holds {total:,} bytes"
+
+
+def test_readme_shows_pictures_from_the_stored_runs():
+    """README's pictures are docs/img/NN.png, each the stored output of chapter NN's cell tagged
+    `readme-picture` (`python scripts/readme_pictures.py` copies them after `make execute`)."""
+    import sys
+
+    root = NOTEBOOKS[0].parent.parent
+    sys.path.insert(0, str(root / "scripts"))
+    try:
+        from readme_pictures import tagged_picture
+    finally:
+        sys.path.pop(0)
+    readme = (root / "README.md").read_text()
+    shown = 0
+    for path in NOTEBOOKS:
+        if path.stem in NOT_EXECUTED_YET:
+            continue
+        png = tagged_picture(path)
+        if png is None:
+            continue
+        img = root / "docs" / "img" / f"{path.name[:2]}.png"
+        assert img.exists() and img.read_bytes() == png, f"{img.name}: run scripts/readme_pictures.py"
+        assert f"docs/img/{img.name}" in readme, f"README does not show {img.name}"
+        shown += 1
+    if not NOT_EXECUTED_YET:
+        assert shown >= 3, f"README shows {shown} pictures from the stored runs; at least 3"
