@@ -91,6 +91,21 @@ def widget_still(model_id: str, state: dict) -> list:
     return found
 
 
+def merge_streams(outputs: list) -> list:
+    """Consecutive outputs of one stream joined into one, as a notebook front end shows them (a
+    progress bar sends each redraw as its own message, starting with a carriage return)."""
+    merged = []
+    for out in outputs:
+        prev = merged[-1] if merged else None
+        if (out.get("output_type") == "stream" and prev is not None and prev.get("output_type") == "stream"
+                and prev.get("name") == out.get("name")):
+            text = lambda o: o["text"] if isinstance(o["text"], str) else "".join(o["text"])  # noqa: E731
+            prev["text"] = text(prev) + text(out)
+            continue
+        merged.append(out)
+    return merged
+
+
 def clean_outputs(nb) -> dict:
     """Make stored outputs stand without a kernel: a widget view (which needs the live kernel) is
     replaced by a still of what it showed (:func:`widget_still`, with a line saying so), erased
@@ -101,7 +116,7 @@ def clean_outputs(nb) -> dict:
         if cell["cell_type"] != "code":
             continue
         kept = []
-        for out in cell.get("outputs", []):
+        for out in merge_streams(cell.get("outputs", [])):
             data = out.get("data", {})
             if WIDGET_MIME in data:
                 n_widgets += 1

@@ -70,6 +70,7 @@ def execute(path: Path, quick: bool, threads: int, timeout: int) -> tuple:
         for i, cell in enumerate(nb.cells):
             client.execute_cell(cell, i)
         cpu = kernel_cpu_seconds(client)
+        client.set_widgets_metadata()          # the widgets' state: clean_outputs keeps their stills
     wall = time.perf_counter() - start
     return nb, wall, cpu
 

@@ -111,3 +111,14 @@ def test_a_widget_is_stored_as_a_still_of_what_it_showed():
     assert outs[1].data["image/png"] == png["data"]["image/png"]
     assert "widgets" not in nb.metadata
     nbformat.validate(nb)
+
+
+def test_a_progress_bar_sent_in_pieces_is_stored_as_its_last_line():
+    bar = [nbformat.v4.new_output("stream", name="stderr", text=f"\rtrain: {k}%|") for k in (0, 50, 100)]
+    done = nbformat.v4.new_output("stream", name="stderr", text="\n")
+    printed = nbformat.v4.new_output("stream", name="stdout", text="trained\n")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("train()", outputs=[*bar, done, printed])]
+    execution.clean_outputs(nb)
+    assert [(o.name, o.text) for o in nb.cells[0].outputs] == [("stderr", "train: 100%|\n"),
+                                                               ("stdout", "trained\n")]
