@@ -52,7 +52,8 @@ def time_line(record: dict, quick_minutes: int | None = None, reading: int | Non
     """The header's Time line, from a run's record ``{"wall_seconds", "cpu_seconds", "threads", ...}``
     (``reading``: the minutes it takes to read the chapter, kept in front of the measured times)."""
     read = f"reading about {reading} minutes; running: " if reading is not None else ""
-    line = (f"**Time**: {read}full run about {minutes_up(record['wall_seconds'])} minutes (measured: "
+    full = minutes_up(record["wall_seconds"])
+    line = (f"**Time**: {read}full run about {full} minute{'s' if full != 1 else ''} (measured: "
             f"{record['wall_seconds'] / 60:.1f} min wall, {record['cpu_seconds'] / 60:.1f} CPU-minutes, "
             f"{record['threads']} torch thread{'s' if record['threads'] != 1 else ''}, {record['machine']}; "
             f"`make execute NB={record['chapter']}`)")

@@ -64,6 +64,8 @@ def test_time_statement_is_replaced_whole():
     new = execution.TIME_LINE.sub(execution.time_line(rec, 1), head, count=1)
     assert "laptop" not in new and "18 minutes" not in new
     assert "full run about 2 minutes" in new and "1 torch thread," in new
+    short = dict(rec, wall_seconds=40.0)
+    assert "full run about 1 minute (" in execution.time_line(short, 1)
     assert new.endswith("minute. **Prerequisites**: chapters 03 and 04.\n\nMore.") or \
         "**Prerequisites**: chapters 03 and 04." in new
 
