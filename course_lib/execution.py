@@ -14,6 +14,8 @@ import hashlib
 import math
 import re
 
+import nbformat
+
 #: Output MIME types of live widgets: they mean nothing without the running kernel.
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 #: The header's time statement: from "**Time**:" to the end of its paragraph or the next bold word.
@@ -36,9 +38,22 @@ def minutes_up(seconds: float) -> int:
     return max(1, math.ceil(seconds / 60))
 
 
-def time_line(record: dict, quick_minutes: int | None = None) -> str:
-    """The header's Time line, from a run's record ``{"wall_seconds", "cpu_seconds", "threads", ...}``."""
-    line = (f"**Time**: full run about {minutes_up(record['wall_seconds'])} minutes (measured: "
+READING = re.compile(r"reading about (\d+) minutes")
+
+
+def reading_minutes(header: str) -> int | None:
+    """The reading time a header's Time line states ("reading about 40 minutes"), if it states one."""
+    m = TIME_LINE.search(header)
+    r = READING.search(m.group(0)) if m else None
+    return int(r.group(1)) if r else None
+
+
+def time_line(record: dict, quick_minutes: int | None = None, reading: int | None = None) -> str:
+    """The header's Time line, from a run's record ``{"wall_seconds", "cpu_seconds", "threads", ...}``
+    (``reading``: the minutes it takes to read the chapter, kept in front of the measured times)."""
+    read = f"reading about {reading} minutes; running: " if reading is not None else ""
+    full = minutes_up(record["wall_seconds"])
+    line = (f"**Time**: {read}full run about {full} minute{'s' if full != 1 else ''} (measured: "
             f"{record['wall_seconds'] / 60:.1f} min wall, {record['cpu_seconds'] / 60:.1f} CPU-minutes, "
             f"{record['threads']} torch thread{'s' if record['threads'] != 1 else ''}, {record['machine']}; "
             f"`make execute NB={record['chapter']}`)")
@@ -60,18 +75,58 @@ def clean_stream(text: str) -> str:
     return "\n".join(lines)
 
 
+WIDGET_STATE_MIME = "application/vnd.jupyter.widget-state+json"
+STILL_NOTE = "(a still of the controls' first setting; run the cell to move them)\n"
+
+
+def widget_still(model_id: str, state: dict) -> list:
+    """The outputs a widget view showed when it was stored: those its ``Output`` widgets captured
+    (``interact`` draws into one), found through the widget's children. Empty if there are none."""
+    model = state.get(model_id)
+    if model is None:
+        return []
+    found = [dict(o) for o in model["state"].get("outputs", [])] if model.get("model_name") == "OutputModel" else []
+    for child in model["state"].get("children", []):
+        if isinstance(child, str) and child.startswith("IPY_MODEL_"):
+            found += widget_still(child[len("IPY_MODEL_"):], state)
+    return found
+
+
+def merge_streams(outputs: list) -> list:
+    """Consecutive outputs of one stream joined into one, as a notebook front end shows them (a
+    progress bar sends each redraw as its own message, starting with a carriage return)."""
+    merged = []
+    for out in outputs:
+        prev = merged[-1] if merged else None
+        if (out.get("output_type") == "stream" and prev is not None and prev.get("output_type") == "stream"
+                and prev.get("name") == out.get("name")):
+            text = lambda o: o["text"] if isinstance(o["text"], str) else "".join(o["text"])  # noqa: E731
+            prev["text"] = text(prev) + text(out)
+            continue
+        merged.append(out)
+    return merged
+
+
 def clean_outputs(nb) -> dict:
-    """Make stored outputs stand without a kernel: widget views (which need the live kernel) and
-    erased progress bars go, and notebook-level widget state is not stored. Returns counts."""
-    n_widgets = n_streams = 0
+    """Make stored outputs stand without a kernel: a widget view (which needs the live kernel) is
+    replaced by a still of what it showed (:func:`widget_still`, with a line saying so), erased
+    progress bars go, and notebook-level widget state is not stored. Returns counts."""
+    n_widgets = n_streams = n_stills = 0
+    state = nb["metadata"].get("widgets", {}).get(WIDGET_STATE_MIME, {}).get("state", {})
     for cell in nb["cells"]:
         if cell["cell_type"] != "code":
             continue
         kept = []
-        for out in cell.get("outputs", []):
+        for out in merge_streams(cell.get("outputs", [])):
             data = out.get("data", {})
             if WIDGET_MIME in data:
                 n_widgets += 1
+                still = [o for o in widget_still(data[WIDGET_MIME].get("model_id", ""), state)
+                         if o.get("output_type") in ("display_data", "stream", "execute_result")]
+                if still:
+                    n_stills += 1
+                    kept.append(nbformat.v4.new_output("stream", name="stdout", text=STILL_NOTE))
+                    kept += [nbformat.from_dict(o) for o in still]
                 continue
             if out.get("output_type") == "stream":
                 text = out["text"] if isinstance(out["text"], str) else "".join(out["text"])
@@ -83,4 +138,4 @@ def clean_outputs(nb) -> dict:
             kept.append(out)
         cell["outputs"] = kept
     nb["metadata"].pop("widgets", None)
-    return {"widget_outputs_removed": n_widgets, "streams_cleaned": n_streams}
+    return {"widget_outputs_removed": n_widgets, "widget_stills": n_stills, "streams_cleaned": n_streams}

@@ -70,6 +70,7 @@ def execute(path: Path, quick: bool, threads: int, timeout: int) -> tuple:
         for i, cell in enumerate(nb.cells):
             client.execute_cell(cell, i)
         cpu = kernel_cpu_seconds(client)
+        client.set_widgets_metadata()          # the widgets' state: clean_outputs keeps their stills
     wall = time.perf_counter() - start
     return nb, wall, cpu
 
@@ -83,6 +84,16 @@ def record(nb, path: Path, wall: float, cpu: float, threads: int, quick: bool) -
             "library_version": __version__}
 
 
+def set_time_line(nb, rec: dict) -> None:
+    """Write the header's **Time** line from the run's record (keeping a stated reading time)."""
+    head = nb.cells[0]
+    if not execution.TIME_LINE.search(head.source):
+        raise SystemExit(f"chapter {rec['chapter']}: its first cell has no '**Time**:' line to state the measured time")
+    line = execution.time_line(rec, execution.minutes_up(rec["quick_wall_seconds"]),
+                               execution.reading_minutes(head.source))
+    head.source = execution.TIME_LINE.sub(lambda _: line, head.source, count=1)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("notebooks", nargs="*", help="chapter numbers or paths (default: all)")
@@ -91,7 +102,18 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
     ap.add_argument("--out", default=None, help="write the executed notebooks to this folder instead "
                                                 "(to look at them; the chapter table is not rewritten)")
+    ap.add_argument("--retime", action="store_true", help="only rewrite the Time line of stored notebooks "
+                                                           "from their recorded runs (nothing executes)")
     args = ap.parse_args(argv)
+    if args.retime:
+        for path in notebook_paths(args.notebooks):
+            nb = nbformat.read(path, as_version=4)
+            rec = nb.metadata.get("course", {})
+            if rec.get("mode") == "full":
+                set_time_line(nb, rec)
+                nbformat.write(nb, path)
+                print(f"{path.name}: {execution.TIME_LINE.search(nb.cells[0].source).group(0)}")
+        return 0
     for path in notebook_paths(args.notebooks):
         _, quick_wall, _ = execute(path, True, args.threads, args.timeout)
         print(f"{path.name}: quick mode {quick_wall / 60:.1f} min wall", flush=True)
@@ -104,11 +126,7 @@ def main(argv=None) -> int:
         rec["quick_wall_seconds"] = round(quick_wall, 1)
         print(f"{path.name}: {wall / 60:.1f} min wall, {cpu / 60:.1f} CPU-min; {counts}", flush=True)
         nb.metadata["course"] = rec
-        head = nb.cells[0]
-        if not execution.TIME_LINE.search(head.source):
-            raise SystemExit(f"{path.name}: its first cell has no '**Time**:' line to state the measured time")
-        head.source = execution.TIME_LINE.sub(
-            execution.time_line(rec, execution.minutes_up(quick_wall)), head.source, count=1)
+        set_time_line(nb, rec)
         target = Path(args.out) / path.name if args.out else path
         target.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, target)

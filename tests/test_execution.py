@@ -47,6 +47,16 @@ def test_time_line_states_the_measured_time_rounded_up():
     assert execution.TIME_LINE.search(_nb().cells[0].source)
 
 
+def test_time_line_keeps_the_reading_time_the_header_stated():
+    head = "**Time**: reading about 40 minutes. Running: about FULL_MINUTES minutes.\n\nMore."
+    assert execution.reading_minutes(head) == 40
+    assert execution.reading_minutes("**Time**: full run about 3 minutes.") is None
+    rec = {"wall_seconds": 125.0, "cpu_seconds": 130.0, "threads": 2, "machine": "2 CPU cores", "chapter": "01"}
+    new = execution.TIME_LINE.sub(execution.time_line(rec, 1, execution.reading_minutes(head)), head, count=1)
+    assert new.startswith("**Time**: reading about 40 minutes; running: full run about 3 minutes")
+    assert "FULL_MINUTES" not in new and new.endswith("\n\nMore.")
+
+
 def test_time_statement_is_replaced_whole():
     head = ("Intro.\n\n**Time**: full run about 18 minutes (measured on a laptop\nCPU); quick run about 2 "
             "minutes. **Prerequisites**: chapters 03 and 04.\n\nMore.")
@@ -54,6 +64,8 @@ def test_time_statement_is_replaced_whole():
     new = execution.TIME_LINE.sub(execution.time_line(rec, 1), head, count=1)
     assert "laptop" not in new and "18 minutes" not in new
     assert "full run about 2 minutes" in new and "1 torch thread," in new
+    short = dict(rec, wall_seconds=40.0)
+    assert "full run about 1 minute (" in execution.time_line(short, 1)
     assert new.endswith("minute. **Prerequisites**: chapters 03 and 04.\n\nMore.") or \
         "**Prerequisites**: chapters 03 and 04." in new
 
@@ -80,3 +92,35 @@ def test_quiet_loading_silences_the_hub_libraries_and_restores_them():
         assert not dlog.is_progress_bar_enabled()
     finally:
         dlog.enable_progress_bar()
+
+
+def test_a_widget_is_stored_as_a_still_of_what_it_showed():
+    """interact() draws into an Output widget inside a VBox; the stored notebook keeps that picture."""
+    png = {"output_type": "display_data", "metadata": {}, "data": {"image/png": "iVBORw0KGgo=", "text/plain": "<Figure>"}}
+    state = {"box": {"model_name": "VBoxModel", "state": {"children": ["IPY_MODEL_slider", "IPY_MODEL_out"]}},
+             "slider": {"model_name": "IntSliderModel", "state": {}},
+             "out": {"model_name": "OutputModel", "state": {"outputs": [png]}}}
+    nb = nbformat.v4.new_notebook()
+    view = nbformat.v4.new_output("display_data", data={execution.WIDGET_MIME: {"model_id": "box"},
+                                                        "text/plain": "interactive(...)"})
+    lost = nbformat.v4.new_output("display_data", data={execution.WIDGET_MIME: {"model_id": "gone"}})
+    nb.cells = [nbformat.v4.new_code_cell("interact(...)", outputs=[view, lost])]
+    nb.metadata["widgets"] = {execution.WIDGET_STATE_MIME: {"state": state}}
+    counts = execution.clean_outputs(nb)
+    outs = nb.cells[0].outputs
+    assert counts["widget_outputs_removed"] == 2 and counts["widget_stills"] == 1
+    assert [o.output_type for o in outs] == ["stream", "display_data"] and "still" in outs[0].text
+    assert outs[1].data["image/png"] == png["data"]["image/png"]
+    assert "widgets" not in nb.metadata
+    nbformat.validate(nb)
+
+
+def test_a_progress_bar_sent_in_pieces_is_stored_as_its_last_line():
+    bar = [nbformat.v4.new_output("stream", name="stderr", text=f"\rtrain: {k}%|") for k in (0, 50, 100)]
+    done = nbformat.v4.new_output("stream", name="stderr", text="\n")
+    printed = nbformat.v4.new_output("stream", name="stdout", text="trained\n")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("train()", outputs=[*bar, done, printed])]
+    execution.clean_outputs(nb)
+    assert [(o.name, o.text) for o in nb.cells[0].outputs] == [("stderr", "train: 100%|\n"),
+                                                               ("stdout", "trained\n")]
