@@ -18,8 +18,9 @@ import nbformat
 
 #: Output MIME types of live widgets: they mean nothing without the running kernel.
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
-#: The header's time statement: from "**Time**:" to the end of its paragraph or the next bold word.
-TIME_LINE = re.compile(r"\*\*Time\*\*:.*?(?=\s*\*\*(?!Time)|\n\s*\n|\Z)", re.DOTALL)
+#: The header's time statement: from "**Time**:" to the end of its paragraph or the next bold
+#: heading ("**Prerequisites**:"); bold words inside the statement belong to it.
+TIME_LINE = re.compile(r"\*\*Time\*\*:.*?(?=\s*\*\*(?!Time)[^*\n]+\*\*:|\n\s*\n|\Z)", re.DOTALL)
 
 
 def code_hash(nb) -> str:

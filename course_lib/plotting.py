@@ -3,6 +3,7 @@ Introduced in chapter 00."""
 from __future__ import annotations
 
 import math
+import warnings
 
 from matplotlib import ticker
 import matplotlib.pyplot as plt
@@ -67,7 +68,9 @@ def show_images(images, captions=None, ncols: int = 8, title: str | None = None,
             ax.set_title("\n".join(lines), fontsize=fontsize)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    with warnings.catch_warnings():      # a one-row grid with a title can't always fit: no matter
+        warnings.filterwarnings("ignore", "Tight layout not applied", UserWarning)
+        fig.tight_layout()
     return fig
 
 

@@ -388,6 +388,7 @@ def plot(board: Scoreboard, fig=None):
             ax.set_axis_off()
         return fig
     models = df[~df["model"].str.startswith("real ")]
+    models = models.iloc[np.argsort(models["domain"].to_numpy(), kind="stable")]   # digits, then Shapes
     reals = df[df["model"].str.startswith("real ")]
     ax = axes[0]
     ax.barh(np.arange(len(models)), models["fid"], color=[colors[d] for d in models["domain"]])
@@ -396,8 +397,8 @@ def plot(board: Scoreboard, fig=None):
         ax.axvline(r["fid"], color=colors[r["domain"]], ls="--", lw=1, label=f"{r['model']}: {r['fid']:.1f}")
     ax.set_xscale("log")
     ax.set_xlabel("domain FID (log scale, lower is better)")
-    if len(reals):
-        ax.legend(fontsize=7, loc="lower right")
+    if len(reals):                              # below the panel: inside, it hid the last bars
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1)
     ax.invert_yaxis()
     ax = axes[1]
     for _, r in df.iterrows():

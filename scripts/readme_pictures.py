@@ -36,6 +36,9 @@ def tagged_picture(path: Path) -> bytes | None:
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        if nbformat.read(path, as_version=4).metadata.get("course", {}).get("mode") != "full":
+            print(f"{path.name}: no stored full run yet (make execute NB={path.name[:2]}), skipped")
+            continue
         png = tagged_picture(path)
         if png is not None:
             target = OUT / f"{path.name[:2]}.png"

@@ -57,6 +57,13 @@ def test_time_line_keeps_the_reading_time_the_header_stated():
     assert "FULL_MINUTES" not in new and new.endswith("\n\nMore.")
 
 
+def test_bold_words_inside_the_time_statement_are_replaced_with_it():
+    head = "**Time**: measured **20 minutes** wall;\nquick **2**.\n**Prerequisites**: chapter 04."
+    rec = {"wall_seconds": 61.0, "cpu_seconds": 70.0, "threads": 1, "machine": "2 CPU cores", "chapter": "08"}
+    new = execution.TIME_LINE.sub(execution.time_line(rec, 1), head, count=1)
+    assert "20 minutes" not in new and new.endswith(".\n**Prerequisites**: chapter 04.")
+
+
 def test_time_statement_is_replaced_whole():
     head = ("Intro.\n\n**Time**: full run about 18 minutes (measured on a laptop\nCPU); quick run about 2 "
             "minutes. **Prerequisites**: chapters 03 and 04.\n\nMore.")

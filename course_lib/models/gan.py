@@ -471,7 +471,7 @@ def evaluate_gan(model) -> dict:
 #: goes to :func:`train_gan`; the step of the game is :func:`gan_step`.
 RECIPES = {
     "dcgan-mnist": dict(model=dict(z_dim=64, g_width=32, d_width=32, n_classes=0, extra_conv=False),
-                        train=dict(lr_g=5e-4, lr_d=5e-4, ema_decay=0.999), steps=10000),
+                        train=dict(lr_g=5e-4, lr_d=5e-4, ema_decay=0.9995), steps=20000),
     "cgan-mnist": dict(model=dict(z_dim=64, g_width=32, d_width=32, n_classes=10, extra_conv=False),
                        train=dict(lr_g=5e-4, lr_d=5e-4, ema_decay=0.999), steps=7000),
 }
