@@ -48,6 +48,7 @@ ENTRY_MODULES = (
     "course_lib.flow",
     "course_lib.models.dit",
     "course_lib.models.reflow",
+    "course_lib.models.vq",
 )
 
 

@@ -37,7 +37,7 @@ from .runtime import get_device, peak_memory, time_fn
 
 #: Shipped models that judge or read pictures rather than generate them.
 NOT_GENERATORS = ("shapes-judge", "mnist-classifier", "shapes-captioner", "shapes-clip", "shapes-planner",
-                  "shapes-autoencoder")
+                  "shapes-autoencoder", "shapes-vq")
 
 #: Columns of the table, in order (a row may lack some: NaN in the frame).
 COLUMNS = ("model", "domain", "chapter", "conditioning", "n", "fid", "kid", "precision", "recall",
