@@ -62,7 +62,8 @@ def execute(path: Path, quick: bool, threads: int, timeout: int) -> tuple:
                PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
     if quick:
         env["COURSE_QUICK"] = "1"
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", extra_arguments=KERNEL_ARGS, record_timing=False,
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", extra_arguments=KERNEL_ARGS,
+                            record_timing=False,
                             resources={"metadata": {"path": str(path.parent)}})
     client.km = client.create_kernel_manager()
     start = time.perf_counter()
