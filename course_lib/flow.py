@@ -331,7 +331,8 @@ def judge_digits(model, sampler: str = "euler", num_inference_steps: int = 20, n
     """The mnist-classifier's view of a digit model at one sampler and number of steps: ``n``
     unconditional digits (mean top-class probability; entropy of the histogram of classes, ln 10 =
     2.303 when balanced) and ``n`` class-conditional ones, n/10 of each digit with guidance
-    ``guidance_scale`` (accuracy). ``sampler``: ``"euler"`` (a flow-matching model, the hand-written
+    ``guidance_scale`` (accuracy); ``histogram``: the share of unconditional digits called each class.
+    ``sampler``: ``"euler"`` (a flow-matching model, the hand-written
     sampler) or, for an ε-model such as ``ddpm-mnist``, one of diffusers' schedulers with trailing
     timesteps (``"ddim"``, ``"dpm++"``, ``"ddpm"``: :func:`course_lib.sampling.make_scheduler`)."""
     from .judges import score_digits
@@ -349,7 +350,8 @@ def judge_digits(model, sampler: str = "euler", num_inference_steps: int = 20, n
     cond = score_digits(draw(labels, guidance_scale, 1), labels)
     r = lambda v: round(float(v), 4)  # noqa: E731
     return {"sampler": sampler, "steps": steps, "mean_top_prob": r(uncond["mean_top_prob"]),
-            "hist_entropy": r(uncond["hist_entropy"]), "accuracy_guided": r(cond["accuracy"]),
+            "hist_entropy": r(uncond["hist_entropy"]), "histogram": [r(h) for h in uncond["histogram"]],
+            "accuracy_guided": r(cond["accuracy"]),
             "mean_top_prob_guided": r(cond["mean_top_prob"]), "n": n}
 
 

@@ -140,7 +140,7 @@ def score_digits(images: torch.Tensor, labels: torch.Tensor | None = None,
     nz = hist[hist > 0]
     out = {"mean_top_prob": p.max(1).values.mean().item(),
            "histogram": hist.tolist(),
-           "hist_entropy": float(-(nz * nz.log()).sum()),
+           "hist_entropy": float(-(nz * nz.log()).sum()) + 0.0,       # + 0.0: one class gives 0, not -0
            "predicted": pred}
     if labels is not None:
         out["accuracy"] = (pred == labels.cpu()).float().mean().item()

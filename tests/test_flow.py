@@ -217,6 +217,7 @@ def test_digit_flow_model_trains_and_samples():
     assert torch.equal(digits, again)
     row = flow.judge_digits(model, "euler", 1, n=10)
     assert set(row) >= {"mean_top_prob", "hist_entropy", "accuracy_guided"} and row["steps"] == 1
+    assert len(row["histogram"]) == 10 and abs(sum(row["histogram"]) - 1) < 1e-3
     with pytest.raises(ValueError, match="euler"):
         flow.judge_digits(model, "heun", 1, n=10)
     assert "flow-mnist" in pretrained.known()

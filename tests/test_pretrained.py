@@ -1,5 +1,6 @@
 """Checkpoints: every shipped file matches its hash, error paths say what to do, judges meet targets."""
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -108,6 +109,8 @@ def test_mnist_classifier_meets_target_live():
     # a collapsed "generator" (one digit repeated) is seen as collapsed
     collapsed = judges.score_digits(x[y == 3][:50], judge=judges.load_mnist_classifier("cpu"))
     assert collapsed["hist_entropy"] < 0.5
+    one_class = judges.score_digits(x[y == 3][:1], judge=judges.load_mnist_classifier("cpu"))
+    assert one_class["hist_entropy"] == 0.0 and math.copysign(1.0, one_class["hist_entropy"]) == 1.0
 
 
 def test_quick_mode_never_replaces_a_full_recipe_checkpoint(scratch_checkpoints, tmp_path):
