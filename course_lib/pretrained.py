@@ -49,6 +49,7 @@ ENTRY_MODULES = (
     "course_lib.models.dit",
     "course_lib.models.reflow",
     "course_lib.models.vq",
+    "course_lib.models.token_training",
 )
 
 

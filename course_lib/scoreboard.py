@@ -295,7 +295,7 @@ class Scoreboard:
 #: The generators the course's chapters ship; those missing from a copy are listed in the notes.
 EXPECTED = ("dcgan-mnist", "cgan-mnist", "vae-mnist", "cvae-mnist", "ddpm-mnist", "shapes-t2i",
             "shapes-t2i-dit", "shapes-t2i-mpnet", "shapes-t2i-fast", "shapes-t2i-reflow",
-            "shapes-t2i-latent", "shapes-gpt")
+            "shapes-t2i-latent", "shapes-gpt", "shapes-maskgit")
 
 
 def candidates() -> list[str]:
