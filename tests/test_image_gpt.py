@@ -230,8 +230,8 @@ def test_registered_and_shipped_for_chapter_09():
         p = pretrained.load(name, device="cpu")
         assert isinstance(p, cls) and p.transformer.config.causal == (name == "shapes-gpt")
         p.set_progress_bar_config(disable=True)
-        a = p("a small red circle in the top left", generator=torch.Generator().manual_seed(0), output_type="pt")
-        b = p("a small red circle in the top left", generator=torch.Generator().manual_seed(0), output_type="pt")
+        a, b = (p("a small red circle in the top left", generator=torch.Generator().manual_seed(0),
+                  output_type="pt") for _ in range(2))
         assert torch.equal(a.images, b.images), "same seed, same pictures"
 
 

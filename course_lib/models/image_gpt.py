@@ -182,7 +182,8 @@ def attend_with_cache(attn, x: torch.Tensor, cache: dict | None) -> torch.Tensor
 class ImageGPT(nn.Module):
     """Decoder-only (``causal=True``) or bidirectional (``causal=False``) Transformer over a
     :class:`TokenLayout` sequence: token embedding + slot embedding, chapter 03's pre-norm
-    :class:`~course_lib.models.attention.TransformerBlock` x ``n_layers``, LayerNorm, a linear head. ``ids [n, L] -> logits [n, L, vocab]``."""
+    :class:`~course_lib.models.attention.TransformerBlock` x ``n_layers``, LayerNorm, a linear head.
+    ``ids [n, L] -> logits [n, L, vocab]``."""
 
     def __init__(self, config: "ImageGPTConfig | dict | None" = None):
         super().__init__()
