@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .image_gpt import ImageGPT, guide_logits, top_k_filter
+from .image_gpt import ImageGPT, guide_logits, sample_logits, top_k_filter
 
 
 def mask_schedule(fraction_done: torch.Tensor | float) -> torch.Tensor:
@@ -86,12 +86,9 @@ def decode(model: ImageGPT, captions: torch.Tensor, steps: int = 8, temperature:
         logits = model(torch.cat([ids, image], 1), slots)[:, -g:]            # [m, G, vocab]
         logits = lay.image_logits_only(logits).float().cpu()                 # [m, G, K]
         logits = guide_logits(logits[:n], logits[n:] if guide else None, guidance_scale)
-        logits = top_k_filter(logits.reshape(n * g, -1), top_k)
-        if temperature == 0:
-            drawn = logits.argmax(-1)
-        else:
-            drawn = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
-        probs = torch.softmax(logits, -1).gather(1, drawn[:, None])[:, 0]    # [n G]
+        logits = logits.reshape(n * g, -1)                                   # [n G, K]
+        drawn = sample_logits(logits, temperature, top_k, generator)         # [n G]
+        probs = torch.softmax(top_k_filter(logits, top_k), -1).gather(1, drawn[:, None])[:, 0]
         drawn, probs = drawn.view(n, g), probs.view(n, g)
         drawn = torch.where(hidden, drawn, codes)                            # visible tokens stay
         # how many stay hidden after this step; committed tokens never come back
