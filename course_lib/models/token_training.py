@@ -74,7 +74,8 @@ def next_token_loss(model: image_gpt.ImageGPT, captions: torch.Tensor, codes: to
                     p_uncond: float = 0.1, generator=None) -> tuple[torch.Tensor, dict]:
     """The two-direction loss: first half of the batch drawn (caption -> image), second half read
     (image -> caption); cross-entropy of every next token except padding. Returns ``(loss, parts)``:
-    ``parts`` has the draw direction's image-token loss and the read direction's caption loss."""
+    ``parts`` has the draw direction's image-token loss and the read direction's loss after the
+    picture (the ``<text>`` marker and the caption)."""
     lay = model.layout
     n = len(captions) // 2
     draw_caps = drop_captions(lay, captions[:n], p_uncond, generator)
