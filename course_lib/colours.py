@@ -177,6 +177,23 @@ def shapes_colour_names(exclude: tuple | set | frozenset = ()) -> dict[str, list
     return out
 
 
+def other_colour_names(exclude: tuple | set | frozenset = ()) -> list[str]:
+    """XKCD and CSS4 names of colours Shapes does not draw: names with a word of
+    :data:`OTHER_COLOUR_WORDS` ("salmon pink", "dark taupe", "battleship grey") and no Shapes colour
+    word ("brownish red" is left out: half a Shapes colour is not a lesson in refusing), except names
+    with a word that contains a word of ``exclude``. Chapter 06's planner learns to refuse them."""
+    exclude, palette_names = tuple(exclude), shapes.ATTRIBUTE_VALUES["color"]
+    out = []
+    for name, _ in colour_names():
+        words = _name_words(name)
+        roots = set(words) | {_root(w) for w in words}
+        if (roots & OTHER_COLOUR_WORDS and not roots & CRUDE_WORDS
+                and not any(c in w for w in roots for c in palette_names)
+                and not any(x in w for w in words for x in exclude)):
+            out.append(name)
+    return out
+
+
 def hue_figure(exclude: tuple = (), marked: dict | None = None):
     """Every XKCD and CSS4 colour name on the CIELAB hue circle (angle: hue, radius: chroma), drawn
     in its own colour: large where :func:`shapes_colour_of` takes it for a Shapes colour, small where

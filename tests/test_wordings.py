@@ -125,3 +125,19 @@ def test_split_vocabulary_holds_words_out_of_training():
         wordings.split_vocabulary("seen", 1.5)
     with pytest.raises(ValueError, match="split_vocabulary"):
         wordings.make_requests(3, vocab={"size": {}})
+
+
+def test_seen_non_scene_words_are_broad_and_name_no_shapes_colour():
+    from course_lib import colours
+
+    t = wordings.WORDS["seen"]
+    table = dict(colours.colour_names())
+    assert len(t["not_colors"]) > 100 and len(t["not_nouns"]) >= 40 and len(t["questions"]) >= 8
+    assert {"salmon pink", "dark taupe", "battleship grey", "pink", "brown"} <= set(t["not_colors"])
+    for name in t["not_colors"]:
+        if name in table:                                         # the XKCD / CSS4 names: never a Shapes colour
+            assert colours.shapes_colour_of(name, table[name]) is None, name
+        assert not set(name.split()) & set(shapes.ATTRIBUTE_VALUES["color"]), name
+    assert "brownish red" not in t["not_colors"] and "purplish pink" not in t["not_colors"]
+    names = colours.other_colour_names(exclude=("pink",))
+    assert names and not any("pink" in n for n in names)

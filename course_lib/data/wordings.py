@@ -187,14 +187,25 @@ WORDS = {
                                           "down and to the right of"],
         },
         "not_nouns": ["cat", "dog", "house", "car", "tree", "flower", "star", "arrow", "hexagon", "person",
-                      "oval", "letter", "diamond", "cross", "crescent", "bird", "fish", "rectangle"],
+                      "oval", "letter", "diamond", "cross", "crescent", "bird", "fish", "rectangle", "kite",
+                      "ellipse", "rhombus", "trapezoid", "parallelogram", "spiral", "donut", "zigzag", "heptagon",
+                      "rocket", "airplane", "bus", "truck", "train", "chair", "table", "book", "shoe", "hat", "cup",
+                      "bottle", "key", "umbrella", "lion", "cow", "sheep", "rabbit", "snake", "elephant", "mouse",
+                      "spider", "window", "door", "candle", "pencil", "phone", "robot", "ghost", "snowman",
+                      "crown", "anchor", "bell", "flag", "tower", "castle"],
         "not_colors": ["pink", "brown", "black", "grey", "teal", "gray", "turquoise", "cyan", "magenta", "maroon",
                        "olive"],
-        "questions": ["is there {obj} {where}?", "what color is {obj} {where}?", "can you see {obj} {where}?"],
+        "questions": ["is there {obj} {where}?", "what color is {obj} {where}?", "can you see {obj} {where}?",
+                      "what size is {obj} {where}?", "what shape is {obj} {where}?", "did you hide {obj} {where}?",
+                      "when did you draw {obj} {where}?", "what is {obj} {where} for?",
+                      "should i draw {obj} {where}?", "where did {obj} {where} come from?"],
         "chat": ["hello there", "what time is it", "tell me a joke", "draw a landscape at sunset",
                  "write a poem about the sea", "a photo of a city at night", "nothing at all",
                  "a portrait of an old man", "translate this into french", "thanks a lot", "draw a cat",
-                 "show me the news", "a bowl of fruit on a table"],
+                 "show me the news", "a bowl of fruit on a table", "open the door",
+                 "what is the capital of italy", "play some music", "i am hungry", "book a table for two",
+                 "write an email to my boss", "a landscape with trees and a river", "explain quantum physics",
+                 "see you later", "a dragon flying over a castle", "a plate of pasta"],
     },
     "unseen": {
         "size": {"small": ["miniature", "wee", "teeny", "diminutive"],
@@ -227,6 +238,14 @@ WORDS = {
                  "good morning"],
     },
 }
+#: Colours Shapes does not draw, in the seen wording: the hand-written ones, then every XKCD and CSS4 name
+#: of another colour (:func:`course_lib.colours.other_colour_names`: "salmon pink", "dark taupe") with no
+#: word that contains an unseen word. The planner learns to refuse them.
+_UNSEEN_NAMING = tuple(_UNSEEN_EXCLUDE) + tuple(WORDS["unseen"]["not_colors"] + WORDS["unseen"]["not_nouns"]) + tuple(
+    w for key in ("size", "shape") for ws in WORDS["unseen"][key].values() for w in ws)
+WORDS["seen"]["not_colors"] = list(dict.fromkeys(
+    WORDS["seen"]["not_colors"] + colours.other_colour_names(
+        exclude=_UNSEEN_NAMING + tuple(w for ws in SEEN_CORE_COLOURS.values() for w in ws if " " not in w))))
 #: The sentence forms of one-object requests.
 TEMPLATES = {v: WORDS[v]["templates"] for v in VOCABULARIES}
 #: Share of seen colour words drawn from the hand-written list (the rest: any seen colour name).

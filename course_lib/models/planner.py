@@ -12,8 +12,10 @@ online a small instruct LLM with a prompt (:class:`LLMPlanner`), same interface.
 A planner that knows when it does not know: every plan has a confidence (the probability the heads
 give the whole plan, the product of the probabilities of every decision in it), and ``plan`` refuses
 with :class:`PlanError` below a threshold. :func:`calibrate_threshold` picks that threshold on
-held-out requests in the *seen* wording (never the test set): the lowest confidence at which the
-accepted plans are at least ``target_precision`` exact. :func:`risk_coverage` gives the whole curve:
+held-out requests (never the test set): the lowest confidence at which the accepted plans are at
+least ``target_precision`` exact. The shipped planner trains on the seen wording less a quarter of
+its words and sentence forms, and is calibrated on requests made of that held-out quarter: words
+new to it, as the unseen ones are. :func:`risk_coverage` gives the whole curve:
 how many requests are accepted (coverage) against how many of the accepted are exactly right.
 """
 from __future__ import annotations
@@ -29,12 +31,19 @@ import torch.nn.functional as F
 from .. import runtime
 from ..data import shapes
 from ..config import Config
-from ..data.wordings import MAX_OBJECTS, make_requests, paraphrase
+from ..data.wordings import MAX_OBJECTS, make_requests, paraphrase, split_vocabulary
 from ..pretrained import TrainResult, register, run_recipe
 from ..runtime import get_device
 from ..text_encoders import DIMS, FrozenTextEncoder
 from ..training import fit, infinite_loader, make_step
 from .attention import TransformerBlock
+
+
+#: The shipped planner never reads this share of the seen words and sentence forms in training
+#: (:func:`course_lib.data.wordings.split_vocabulary`); its refusal threshold is calibrated on requests
+#: made of them, words new to it as the unseen ones are, at this precision.
+HELD_OUT_FRACTION = 0.25
+HELD_OUT_PRECISION = 0.9
 
 
 class PlanError(ValueError):
@@ -328,16 +337,18 @@ def risk_coverage(confidence, right) -> dict:
 
 def train_planner(config: PlannerConfig | dict | None = None, n_train: int = 6000, steps: int = 1500,
                   batch_size: int = 128, lr: float = 1e-3, seed: int = 0, device=None, encoder=None,
-                  n_calibrate: int = 1500, progress: bool = True):
+                  n_calibrate: int = 1500, progress: bool = True, vocab="seen", calibration_vocab="seen"):
     """Train :class:`PlannerHeads` on ``n_train`` requests in the *seen* wording (the encoder is
     frozen, so its states are computed once), then calibrate the refusal threshold on ``n_calibrate``
-    fresh seen-wording requests. Returns ``(heads, history, calibration)`` with the threshold set in
+    fresh requests. ``vocab`` / ``calibration_vocab``: the wordings of the two (``"seen"`` or the
+    tables of :func:`course_lib.data.wordings.split_vocabulary`: train on the kept words, calibrate
+    on the held-out ones). Returns ``(heads, history, calibration)`` with the threshold set in
     ``heads.config``."""
     cfg = PlannerConfig.from_dict(config)
     device = device or get_device()
     torch.manual_seed(seed)
     encoder = encoder or planner_encoder(cfg)
-    texts, scenes = make_requests(n_train, seed=seed, vocab="seen")
+    texts, scenes = make_requests(n_train, seed=seed, vocab=vocab)
     states, mask = encode_requests(encoder, texts)
     kind, attrs = plan_targets(scenes)
     heads = PlannerHeads(cfg).to(device)
@@ -355,15 +366,15 @@ def train_planner(config: PlannerConfig | dict | None = None, n_train: int = 600
     hist = fit(make_step(heads, loss_fn, opt, scheduler=sched), loader, steps=steps, desc="shapes-planner",
                progress=progress)
     heads.eval()
-    calibration = calibrate(heads, encoder, n_calibrate, seed=seed + 1000)
+    calibration = calibrate(heads, encoder, n_calibrate, seed=seed + 1000, vocab=calibration_vocab)
     return heads, hist, calibration
 
 
-def calibrate(heads: PlannerHeads, encoder=None, n: int = 1500, seed: int = 1000) -> dict:
-    """Set ``heads.config.threshold`` from ``n`` fresh requests in the seen wording (never trained on,
+def calibrate(heads: PlannerHeads, encoder=None, n: int = 1500, seed: int = 1000, vocab="seen") -> dict:
+    """Set ``heads.config.threshold`` from ``n`` fresh requests in ``vocab`` (never trained on,
     never the test set; scenes and non-scenes mixed as in training): :func:`calibrate_threshold` at
     ``heads.config.target_precision`` over the requests the heads take for scenes."""
-    texts, scenes = make_requests(n, seed=seed, vocab="seen")
+    texts, scenes = make_requests(n, seed=seed, vocab=vocab)
     preds = Planner(heads, encoder, threshold=0.0).predict(texts)
     accepted = [p["kind"] != "none" for p in preds]                        # refused whatever the threshold
     conf = [p["confidence"] for p, a in zip(preds, accepted) if a]
@@ -452,15 +463,17 @@ def evaluate_planner_module(heads: PlannerHeads, encoder=None) -> dict:
 
 def _train_planner_registered(seed: int = 0, quick: bool = False) -> TrainResult:
     steps, n_train, n_cal = (20, 256, 200) if quick else (1500, 6000, 1500)
-    cfg = PlannerConfig()
+    cfg = PlannerConfig(target_precision=HELD_OUT_PRECISION)
+    kept, held = split_vocabulary("seen", HELD_OUT_FRACTION, seed=seed)
 
     def notes(history, calibration):
-        return (f"frozen all-mpnet-base-v2 (not in this file) + heads; {n_train} requests in the seen wording, "
-                f"{history.steps} steps, batch 128; refusal threshold {calibration['threshold']:.3f} calibrated "
-                f"on {n_cal} fresh seen-wording requests at precision {cfg.target_precision}; tested on unseen "
-                "wording")
+        return (f"frozen all-mpnet-base-v2 (not in this file) + heads; {n_train} requests in the seen wording "
+                f"less a held-out {HELD_OUT_FRACTION:.0%} of its words and sentence forms, {history.steps} steps, "
+                f"batch 128; refusal threshold {calibration['threshold']:.3f} calibrated on {n_cal} requests in "
+                f"the held-out words at precision {cfg.target_precision}; tested on unseen wording")
 
-    return run_recipe(lambda: train_planner(cfg, n_train=n_train, steps=steps, seed=seed, n_calibrate=n_cal),
+    return run_recipe(lambda: train_planner(cfg, n_train=n_train, steps=steps, seed=seed, n_calibrate=n_cal,
+                                            vocab=kept, calibration_vocab=held),
                       evaluate_planner_module, notes=notes)
 
 
