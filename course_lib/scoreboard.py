@@ -117,20 +117,29 @@ def digit_sampler(model):
 
 
 def ddpm_samplers(model, steps: int = 50) -> list:
-    """Chapter 04's ``ddpm-mnist`` (a denoiser sampled by ``course_lib.models.ddpm.sample_digits``,
-    DDIM): ``[(row suffix, sampler)]``, unconditional and class-conditional with guidance 2."""
+    """A chapter 04 digit denoiser: ``[(row suffix, sampler)]``, unconditional and class-conditional
+    with guidance 2. ``ddpm-mnist`` (an ε-model) samples with DDIM
+    (``course_lib.models.ddpm.sample_digits``), ``flow-mnist`` (a velocity model) with the Euler
+    sampler of flow matching (``course_lib.flow.sample_digits``), ``steps`` network calls each."""
+    from . import flow
     from .models import ddpm
+
+    is_flow = model.config.prediction_type == flow.PREDICTION_TYPE
 
     def make(conditional: bool, w: float):
         def fn(n, generator):
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
             labels = torch.arange(n) % 10 if conditional else None
-            x = ddpm.sample_digits(model, n, labels=labels, guidance_scale=w, sampler="ddim",
-                                   num_inference_steps=steps, seed=seed)
+            if is_flow:
+                x = flow.sample_digits(model, labels, n=n, guidance_scale=w, num_inference_steps=steps, seed=seed)
+            else:
+                x = ddpm.sample_digits(model, n, labels=labels, guidance_scale=w, sampler="ddim",
+                                       num_inference_steps=steps, seed=seed)
             return x.float().clamp(0, 1), labels
         return fn
 
-    return [(f", DDIM-{steps}", make(False, 1.0)), (f", DDIM-{steps}, class w=2", make(True, 2.0))]
+    name = f"Euler-{steps}" if is_flow else f"DDIM-{steps}"
+    return [(f", {name}", make(False, 1.0)), (f", {name}, class w=2", make(True, 2.0))]
 
 
 def samplers_for(name: str, model, ddpm_steps: int = 50) -> list:

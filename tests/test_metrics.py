@@ -427,3 +427,17 @@ def test_paired_kernel_distance_is_unbiased_on_paired_sets_where_plain_kid_is_no
     assert plain < -0.5 * scale, (plain, scale)
     with pytest.raises(ValueError):
         metrics.paired_kernel_distance(real, fresh[:10])
+
+
+def test_scoreboard_samples_a_flow_digit_model_with_euler_and_a_ddpm_one_with_ddim():
+    from course_lib import flow, scoreboard
+    from course_lib.models import ddpm
+
+    tiny = {"block_out_channels": [8, 8, 8], "norm_num_groups": 4, "attention_head_dim": 8}
+    for prediction_type, name in ((flow.PREDICTION_TYPE, "Euler-2"), ("epsilon", "DDIM-2")):
+        model = ddpm.DigitDenoiser(dict(tiny, prediction_type=prediction_type))
+        rows = scoreboard.samplers_for("digits", model, ddpm_steps=2)
+        assert [r[0] for r in rows] == [f"digits, {name}", f"digits, {name}, class w=2"]
+        x, labels = rows[1][1](4, torch.Generator().manual_seed(0))
+        assert x.shape == (4, 1, 28, 28) and 0 <= x.min() and x.max() <= 1
+        assert labels.tolist() == [0, 1, 2, 3]
