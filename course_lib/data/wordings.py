@@ -238,11 +238,12 @@ WORDS = {
                  "good morning"],
     },
 }
+#: Unseen words a seen colour name must not contain ("bubble gum pink" has the unseen shape "bubble").
+_UNSEEN_NAMING = (_UNSEEN_EXCLUDE + tuple(WORDS["unseen"]["not_colors"] + WORDS["unseen"]["not_nouns"])
+                  + tuple(w for key in ("size", "shape") for ws in WORDS["unseen"][key].values() for w in ws))
 #: Colours Shapes does not draw, in the seen wording: the hand-written ones, then every XKCD and CSS4 name
 #: of another colour (:func:`course_lib.colours.other_colour_names`: "salmon pink", "dark taupe") with no
 #: word that contains an unseen word. The planner learns to refuse them.
-_UNSEEN_NAMING = tuple(_UNSEEN_EXCLUDE) + tuple(WORDS["unseen"]["not_colors"] + WORDS["unseen"]["not_nouns"]) + tuple(
-    w for key in ("size", "shape") for ws in WORDS["unseen"][key].values() for w in ws)
 WORDS["seen"]["not_colors"] = list(dict.fromkeys(
     WORDS["seen"]["not_colors"] + colours.other_colour_names(
         exclude=_UNSEEN_NAMING + tuple(w for ws in SEEN_CORE_COLOURS.values() for w in ws if " " not in w))))
