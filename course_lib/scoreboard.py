@@ -131,7 +131,8 @@ def ddpm_samplers(model, steps: int = 50) -> list:
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
             labels = torch.arange(n) % 10 if conditional else None
             if is_flow:
-                x = flow.sample_digits(model, labels, n=n, guidance_scale=w, num_inference_steps=steps, seed=seed)
+                x = flow.sample_digits(model, labels, n=n, guidance_scale=w, num_inference_steps=steps,
+                                       seed=seed)
             else:
                 x = ddpm.sample_digits(model, n, labels=labels, guidance_scale=w, sampler="ddim",
                                        num_inference_steps=steps, seed=seed)
