@@ -96,6 +96,24 @@ def seed_everything(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+@contextlib.contextmanager
+def seeded(seed: int = 0):
+    """Run a block as if :func:`seed_everything` had been called first, then give Python, NumPy and
+    torch back the random state they had before: the block is reproducible and the caller's own
+    random streams are untouched. Library functions that take a ``seed`` and build or train a model
+    (whose layers initialise from torch's global generator) run their body inside ``seeded(seed)``;
+    only a notebook calls :func:`seed_everything` itself."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        seed_everything(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
 def is_quick() -> bool:
     """True when ``COURSE_QUICK`` is set to something other than ``0``/``false``/empty (CI does)."""
     return _truthy(_env(QUICK_ENV))

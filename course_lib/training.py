@@ -18,6 +18,58 @@ from dataclasses import dataclass, field
 import torch
 
 from .progress import progress_bar
+from .runtime import time_fn
+
+
+# --------------------------------------------------------------------------------------------
+# Recipe helpers every model family shares
+# --------------------------------------------------------------------------------------------
+def budget_fraction(steps: int | None, minutes: float | None):
+    """``frac(step)``: the fraction of the training budget used, the larger of ``step / steps`` and
+    the wall-clock minutes since this call over ``minutes`` (whichever budget is given), capped at 1."""
+    t_start = time.perf_counter()
+
+    def frac(step):
+        fr = step / steps if steps else 0.0
+        if minutes:
+            fr = max(fr, (time.perf_counter() - t_start) / (60 * minutes))
+        return min(fr, 1.0)
+    return frac
+
+
+def cosine_with_warmup(warmup: int, final_frac: float, frac_fn):
+    """A ``LambdaLR`` factor: linear warm-up over ``warmup`` steps, then a cosine from 1 down to
+    ``final_frac`` as ``frac_fn(step)`` (the fraction of the budget used, e.g.
+    :func:`budget_fraction`) goes from 0 to 1."""
+    def lr_lambda(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        fr = frac_fn(step)
+        return final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * fr))
+    return lr_lambda
+
+
+def drop_mask(n: int, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Which of ``n`` training examples lose their condition (caption or class dropout, so that
+    one network also learns the unconditional prediction classifier-free guidance needs): a bool
+    tensor [n], each True with probability ``p``, drawn from ``generator``."""
+    return torch.rand(n, generator=generator) < p
+
+
+def drop_labels(labels: torch.Tensor, p: float, null_label: int,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Class dropout: ``labels`` [n] with each replaced by ``null_label`` (the "no class" label)
+    with probability ``p`` (:func:`drop_mask`)."""
+    drop = drop_mask(len(labels), p, generator)
+    return torch.where(drop, torch.full_like(labels, null_label), labels)
+
+
+def ms_per_picture(fn, n_pictures: int, repeats: int = 3, warmup: int = 1, device=None) -> float:
+    """Wall milliseconds per picture of ``fn()``, a call that makes ``n_pictures`` pictures: the
+    median of ``repeats`` timed calls after ``warmup`` untimed ones (:func:`runtime.time_fn`,
+    which waits for queued GPU work before each clock reading)."""
+    t = time_fn(fn, repeats=repeats, warmup=warmup, device=device)
+    return 1000 * t["median_s"] / n_pictures
 
 
 @dataclass
