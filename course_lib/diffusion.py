@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import flow
+
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 
@@ -192,8 +194,7 @@ def diffusion_loss(model_fn, x0: torch.Tensor, alphas_cumprod: torch.Tensor, pre
     mean squared error. ``"flow_prediction"`` is flow matching (:func:`course_lib.flow.flow_matching_loss`:
     the straight path, times in [0, 1], no ``alphas_cumprod``; ``time_sampling`` "uniform" or
     "logit-normal", :func:`course_lib.flow.sample_time`); the other types draw the step uniformly."""
-    if prediction_type == "flow_prediction":
-        from . import flow
+    if prediction_type == flow.PREDICTION_TYPE:
         return flow.flow_matching_loss(model_fn, x0, generator=generator, time_sampling=time_sampling,
                                        return_parts=return_parts)
     if time_sampling != "uniform":

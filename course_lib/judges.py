@@ -254,8 +254,8 @@ def train_mnist_classifier(seed: int = 0, quick: bool = False, steps: int | None
                        notes=f"{steps} steps, batch 128, random affine augmentation")
 
 
-register("shapes-judge", build=lambda cfg: ShapesJudge(**cfg), train=train_shapes_judge,
+register("shapes-judge", role="judge", domain="shapes", build=lambda cfg: ShapesJudge(**cfg), train=train_shapes_judge,
          evaluate=evaluate_shapes_judge, chapter="00",
          description="Shapes attribute classifier (size, color, shape, row, col)")
-register("mnist-classifier", build=lambda cfg: MnistClassifier(**cfg), train=train_mnist_classifier,
+register("mnist-classifier", role="judge", domain="digits", build=lambda cfg: MnistClassifier(**cfg), train=train_mnist_classifier,
          evaluate=evaluate_mnist_classifier, chapter="00", description="MNIST digit classifier")

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from . import runtime
 from .config import Config
-from .runtime import get_device, seed_everything
+from .runtime import get_device, seeded
 
 #: Modules that register shipped models. A module listed here that does not exist yet is skipped.
 ENTRY_MODULES = (
@@ -45,7 +45,6 @@ ENTRY_MODULES = (
     "course_lib.ladder",
     "course_lib.models.fast",
     "course_lib.models.latent",
-    "course_lib.flow",
     "course_lib.models.dit",
     "course_lib.models.reflow",
     "course_lib.models.vq",
@@ -67,6 +66,13 @@ class TrainResult:
     notes: str = ""
 
 
+#: What a shipped model is for: it makes pictures, it scores pictures (chapter 07's judges and
+#: the readers its metrics use), or it is a part that other models are built on.
+ROLES = ("generator", "judge", "component")
+#: The two picture domains of the course.
+DOMAINS = ("digits", "shapes")
+
+
 @dataclass
 class Entry:
     name: str
@@ -76,16 +82,44 @@ class Entry:
     finalize: Callable[[torch.nn.Module], object] | None = None  # module -> what load() returns
     description: str = ""
     chapter: str = ""
+    role: str = "generator"                           # one of ROLES
+    domain: str = "digits"                            # one of DOMAINS
+    module: str = ""                                  # the module that registered it
 
 
 _REGISTRY: dict[str, Entry] = {}
 _imported = False
 
 
-def register(name: str, *, build, train, evaluate=None, finalize=None, description: str = "",
-             chapter: str = "") -> None:
-    """Declare a shippable model (called at import time by the module that defines it)."""
-    _REGISTRY[name] = Entry(name, build, train, evaluate, finalize, description, chapter)
+def register(name: str, *, build, train, role: str, domain: str, evaluate=None, finalize=None,
+             description: str = "", chapter: str = "") -> None:
+    """Declare a shippable model (called at import time by the module that defines it; that module
+    must be listed in :data:`ENTRY_MODULES`). ``role``: one of :data:`ROLES`; ``domain``: one of
+    :data:`DOMAINS`. The scoreboard and the manifest read both, so no caller guesses what a model is."""
+    if role not in ROLES:
+        raise ValueError(f"role of {name!r} must be one of {ROLES}, got {role!r}")
+    if domain not in DOMAINS:
+        raise ValueError(f"domain of {name!r} must be one of {DOMAINS}, got {domain!r}")
+    module = sys._getframe(1).f_globals.get("__name__", "")
+    _REGISTRY[name] = Entry(name, build, train, evaluate, finalize, description, chapter, role,
+                            domain, module)
+
+
+def entries(role: str | None = None, domain: str | None = None) -> list[Entry]:
+    """Every registered model (sorted by name), or those of one ``role`` and/or ``domain``."""
+    if role is not None and role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    if domain is not None and domain not in DOMAINS:
+        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+    _import_entry_modules()
+    return [e for _, e in sorted(_REGISTRY.items())
+            if (role is None or e.role == role) and (domain is None or e.domain == domain)]
+
+
+def entry(name: str) -> Entry:
+    """The registration of ``name`` (its role, domain, chapter, module); an unknown name raises
+    :class:`CheckpointError`."""
+    return _entry(name)
 
 
 def _import_entry_modules() -> None:
@@ -207,7 +241,9 @@ def save(name: str, result: TrainResult, seconds: float, seed: int, command: str
     entry = _REGISTRY.get(name)
     rec = {
         "file": path.name,
-        "module": getattr(entry.build, "__module__", None) if entry else None,
+        "module": entry.module if entry else None,
+        "role": entry.role if entry else None,
+        "domain": entry.domain if entry else None,
         "sha256": sha256(path),
         "bytes": path.stat().st_size,
         "parameters": sum(p.numel() for p in result.model.parameters()),
@@ -269,9 +305,9 @@ def train(name: str, seed: int = 0, quick: bool = False, directory: "str | Path 
             f"quick mode trains {name!r} on a short stand-in budget, and {directory} holds its full-recipe "
             f"checkpoint, which quick mode does not replace. Train into a scratch folder (--out DIR or "
             f"COURSE_CHECKPOINTS=DIR), or without quick mode (unset COURSE_QUICK) for the full recipe.")
-    seed_everything(seed)
     t0 = time.perf_counter()
-    result = entry.train(seed=seed, quick=quick)
+    with seeded(seed):                   # reproducible, and the caller's random streams stay as they were
+        result = entry.train(seed=seed, quick=quick)
     seconds = time.perf_counter() - t0
     command = f"python -m course_lib.pretrained train {name} --seed {seed}" + (" --quick" if quick else "")
     return save(name, result, seconds, seed, command=command, budget="quick" if quick else "full",

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import runtime
 from .data import shapes
 from .data.wordings import make_requests, paraphrase
 from .models.planner import PlannerHeads
@@ -43,43 +44,45 @@ def conditioning_probe(encoder: FrozenTextEncoder, how: str = "tokens", n_train:
     if how not in ("tokens", "pooled"):
         raise ValueError(f"how must be 'tokens' or 'pooled', got {how!r}")
     device = device or get_device()
-    torch.manual_seed(seed)
-    texts, scenes = make_requests(n_train, seed=seed, vocab="seen", kind="one")
-    rng = np.random.default_rng([seed, 65])
-    specs = shapes.all_specs("all")
-    test_specs = [specs[i] for i in rng.permutation(len(specs))[:n_test]]
-    test_texts = [paraphrase(s, rng, "unseen") for s in test_specs]
-    y = shapes.spec_labels([s[0] for s in scenes])
-    y_test = shapes.spec_labels(test_specs)
-    encoded = {} if encoded is None else encoded
-    key = (n_train, n_test, seed)
-    if key not in encoded:
-        encoded[key] = (encoder.encode(texts), encoder.encode(test_texts))
-    enc, enc_test = encoded[key]
-    heads = PlannerHeads({"encoder": encoder.kind}) if how == "tokens" else PooledHeads(encoder.dim)
-    model = heads.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
-    g = torch.Generator().manual_seed(seed)
+    with runtime.seeded(seed):
+        texts, scenes = make_requests(n_train, seed=seed, vocab="seen", kind="one")
+        rng = np.random.default_rng([seed, 65])
+        specs = shapes.all_specs("all")
+        test_specs = [specs[i] for i in rng.permutation(len(specs))[:n_test]]
+        test_texts = [paraphrase(s, rng, "unseen") for s in test_specs]
+        y = shapes.spec_labels([s[0] for s in scenes])
+        y_test = shapes.spec_labels(test_specs)
+        encoded = {} if encoded is None else encoded
+        key = (n_train, n_test, seed)
+        if key not in encoded:
+            encoded[key] = (encoder.encode(texts), encoder.encode(test_texts))
+        enc, enc_test = encoded[key]
+        heads = (PlannerHeads({"encoder": encoder.kind}) if how == "tokens"
+                 else PooledHeads(encoder.dim))
+        model = heads.to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
+        g = torch.Generator().manual_seed(seed)
 
-    def logits_of(m, e, idx):
-        if how == "tokens":
-            out = m(e.states[idx].to(device), e.mask[idx].to(device))
-            return {a: out[a][:, 0] for a in shapes.ATTRIBUTES}
-        return m(e.pooled[idx].to(device))
+        def logits_of(m, e, idx):
+            if how == "tokens":
+                out = m(e.states[idx].to(device), e.mask[idx].to(device))
+                return {a: out[a][:, 0] for a in shapes.ATTRIBUTES}
+            return m(e.pooled[idx].to(device))
 
-    for _ in range(steps):
-        model.train()
-        idx = torch.randint(0, len(texts), (min(128, len(texts)),), generator=g)
-        out = logits_of(model, enc, idx)
-        loss = sum(F.cross_entropy(out[a], y[idx, i].to(device)) for i, a in enumerate(shapes.ATTRIBUTES))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    with torch.no_grad():
-        out = logits_of(model, enc_test, torch.arange(len(test_texts)))
-        pred = torch.stack([out[a].argmax(1).cpu() for a in shapes.ATTRIBUTES], 1)
-    correct = pred == y_test
-    res = {a: correct[:, i].float().mean().item() for i, a in enumerate(shapes.ATTRIBUTES)}
-    res["all"] = correct.all(1).float().mean().item()
-    return res
+        for _ in range(steps):
+            model.train()
+            idx = torch.randint(0, len(texts), (min(128, len(texts)),), generator=g)
+            out = logits_of(model, enc, idx)
+            loss = sum(F.cross_entropy(out[a], y[idx, i].to(device))
+                       for i, a in enumerate(shapes.ATTRIBUTES))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            out = logits_of(model, enc_test, torch.arange(len(test_texts)))
+            pred = torch.stack([out[a].argmax(1).cpu() for a in shapes.ATTRIBUTES], 1)
+        correct = pred == y_test
+        res = {a: correct[:, i].float().mean().item() for i, a in enumerate(shapes.ATTRIBUTES)}
+        res["all"] = correct.all(1).float().mean().item()
+        return res

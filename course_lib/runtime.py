@@ -52,10 +52,15 @@ def online() -> bool:
     return _truthy(_env("COURSE_ONLINE")) and not _truthy(_env("HF_HUB_OFFLINE"))
 
 
-def checkpoint_dir() -> Path:
-    """The folder of shipped models: ``data/checkpoints`` of this checkout, or ``$COURSE_CHECKPOINTS``."""
-    from . import CHECKPOINT_DIR
+#: The repository root when the course is used from a checkout (``data/``, ``notebooks/`` live there).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Where shipped checkpoints live unless ``COURSE_CHECKPOINTS`` says otherwise.
+CHECKPOINT_DIR = REPO_ROOT / "data" / "checkpoints"
 
+
+def checkpoint_dir() -> Path:
+    """The folder of shipped models: ``data/checkpoints`` of this checkout, or
+    ``$COURSE_CHECKPOINTS``."""
     return Path(_env("COURSE_CHECKPOINTS") or CHECKPOINT_DIR)
 
 

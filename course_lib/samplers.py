@@ -8,11 +8,16 @@ Euler ancestral and DPM-Solver++ SDE), and they all run in the course's one loop
 * :func:`sample_shapes` is a Shapes pipeline's own call with another scheduler and with the two
   classifier-free-guidance passes batched (the pipeline's way), sequential or off: the cost of
   guidance, measured by :func:`cfg_cost`.
-* :func:`sample_digits` samples ``ddpm-mnist`` with any scheduler.
+* digits (``ddpm-mnist``) are sampled by the course's one digit sampler,
+  :func:`course_lib.models.ddpm.sample_digits`, with any scheduler.
 * :func:`sweep` measures, per (sampler, steps): the judge's accuracy, KID on the judge's features
   (a quality measure that keeps falling after the accuracy has saturated) and wall milliseconds per
   picture. :func:`fastest_within` answers the chapter's question: which sampler is the fastest one
   that stays within a few points of DDPM's 1000 steps?
+
+The quality measures a sweep reports (the judge's accuracy, KID on its features against real
+pictures of the same targets) are :mod:`course_lib.sample_quality`'s, which chapter 08's models use
+too; ``reference_set`` and ``quality`` are importable from here as well.
 """
 from __future__ import annotations
 
@@ -21,9 +26,15 @@ import time
 import numpy as np
 import torch
 
-from . import arguments, diffusion, sampling
+from . import arguments, sampling
+from .models import ddpm
+from .pipelines import quiet
 from .progress import progress_bar
 from .runtime import synchronize
+from .sample_quality import is_pipeline, quality, reference_set
+
+__all__ = ["sample_shapes", "generate", "timed_generate", "warm_up", "sweep", "with_ratios",
+           "fastest_within", "format_table", "cfg_cost", "reference_set", "quality"]
 
 #: How the two guidance passes run (the pipeline's ``guidance_mode``).
 CFG_MODES = sampling.GUIDANCE_MODES
@@ -40,8 +51,6 @@ def sample_shapes(pipe, captions: list[str], scheduler=None, num_inference_steps
     pipeline's way), ``"sequential"`` (two calls of n each, the same result up to float rounding) or
     ``"off"`` (one call on the conditional half only; guidance_scale ignored).
     """
-    from .pipelines import quiet
-
     arguments.choice(cfg, CFG_MODES, "cfg")
     p = pipe.with_scheduler(scheduler) if scheduler is not None else pipe
     with quiet(p):
@@ -49,115 +58,18 @@ def sample_shapes(pipe, captions: list[str], scheduler=None, num_inference_steps
                  generator=torch.Generator().manual_seed(seed), output_type="pt", guidance_mode=cfg).images
 
 
-@torch.no_grad()
-def sample_digits(model, labels, scheduler, num_inference_steps: int, guidance_scale: float = 1.0,
-                  seed: int = 0, cfg: str = "batched", n: int | None = None) -> torch.Tensor:
-    """Digits [n, 1, 28, 28] in [0, 1] from ``ddpm-mnist`` (a ``DigitDenoiser``) for ``labels`` with a
-    diffusers ``scheduler`` (chapter 04's ``sample_digits`` uses the hand-written samplers instead).
-    Guidance as in :func:`sample_shapes` (``labels`` None: ``n`` unconditional digits)."""
-    from .models.ddpm import NULL_CLASS
-
-    model.eval()
-    dev = next(model.parameters()).device
-    y = None if labels is None else torch.as_tensor(labels, dtype=torch.long).to(dev)
-    if y is not None:
-        n = len(y)
-    elif n is None:
-        raise ValueError("give labels, or n for unconditional digits")
-    steps = arguments.steps(num_inference_steps, scheduler.config.num_train_timesteps)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn((n, 1, 28, 28), generator=g).to(dev)
-    uncond = None if y is None else torch.full((n,), NULL_CLASS, dtype=torch.long, device=dev)
-
-    def net(z, t, labels_):
-        return model(z, t.to(dev).expand(len(z)), labels_)
-
-    x = sampling.denoise_loop(scheduler, net, x, steps, y, uncond, arguments.guidance(guidance_scale), cfg, g)
-    return diffusion.to_image_range(x).cpu()
-
-
 # --------------------------------------------------------------------------------------------
 # The sweep
 # --------------------------------------------------------------------------------------------
-def _is_pipeline(model) -> bool:
-    return hasattr(model, "scheduler") and hasattr(model, "with_scheduler")
-
-
-def reference_set(model, targets, per_target: int = 8, seed: int = 1234) -> torch.Tensor:
-    """Real pictures to measure KID against, ``per_target`` copies of the target list one after the
-    other: fresh Shapes renderings of each caption, or, for digits, a real MNIST test digit of each
-    asked-for label (drawn with replacement from the 50 per class)."""
-    if _is_pipeline(model):
-        from .data import shapes
-        specs = [shapes.parse_caption(c) for c in targets] * per_target
-        return shapes.render(specs, np.random.default_rng(seed))
-    from .data import mnist
-    x, y = mnist.load_mnist("test")
-    want = torch.as_tensor(targets)
-    g = torch.Generator().manual_seed(seed)
-    pools = {k: torch.nonzero(y == k).flatten() for k in range(10)}
-    copies = []
-    for _ in range(per_target):                     # each copy: one real digit of each asked-for label
-        copies.append(torch.stack([pools[int(k)][torch.randint(len(pools[int(k)]), (1,), generator=g)][0]
-                                   for k in want]))
-    return x[torch.cat(copies)]
-
-
-def paired_mmd2(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Squared MMD with KID's cubic kernel between two feature sets [n, d] whose rows are paired (row i of
-    both was asked for the same caption or label). Every mean leaves out the pairs (i, i), the within-set
-    ones as the unbiased KID does and the cross ones because a matched pair is more alike than two
-    random draws: so its expectation is 0 when both sets come from the same conditional distribution
-    (the plain unbiased KID of two such stratified sets is biased below 0)."""
-    from .metrics import polynomial_kernel
-
-    n = len(a)
-    off = ~torch.eye(n, dtype=torch.bool)
-    kaa, kbb, kab = polynomial_kernel(a, a), polynomial_kernel(b, b), polynomial_kernel(a, b)
-    return float(kaa[off].mean() + kbb[off].mean() - 2 * kab[off].mean())
-
-
-def quality(model, images: torch.Tensor, targets, reference: torch.Tensor | None = None) -> dict:
-    """``{"accuracy", "kid"}``: the judge's accuracy (Shapes: all five attributes right; digits: the
-    asked-for digit) and KID x 1000 between the judge's penultimate features of ``images`` and of
-    ``reference`` (real pictures; KID is unbiased at small n, unlike FID, so a few dozen pictures per
-    point are enough to compare samplers). Features are standardised with the reference's per-feature
-    mean and standard deviation first (a fixed affine map, so KID stays a distance between the two
-    sets)."""
-    from . import judges, metrics
-    captions = len(targets) > 0 and isinstance(targets[0], str)               # Shapes captions, else digit labels
-    if captions:
-        judge = judges.load_shapes_judge()
-        acc = judges.score_shapes(images, targets, judge)["all"]
-    else:
-        judge = judges.load_mnist_classifier()
-        acc = judges.score_digits(images, torch.as_tensor(targets), judge)["accuracy"]
-    out = {"accuracy": float(acc)}
-    if reference is not None:
-        fa, fb = metrics.extract_features(images, judge), metrics.extract_features(reference, judge)
-        # standardise both with the real pictures' per-feature mean and spread: the judge's ReLU
-        # features are unbounded, and KID's cubic kernel would otherwise be ruled by a few large ones
-        mu, sd = fb.mean(0), fb.std(0) + 1e-6
-        fa, fb = ((fa - mu) / sd).double(), ((fb - mu) / sd).double()
-        n = len(fa)
-        if len(fb) % n == 0:
-            # the reference holds whole copies of the targets (reference_set): compare like with like,
-            # one copy at a time, with the paired estimator (see paired_mmd2)
-            vals = [paired_mmd2(fa, fb[j:j + n]) for j in range(0, len(fb), n)]
-        else:
-            vals = [metrics.kernel_inception_distance(fa, fb, subsets=50, subset_size=n)]
-        out["kid"] = 1000 * float(np.mean(vals))
-    return out
-
-
 def generate(model, targets, sampler: str, steps: int, guidance_scale: float | None = None, seed: int = 0,
              cfg: str = "batched", scheduler=None) -> torch.Tensor:
     """Pictures from ``model`` (a ShapesPipeline: ``targets`` are captions; a DigitDenoiser: labels)."""
     scheduler = scheduler if scheduler is not None else sampling.make_scheduler(sampler, model)
-    if _is_pipeline(model):
+    if is_pipeline(model):
         return sample_shapes(model, list(targets), scheduler, steps, guidance_scale, seed, cfg)
-    return sample_digits(model, targets, scheduler, steps, 1.0 if guidance_scale is None else guidance_scale,
-                         seed, cfg)
+    return ddpm.sample_digits(model, targets, sampler=scheduler, num_inference_steps=steps,
+                              guidance_scale=1.0 if guidance_scale is None else guidance_scale,
+                              seed=seed, cfg=cfg)
 
 
 def timed_generate(model, targets, sampler: str, steps: int, repeats: int = 3, repeat_below_s: float = 3.0,
@@ -198,7 +110,7 @@ def sweep(model, targets, samplers=sampling.SAMPLERS, steps=(1, 2, 4, 8, 16, 32,
     :func:`reference_set`) is what KID compares with. Same seed, so every sampler starts from the
     same noise. ``baseline_steps=None`` skips the baseline (to add samplers to an earlier sweep).
     """
-    targets = list(targets) if _is_pipeline(model) else torch.as_tensor(targets)
+    targets = list(targets) if is_pipeline(model) else torch.as_tensor(targets)
     reference = reference if reference is not None else reference_set(model, targets)
     kw = {"guidance_scale": guidance_scale, "seed": seed}
     warm_up(model, targets, samplers, **kw)

@@ -33,11 +33,8 @@ import torch
 from . import metrics
 from . import pretrained
 from .data import mnist, shapes
+from .models import ddpm
 from .runtime import get_device, peak_memory, time_fn
-
-#: Shipped models that judge or read pictures rather than generate them.
-NOT_GENERATORS = ("shapes-judge", "mnist-classifier", "shapes-captioner", "shapes-clip", "shapes-planner",
-                  "shapes-autoencoder", "shapes-vq")
 
 #: Columns of the table, in order (a row may lack some: NaN in the frame).
 COLUMNS = ("model", "domain", "chapter", "conditioning", "n", "fid", "kid", "precision", "recall",
@@ -118,35 +115,29 @@ def digit_sampler(model):
 
 def ddpm_samplers(model, steps: int = 50) -> list:
     """A chapter 04 digit denoiser: ``[(row suffix, sampler)]``, unconditional and class-conditional
-    with guidance 2. ``ddpm-mnist`` (an ε-model) samples with DDIM
-    (``course_lib.models.ddpm.sample_digits``), ``flow-mnist`` (a velocity model) with the Euler
-    sampler of flow matching (``course_lib.flow.sample_digits``), ``steps`` network calls each."""
-    from . import flow
-    from .models import ddpm
-
-    is_flow = model.config.prediction_type == flow.PREDICTION_TYPE
+    with guidance 2, drawn by the course's one digit sampler
+    (:func:`course_lib.models.ddpm.sample_digits`) with the model's own sampler, ``steps`` network
+    calls each: DDIM for an ε-model such as ``ddpm-mnist``, Euler for a flow-matching model such as
+    ``flow-mnist``."""
+    label = "Euler" if ddpm.is_flow(model) else "DDIM"
 
     def make(conditional: bool, w: float):
         def fn(n, generator):
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
             labels = torch.arange(n) % 10 if conditional else None
-            if is_flow:
-                x = flow.sample_digits(model, labels, n=n, guidance_scale=w, num_inference_steps=steps,
-                                       seed=seed)
-            else:
-                x = ddpm.sample_digits(model, n, labels=labels, guidance_scale=w, sampler="ddim",
-                                       num_inference_steps=steps, seed=seed)
+            x = ddpm.sample_digits(model, labels, n, guidance_scale=w, num_inference_steps=steps,
+                                   seed=seed)
             return x.float().clamp(0, 1), labels
         return fn
 
-    name = f"Euler-{steps}" if is_flow else f"DDIM-{steps}"
+    name = f"{label}-{steps}"
     return [(f", {name}", make(False, 1.0)), (f", {name}, class w=2", make(True, 2.0))]
 
 
 def samplers_for(name: str, model, ddpm_steps: int = 50) -> list:
-    """``[(row name, sampler, latency batch factor)]`` for a digit model: one row, or two for the
-    DDPM (whose pictures cost a network call per step: timed on smaller batches)."""
-    if type(model).__name__ == "DigitDenoiser":
+    """``[(row name, sampler, latency batch factor)]`` for a digit model: one row, or two for a
+    digit denoiser (whose pictures cost a network call per step: timed on smaller batches)."""
+    if isinstance(model, ddpm.DigitDenoiser):
         return [(name + suffix, fn, 1) for suffix, fn in ddpm_samplers(model, ddpm_steps)]
     return [(name, digit_sampler(model), 4)]
 
@@ -309,13 +300,15 @@ EXPECTED = ("dcgan-mnist", "cgan-mnist", "vae-mnist", "cvae-mnist", "ddpm-mnist"
 
 
 def candidates() -> list[str]:
-    """Every name the registry or the manifest knows, generators only."""
+    """Every generator the registry knows (its entry's ``role``; judges and components such as the
+    autoencoder are not scored as generators)."""
     try:
-        names = pretrained.known()
+        return [e.name for e in pretrained.entries(role="generator")]
     except Exception as exc:  # an entry module that fails to import must not hide the others
-        print(f"note: could not import every model module ({type(exc).__name__}: {exc}); using the manifest")
-        names = sorted(pretrained.read_manifest()["models"])
-    return [n for n in names if n not in NOT_GENERATORS]
+        print(f"note: could not import every model module ({type(exc).__name__}: {exc}); "
+              f"using the manifest's roles")
+        shipped = pretrained.read_manifest()["models"]
+        return sorted(n for n, rec in shipped.items() if rec.get("role") == "generator")
 
 
 def build(names=None, n_digits: int = 500, n_shapes: int = 128, seed: int = 0, device=None,
@@ -355,9 +348,13 @@ def build(names=None, n_digits: int = 500, n_shapes: int = 128, seed: int = 0, d
             notes.append(f"{name}: not shipped yet (python -m course_lib.pretrained train {name})")
             continue
         try:
+            entry = pretrained.entry(name)
+            if entry.role != "generator":
+                notes.append(f"{name}: skipped, a {entry.role}, not a generator")
+                continue
             model = pretrained.load(name, device)
-            chapter = pretrained._REGISTRY[name].chapter if name in pretrained._REGISTRY else ""
-            if is_text_pipeline(model):
+            chapter = entry.chapter
+            if entry.domain == "shapes":
                 ref = ref_for("shapes")
                 for kw in [dict(text_kwargs or {})] + list((text_variants or {}).get(name, [])):
                     row = score_text_model(name, model, ref, n_shapes, seed, call_kwargs=kw,

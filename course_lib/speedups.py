@@ -33,6 +33,7 @@ import torch.nn as nn
 
 from .progress import progress_bar
 from .runtime import synchronize
+from .training import ms_per_picture
 
 VARIANTS = ("fp32", "bf16-autocast", "channels-last", "compile", "int8-dynamic", "prune-50%")
 
@@ -198,15 +199,14 @@ def other_model_rows(captions: list[str], names=OTHER_MODELS, repeats: int = 3, 
         def run():
             return pipe(list(captions), generator=torch.Generator().manual_seed(seed), output_type="pt").images
 
-        run() if len(captions) <= 2 else pipe(list(captions)[:2], output_type="pt")     # warm-up
-        times, images = [], None
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            images = run()
-            times.append(time.perf_counter() - t0)
-        q = quality(pipe, images, list(captions), reference)
+        made = {}
+        if len(captions) > 2:
+            pipe(list(captions)[:2], output_type="pt")                       # warm-up, small batch
+        ms = ms_per_picture(lambda: made.update(images=run()), len(captions), repeats=repeats,
+                            warmup=int(len(captions) <= 2))
+        q = quality(pipe, made["images"], list(captions), reference)
         steps = getattr(pipe, "default_num_inference_steps", None)
-        rows.append({"name": name, "ms_per_picture": 1000 * float(np.median(times)) / len(captions), **q,
+        rows.append({"name": name, "ms_per_picture": ms, **q,
                      "note": f"its defaults: {steps} steps, guidance {getattr(pipe, 'default_guidance_scale', '?')}"})
     return rows
 

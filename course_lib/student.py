@@ -16,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-from . import REPO_ROOT
+from .runtime import REPO_ROOT
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STUB = 'raise NotImplementedError("Exercise: write your solution here")'

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from course_lib import colours
-from course_lib.data import wordings
+from course_lib.data import colour_names, wordings
 from course_lib.text_encoders import text_encoder
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
@@ -83,7 +83,7 @@ def main(kinds):
                     "head, objects + all": head([OBJECTS[c] + seen[c] for c in COLOURS])}
             print(f"{kind} {template!r:16} " + ", ".join(f"{k} {v:.2f}" for k, v in rows.items()), flush=True)
         names = [(n, rgb) for n, rgb in colours.colour_names()
-                 if not any(x in w for w in colours._name_words(n) for x in wordings._UNSEEN_EXCLUDE)]
+                 if not any(x in w for w in colour_names.name_words(n) for x in wordings._UNSEEN_EXCLUDE)]
         x = enc.encode([n for n, _ in names]).pooled.float()
         rgb = torch.tensor(np.array([c for _, c in names]), dtype=torch.float32)
         probe = colours.fit_colour_head(x, rgb, steps=600)

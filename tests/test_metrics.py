@@ -441,3 +441,14 @@ def test_scoreboard_samples_a_flow_digit_model_with_euler_and_a_ddpm_one_with_dd
         x, labels = rows[1][1](4, torch.Generator().manual_seed(0))
         assert x.shape == (4, 1, 28, 28) and 0 <= x.min() and x.max() <= 1
         assert labels.tolist() == [0, 1, 2, 3]
+
+
+def test_scoreboard_scores_generators_only():
+    from course_lib import scoreboard
+
+    names = scoreboard.candidates()
+    assert {"ddpm-mnist", "flow-mnist", "shapes-t2i", "shapes-maskgit"} <= set(names)
+    assert not {"shapes-judge", "mnist-classifier", "shapes-clip", "shapes-vq", "shapes-planner",
+                "shapes-autoencoder", "shapes-captioner"} & set(names)
+    board = scoreboard.build(["shapes-judge"], verbose=False)
+    assert not board.rows and any("not a generator" in n for n in board.notes)

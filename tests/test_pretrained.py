@@ -75,12 +75,16 @@ def test_registered_but_unshipped_then_train_save_load(scratch_checkpoints):
         torch.manual_seed(seed)
         return pretrained.TrainResult(_Tiny(3), {"n": 3}, {"score": 1.0})
 
-    pretrained.register("test-tiny", build=lambda cfg: _Tiny(**cfg), train=train)
+    pretrained.register("test-tiny", role="generator", domain="digits", build=lambda cfg: _Tiny(**cfg),
+                        train=train)
     try:
         with pytest.raises(pretrained.CheckpointError, match="not shipped yet"):
             pretrained.load("test-tiny")
+        before = torch.random.get_rng_state()
         rec = pretrained.train("test-tiny", seed=1)
+        assert torch.equal(torch.random.get_rng_state(), before), "training reseeded the caller's generator"
         assert rec["quality"] == {"score": 1.0} and rec["parameters"] == 8 and rec["budget"] == "full"
+        assert (rec["module"], rec["role"], rec["domain"]) == (__name__, "generator", "digits")
         again = json.loads((scratch_checkpoints / "manifest.json").read_text())["models"]["test-tiny"]
         assert again["sha256"] == rec["sha256"] == pretrained.sha256(scratch_checkpoints / "test-tiny.safetensors")
         torch.manual_seed(1)
@@ -121,7 +125,8 @@ def test_quick_mode_never_replaces_a_full_recipe_checkpoint(scratch_checkpoints,
         steps = 2 if quick else 50
         return pretrained.TrainResult(_Tiny(3), {"n": 3}, {"steps": steps})
 
-    pretrained.register("test-tiny", build=lambda cfg: _Tiny(**cfg), train=train)
+    pretrained.register("test-tiny", role="generator", domain="digits", build=lambda cfg: _Tiny(**cfg),
+                        train=train)
     try:
         full = pretrained.train("test-tiny", quick=False)
         assert full["budget"] == "full" and full["command"].endswith("--seed 0")
@@ -157,3 +162,24 @@ def test_run_recipe_times_and_records():
     assert res.quality["params"] == 8 and res.quality["train_steps"] == 7
     assert res.quality["train_loop_seconds"] == 0.5 and res.quality["train_seconds"] >= 0
     assert res.notes == "7 steps at lr 0.1" and res.config == {"n": 3}
+
+
+def test_every_entry_says_what_it_is():
+    """Each shipped model declares its role and domain, and the manifest names the module that
+    registers it (the one ``load`` imports first)."""
+    shipped = pretrained.read_manifest()["models"]
+    judges_ = {e.name for e in pretrained.entries(role="judge")}
+    assert {"shapes-judge", "mnist-classifier"} <= judges_
+    generators = {e.name for e in pretrained.entries(role="generator")}
+    assert {"ddpm-mnist", "flow-mnist", "shapes-t2i", "shapes-gpt"} <= generators
+    assert not generators & judges_ and "shapes-vq" not in generators
+    assert {e.name for e in pretrained.entries(domain="digits")} >= {"dcgan-mnist", "mnist-classifier"}
+    for name, rec in shipped.items():
+        e = pretrained.entry(name)
+        assert (rec["module"], rec["role"], rec["domain"]) == (e.module, e.role, e.domain), name
+    assert pretrained.entry("shapes-t2i-mpnet").module == "course_lib.ladder"
+    assert pretrained.entry("shapes-gpt").module == "course_lib.models.token_training"
+    with pytest.raises(ValueError, match="role"):
+        pretrained.register("test-bad", role="painter", domain="digits", build=_Tiny, train=None)
+    with pytest.raises(ValueError, match="domain"):
+        pretrained.entries(domain="faces")

@@ -91,7 +91,7 @@ def test_one_loop_in_the_library():
     src = inspect.getsource(t2i.ShapesPipeline.__call__)
     assert "sampling.denoise_loop" in src and "scheduler.step" not in src
     assert latent.LatentShapesPipeline.__call__ is t2i.ShapesPipeline.__call__
-    assert "sampling.denoise_loop" in inspect.getsource(samplers.sample_digits)
+    assert "sampling.denoise_loop" in inspect.getsource(ddpm.sample_digits)
     assert "scheduler.step" not in inspect.getsource(samplers)
 
 
@@ -125,10 +125,10 @@ def test_digit_samplers_draw_the_recorded_pictures(reference):
         "ddpm-mnist-ddim10-w2": ddpm.sample_digits(m, labels=[0, 1, 2, 3], guidance_scale=2.0,
                                                    num_inference_steps=10, seed=0),
         "ddpm-mnist-ddpm10": ddpm.sample_digits(m, n=4, sampler="ddpm", num_inference_steps=10, seed=0),
-        "ddpm-mnist-dpm++4-w2": samplers.sample_digits(m, [4, 5, 6, 7], sampling.make_scheduler("dpm++", m), 4,
-                                                       guidance_scale=2.0, seed=0),
-        "ddpm-mnist-dpm++4-uncond": samplers.sample_digits(m, None, sampling.make_scheduler("dpm++", m), 4, seed=0,
-                                                           n=4),
+        "ddpm-mnist-dpm++4-w2": ddpm.sample_digits(m, [4, 5, 6, 7], sampler="dpm++",
+                                                   num_inference_steps=4, guidance_scale=2.0, seed=0),
+        "ddpm-mnist-dpm++4-uncond": ddpm.sample_digits(m, None, 4, sampler="dpm++",
+                                                       num_inference_steps=4, seed=0),
     }
     for k, v in got.items():
         assert (v - reference[k]).abs().max() < 1e-4, k

@@ -8,7 +8,7 @@ vocabularies that share no content word:
   sentence forms, the canonical caption among them ("a small red circle in the top left", "in the
   upper left corner, a tiny crimson ball", "please show me a little scarlet disc near the top
   edge, on the left"), and every colour name of the XKCD survey and CSS4 that is clearly one of the
-  six Shapes colours (:func:`course_lib.colours.shapes_colour_names`: "fire engine red", "kelly
+  six Shapes colours (:func:`course_lib.data.colour_names.shapes_colour_names`: "fire engine red", "kelly
   green", "navy", "lemon", "bright violet", "tangerine", ... about 370 names);
 * ``"unseen"``, for testing only: rarer synonyms ("vermilion", "orb", "in the top-left quadrant",
   "at twelve o'clock") and new sentence forms ("could you paint ..."). Each unseen colour word that
@@ -40,7 +40,7 @@ import zlib
 import numpy as np
 
 from . import shapes
-from .. import colours
+from . import colour_names
 
 MAX_OBJECTS = 2
 DEFAULT_SIZE = "large"
@@ -115,7 +115,7 @@ UNSEEN_PLACES = _mirror({
 })
 
 #: Unseen colour words: rarer, but each clearly one Shapes colour (checked by
-#: :func:`course_lib.colours.shapes_colour_of` where it is an XKCD or CSS4 name, see
+#: :func:`course_lib.data.colour_names.shapes_colour_of` where it is an XKCD or CSS4 name, see
 #: :data:`UNSEEN_COLOUR_CHECKED`; cardinal, clover, lapis, daffodil, papaya, persimmon and clementine
 #: are not names there).
 UNSEEN_COLOURS = {"red": ["vermilion", "carmine", "cardinal", "cranberry"],
@@ -128,7 +128,7 @@ UNSEEN_COLOURS = {"red": ["vermilion", "carmine", "cardinal", "cranberry"],
 _UNSEEN_SPELLINGS = {"vermilion": "vermillion", "periwinkle": "perrywinkle"}
 _UNSEEN_EXCLUDE = tuple(w for ws in UNSEEN_COLOURS.values() for w in ws) + tuple(_UNSEEN_SPELLINGS.values())
 #: Hand-written seen colour words, the six canonical ones first. Each one that is an XKCD or CSS4 name
-#: passes :func:`course_lib.colours.shapes_colour_of` (a test checks it); "carrot" and "mandarin" are
+#: passes :func:`course_lib.data.colour_names.shapes_colour_of` (a test checks it); "carrot" and "mandarin" are
 #: not names there.
 SEEN_CORE_COLOURS = {"red": ["red", "scarlet", "crimson", "cherry", "ruby", "blood red", "tomato", "strawberry"],
                      "green": ["green", "emerald", "jade", "grass green", "forest green", "lime green", "kelly green"],
@@ -137,7 +137,7 @@ SEEN_CORE_COLOURS = {"red": ["red", "scarlet", "crimson", "cherry", "ruby", "blo
                      "purple": ["purple", "violet", "plum", "amethyst", "bright violet", "deep purple", "dark purple"],
                      "orange": ["orange", "tangerine", "apricot", "pumpkin", "carrot", "mandarin", "peach"]}
 #: Every XKCD and CSS4 name that is clearly one Shapes colour, minus those containing an unseen word.
-SEEN_COLOUR_NAMES = colours.shapes_colour_names(exclude=_UNSEEN_EXCLUDE)
+SEEN_COLOUR_NAMES = colour_names.shapes_colour_names(exclude=_UNSEEN_EXCLUDE)
 
 
 def _colour_options(core: dict, table: dict) -> dict:
@@ -242,10 +242,10 @@ WORDS = {
 _UNSEEN_NAMING = (_UNSEEN_EXCLUDE + tuple(WORDS["unseen"]["not_colors"] + WORDS["unseen"]["not_nouns"])
                   + tuple(w for key in ("size", "shape") for ws in WORDS["unseen"][key].values() for w in ws))
 #: Colours Shapes does not draw, in the seen wording: the hand-written ones, then every XKCD and CSS4 name
-#: of another colour (:func:`course_lib.colours.other_colour_names`: "salmon pink", "dark taupe") with no
+#: of another colour (:func:`course_lib.data.colour_names.other_colour_names`: "salmon pink", "dark taupe") with no
 #: word that contains an unseen word. The planner learns to refuse them.
 WORDS["seen"]["not_colors"] = list(dict.fromkeys(
-    WORDS["seen"]["not_colors"] + colours.other_colour_names(
+    WORDS["seen"]["not_colors"] + colour_names.other_colour_names(
         exclude=_UNSEEN_NAMING + tuple(w for ws in SEEN_CORE_COLOURS.values() for w in ws if " " not in w))))
 #: The sentence forms of one-object requests.
 TEMPLATES = {v: WORDS[v]["templates"] for v in VOCABULARIES}

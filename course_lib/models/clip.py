@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import runtime
 from ..data import shapes
 from ..pretrained import TrainResult, register
 from ..runtime import get_device
@@ -179,34 +180,37 @@ def train_clip(steps: int = 1500, batch_size: int = 128, renders_per_caption: in
     from ..judges import add_noise_augmentation
 
     device = device or get_device()
-    torch.manual_seed(seed)
-    config = dict(CLIP_CONFIG, **(config or {}))
-    model = TinyCLIP(**config).to(device)
-    images, index = clip_training_pool(renders_per_caption, seed)
-    captions = shapes.all_captions("all")
-    n_caps = len(captions)
-    ids_all, mask_all = model.tokenize(captions)
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=max(0.1, 3 / steps))
+    with runtime.seeded(seed):
+        config = dict(CLIP_CONFIG, **(config or {}))
+        model = TinyCLIP(**config).to(device)
+        images, index = clip_training_pool(renders_per_caption, seed)
+        captions = shapes.all_captions("all")
+        n_caps = len(captions)
+        ids_all, mask_all = model.tokenize(captions)
+        g = torch.Generator().manual_seed(seed)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
+                                                    pct_start=max(0.1, 3 / steps))
 
-    def batches():
-        while True:
-            cap = torch.randperm(n_caps, generator=g)[:batch_size]                    # distinct captions
-            pick = cap + n_caps * torch.randint(0, renders_per_caption, (len(cap),), generator=g)
-            yield images[pick], cap
+        def batches():
+            while True:
+                cap = torch.randperm(n_caps, generator=g)[:batch_size]       # [b], all different
+                render = torch.randint(0, renders_per_caption, (len(cap),), generator=g)      # [b]
+                pick = cap + n_caps * render
+                yield images[pick], cap
 
-    def loss_fn(m, batch):
-        x, cap = batch
-        x = add_noise_augmentation(x, generator=g).to(device)
-        loss = info_nce_loss(m.image_tower(x), m.text_tower(ids_all[cap.to(device)], mask_all[cap.to(device)]),
-                             m.logit_scale)
-        return loss, {"scale": m.logit_scale.item()}
+        def loss_fn(m, batch):
+            x, cap = batch
+            x = add_noise_augmentation(x, generator=g).to(device)
+            cap = cap.to(device)
+            loss = info_nce_loss(m.image_tower(x), m.text_tower(ids_all[cap], mask_all[cap]),
+                                 m.logit_scale)
+            return loss, {"scale": m.logit_scale.item()}
 
-    hist = fit(make_step(model, loss_fn, opt, scheduler=sched), batches(), steps=steps, desc="shapes-clip",
-               progress=progress)
-    model.eval()
-    return model, hist
+        hist = fit(make_step(model, loss_fn, opt, scheduler=sched), batches(), steps=steps,
+                   desc="shapes-clip", progress=progress)
+        model.eval()
+        return model, hist
 
 
 def evaluate_clip(model: TinyCLIP, seed: int = 10_000) -> dict:
@@ -238,5 +242,5 @@ def _train_clip_registered(seed: int = 0, quick: bool = False) -> TrainResult:
                              "pixel noise, AdamW one-cycle lr 2e-3, symmetric InfoNCE with a learned temperature")
 
 
-register("shapes-clip", build=lambda cfg: TinyCLIP(**cfg), train=_train_clip_registered, evaluate=evaluate_clip,
+register("shapes-clip", role="judge", domain="shapes", build=lambda cfg: TinyCLIP(**cfg), train=_train_clip_registered, evaluate=evaluate_clip,
          chapter="06", description="tiny CLIP on Shapes: CNN image tower + word Transformer text tower, InfoNCE")

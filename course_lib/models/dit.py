@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import SD3Transformer2DModel
 
-from .. import arguments, diffusion, flow, pretrained, sampling
+from .. import arguments, diffusion, flow, pretrained, runtime, sampling
 from ..config import Config
 from ..data import shapes
 from ..pipelines import CoursePipeline
@@ -198,13 +198,14 @@ def train_dit(model: nn.Module | None = None, steps: int | None = None, seed: in
     """Train ``model`` (default: a new :class:`DiTModel`) with chapter 05's loop on Shapes (train split)
     and :func:`train_config` (``overrides`` change its fields). Returns ``(ema_model, history, settings)``."""
     hp = train_config(model.config.prediction_type if model is not None else flow.PREDICTION_TYPE, **overrides)
-    torch.manual_seed(seed)
-    model = model if model is not None else DiTModel()
-    ds = shapes.ShapesDataset(hp.n_train, seed=seed + 100, split="train")
-    ema_model, hist = t2i.train_on(model, diffusion.to_model_range(ds.images), ds.captions, hp,
-                                   steps if steps is not None else hp.steps, seed=seed, eval_fn=eval_fn,
-                                   eval_every=eval_every, progress=progress, desc="shapes-t2i-dit")
-    return ema_model, hist, hp
+    with runtime.seeded(seed):
+        model = model if model is not None else DiTModel()
+        ds = shapes.ShapesDataset(hp.n_train, seed=seed + 100, split="train")
+        ema_model, hist = t2i.train_on(model, diffusion.to_model_range(ds.images), ds.captions, hp,
+                                       steps if steps is not None else hp.steps, seed=seed,
+                                       eval_fn=eval_fn, eval_every=eval_every, progress=progress,
+                                       desc="shapes-t2i-dit")
+        return ema_model, hist, hp
 
 
 def seconds_per_step(model: nn.Module, n_steps: int = 12, warmup: int = 3, seed: int = 0, **overrides) -> float:
@@ -227,8 +228,8 @@ def seconds_per_step(model: nn.Module, n_steps: int = 12, warmup: int = 3, seed:
 
 
 def ms_per_picture(pipe, n: int = 32, **kw) -> float:
-    """Best wall milliseconds per picture of ``pipe`` on one batch of ``n`` train captions (after a
-    warm-up call)."""
+    """Wall milliseconds per picture of ``pipe`` on one batch of ``n`` train captions, the median of
+    two calls after a small warm-up call (:func:`course_lib.models.fast.ms_per_picture`)."""
     from .fast import ms_per_picture as best_ms
 
     caps = shapes.all_captions("train")[:n]
@@ -271,13 +272,14 @@ def time_cell(backbone: str, prediction_type: str, seed: int = 0, sampling_only:
     """Parameters, CPU seconds per training step (:func:`seconds_per_step`) and sampling ms per picture
     (:func:`ms_per_picture`) of one cell, on untrained networks (the cost does not depend on the weights).
     ``sampling_only``: only the ms per picture."""
-    torch.manual_seed(seed)
-    model = build_backbone(backbone, prediction_type)
-    row = {"sampling_ms_per_picture": ms_per_picture(make_pipeline(model.eval()))}
-    if not sampling_only:
-        row["parameters"] = sum(p.numel() for p in model.parameters())
-        row["cpu_seconds_per_step"] = round(seconds_per_step(model.train(), seed=seed, **overrides), 4)
-    return row
+    with runtime.seeded(seed):
+        model = build_backbone(backbone, prediction_type)
+        row = {"sampling_ms_per_picture": ms_per_picture(make_pipeline(model.eval()))}
+        if not sampling_only:
+            row["parameters"] = sum(p.numel() for p in model.parameters())
+            seconds = seconds_per_step(model.train(), seed=seed, **overrides)
+            row["cpu_seconds_per_step"] = round(seconds, 4)
+        return row
 
 
 def table_cell(backbone: str, prediction_type: str, cpu_seconds: float, seconds_per_step_: float,
@@ -359,7 +361,7 @@ def finalize(model: DiTModel) -> ShapesDiTPipeline:
     return make_pipeline(model)
 
 
-pretrained.register(NAME, build=build, train=train_registered, evaluate=evaluate, finalize=finalize,
+pretrained.register(NAME, role="generator", domain="shapes", build=build, train=train_registered, evaluate=evaluate, finalize=finalize,
                     chapter="05", description="Shapes text-to-image, the 2024 recipe: a Diffusion Transformer "
                                               "(SD3's MMDiT, adaLN-Zero, joint attention) trained with flow matching; "
                                               "ShapesDiTPipeline with FlowMatchEulerDiscreteScheduler")

@@ -32,7 +32,7 @@ samples with diffusers' ``LCMScheduler``; the notebook discusses it.
 from __future__ import annotations
 
 import copy
-import math
+import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -40,11 +40,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
-from .. import diffusion, sampling
+from .. import diffusion, runtime, sampling, training
 from ..config import Config
 from ..data import shapes
 from ..pretrained import TrainResult, register
-from ..progress import progress_bar
 from ..runtime import get_device
 from . import text_to_image as t2i
 
@@ -167,26 +166,30 @@ class DistillConfig(Config):
 DISTILL_DEFAULTS = DistillConfig().to_dict()
 
 
-def _cosine_lr(opt, base, frac, lo):
-    for g in opt.param_groups:
-        g["lr"] = base * (lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
-
-
 def distill(teacher: t2i.TextToImageModel, seed: int = 0, device=None, progress: bool = True,
             minutes: float | None = None, callback=None, after_stage=None, **overrides):
-    """Distil ``teacher`` (guided, many steps) into a one-pass few-step student.
+    """Distil ``teacher`` (guided, many steps) into a one-pass few-step student (chapter 08).
 
     Returns ``(student, log)``: ``student`` a :class:`text_to_image.TextToImageModel` (config: DDIM,
     ``num_inference_steps`` = the last round's step count, guidance 1.0); ``log`` a dict with
-    ``stages`` (one row per stage: name, steps, seconds, final loss) and ``seconds``.
+    ``stages`` (one row per stage: name, steps, seconds, final loss), ``hp`` and ``seconds``.
 
+    Each stage is one run of the course's loop, :func:`course_lib.training.fit`: Adam, the learning
+    rate on a cosine from ``lr`` down to ``final_lr_frac`` of it over the stage's steps
+    (:func:`course_lib.training.cosine_with_warmup`, no warm-up), gradient clipping.
     ``minutes`` (optional) caps the whole run: each stage gets its share of the time by its share of
-    the steps. ``callback(stage, step, loss)`` sees every optimiser step; ``after_stage(stage, student)``
-    may return a dict (say accuracies) that is stored in that stage's row.
+    the steps. ``callback(stage, step, loss)`` sees every optimiser step;
+    ``after_stage(stage, student)`` may return a dict (say accuracies) that is stored in that
+    stage's row.
     """
-    hp = DistillConfig.from_dict(overrides).to_dict()        # an unknown setting is an error here
+    hp = DistillConfig.from_dict(overrides)                  # an unknown setting is an error here
     device = device or get_device()
-    torch.manual_seed(seed)
+    with runtime.seeded(seed):
+        return _distill(teacher, hp, seed, device, progress, minutes, callback, after_stage)
+
+
+def _distill(teacher, hp: DistillConfig, seed, device, progress, minutes, callback, after_stage):
+    """:func:`distill`'s body, run inside ``runtime.seeded(seed)``."""
     g = torch.Generator().manual_seed(seed + 1)
     cfg = teacher.config
     T_train = cfg.num_train_timesteps
@@ -195,64 +198,57 @@ def distill(teacher: t2i.TextToImageModel, seed: int = 0, device=None, progress:
     teacher = teacher.to(device)
     student = copy.deepcopy(teacher).to(device).requires_grad_(True)
     student_config = cfg.replace(sampler="ddim", guidance_scale=1.0, distilled_from=TEACHER,
-                                 distilled_guidance_scale=hp["guidance_scale"])
+                                 distilled_guidance_scale=hp.guidance_scale)
     tok = student.text_encoder.tokenizer
-    ds = shapes.ShapesDataset(hp["n_train"], seed=seed + 200, split="train")
+    ds = shapes.ShapesDataset(hp.n_train, seed=seed + 200, split="train")
     x_all = diffusion.to_model_range(ds.images)                                  # [N, 3, 32, 32]
     enc = tok(ds.captions)
-    ids_all, mask_all = enc["input_ids"], enc["attention_mask"]
+    ids_all, mask_all = enc["input_ids"], enc["attention_mask"]                   # [N, L] each
     empty = tok([""])
-    bs = hp["batch_size"]
+    bs = hp.batch_size
 
-    def batch():
-        i = torch.randint(0, len(x_all), (bs,), generator=g)
-        ids, mask = ids_all[i].clone(), mask_all[i].clone()
-        drop = torch.rand(bs, generator=g) < hp["caption_dropout"]
+    def draw_batch():
+        i = torch.randint(0, len(x_all), (bs,), generator=g)                     # [bs]
+        ids, mask = ids_all[i].clone(), mask_all[i].clone()                      # [bs, L]
+        drop = training.drop_mask(bs, hp.caption_dropout, g)                     # [bs]
         ids[drop], mask[drop] = empty["input_ids"][0], empty["attention_mask"][0]
-        eps = torch.randn(x_all[i].shape, generator=g)
+        eps = torch.randn(x_all[i].shape, generator=g)                           # [bs, 3, 32, 32]
         return x_all[i].to(device), eps.to(device), ids.to(device), mask.to(device)
 
     def pick(grid):
-        return torch.tensor(grid, device=device)[torch.randint(0, len(grid), (bs,), generator=g).to(device)]
+        k = torch.randint(0, len(grid), (bs,), generator=g)                      # [bs]
+        return torch.tensor(grid, device=device)[k.to(device)]
 
-    per_round = hp["steps_per_round"]
-    per_round = list(per_round) if isinstance(per_round, (list, tuple)) else [per_round] * len(hp["rounds"])
+    per_round = hp.steps_per_round
+    if not isinstance(per_round, (list, tuple)):
+        per_round = [per_round] * len(hp.rounds)
     # steps_guided = 0: no stage A, the first round's teacher is the guided teacher itself
-    stages = [("guided", None, hp["steps_guided"])] * bool(hp["steps_guided"]) + [(f"{2 * n}->{n}", n, k)
-                                                          for n, k in zip(hp["rounds"], per_round)]
+    stages = ([("guided", None, hp.steps_guided)] * bool(hp.steps_guided)
+              + [(f"{2 * n}->{n}", n, k) for n, k in zip(hp.rounds, per_round)])
     total_steps = sum(s for *_, s in stages)
-    log = {"stages": [], "hp": hp}
+    log = {"stages": [], "hp": hp.to_dict()}
     t_start = time.perf_counter()
     eval_seconds = 0.0
-    frozen = Denoiser(teacher, hp["guidance_scale"])                             # stage A's teacher
+    frozen = Denoiser(teacher, hp.guidance_scale)                             # stage A's teacher
     for i, (name, n_student, steps) in enumerate(stages):
-        if n_student is not None and (i > 0 or hp["steps_guided"]):            # previous student, frozen
+        if n_student is not None and (i > 0 or hp.steps_guided):        # previous student, frozen
             frozen = hold_frozen = Denoiser(copy.deepcopy(student), 1.0)
-        else:                   # the original teacher: guided two-step targets, its own one-pass output to hold
+        else:   # the original teacher: guided two-step targets, its own one-pass output to hold
             hold_frozen = Denoiser(teacher, 1.0)
-        opt = torch.optim.Adam(student.parameters(), lr=hp["lr"])
-        stage_budget = None if minutes is None else 60 * minutes * steps / total_steps
-        t0 = time.perf_counter()
-        losses = []
-        it = range(steps)
-        if progress:
-            it = progress_bar(it, desc=f"distil {name}")
-        for step in it:
-            if stage_budget is not None and time.perf_counter() - t0 > stage_budget:
-                break
-            _cosine_lr(opt, hp["lr"], step / steps, hp["final_lr_frac"])
-            x0, eps, ids, mask = batch()
+
+        def loss_fn(m, _, frozen=frozen, hold_frozen=hold_frozen, n_student=n_student):
+            x0, eps, ids, mask = draw_batch()
             if n_student is None:
-                t = pick(trailing_grid(hp["grid_steps"], T_train))              # [bs]
+                t = pick(trailing_grid(hp.grid_steps, T_train))             # [bs]
                 a_t, s_t = alpha_sigma(t, ac, x0)
                 z_t = a_t * x0 + s_t * eps
-                target = frozen(z_t, t, ids, mask)                               # guided teacher's v
+                target = frozen(z_t, t, ids, mask)                          # guided teacher's v
             else:
-                k = T_train // n_student                                         # the student's stride
-                keep = [s for s in trailing_grid(hp["hold_steps"], T_train)
+                k = T_train // n_student                                    # the student's stride
+                keep = [s for s in trailing_grid(hp.hold_steps, T_train)
                         if s not in trailing_grid(n_student, T_train)]
-                h = int(round(hp["hold"] * bs)) if keep else 0                   # first h: hold samples
-                t = pick(trailing_grid(n_student, T_train))                      # [bs]
+                h = int(round(hp.hold * bs)) if keep else 0                 # first h: hold samples
+                t = pick(trailing_grid(n_student, T_train))                 # [bs]
                 if h:
                     t = torch.cat([pick(keep)[:h], t[h:]])
                 a_t, s_t = alpha_sigma(t, ac, x0)
@@ -262,39 +258,44 @@ def distill(teacher: t2i.TextToImageModel, seed: int = 0, device=None, progress:
                     target[:h] = hold_frozen(z_t[:h], t[:h], ids[:h], mask[:h])
                 p = slice(h, bs)            # progressive: two teacher DDIM steps t -> mid -> end
                 tp, zp, ap, sp = t[p], z_t[p], a_t[p], s_t[p]
-                mid, end = tp - k // 2, tp - k                                   # end -1 = the clean end
+                mid, end = tp - k // 2, tp - k                              # end -1: the clean end
                 v1 = frozen(zp, tp, ids[p], mask[p])
                 a_m, s_m = alpha_sigma(mid, ac, zp)
-                z_m = ddim_step_v(v1, zp, ap, sp, a_m, s_m)                      # teacher step 1
+                z_m = ddim_step_v(v1, zp, ap, sp, a_m, s_m)                 # teacher step 1
                 v2 = frozen(z_m, mid, ids[p], mask[p])
                 a_e, s_e = alpha_sigma(end, ac, zp)
-                z_e = ddim_step_v(v2, z_m, a_m, s_m, a_e, s_e)                   # teacher step 2
-                x_tilde = distillation_target(zp, z_e, ap, sp, a_e, s_e)         # one student step lands on z_e
+                z_e = ddim_step_v(v2, z_m, a_m, s_m, a_e, s_e)              # teacher step 2
+                x_tilde = distillation_target(zp, z_e, ap, sp, a_e, s_e)    # one student step: z_e
                 target[p] = v_from_x0(x_tilde, zp, ap, sp)
-            student.train()
-            out = student(z_t, t, ids, mask)
-            loss = F.mse_loss(out.float(), target.float())                      # v-MSE = x0-MSE (1 + SNR)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), hp["grad_clip"])
-            opt.step()
-            losses.append(loss.item())
-            if callback is not None:
-                callback(name, step, losses[-1])
-        tail = losses[-50:]
-        log["stages"].append({"stage": name, "student_steps": n_student, "optimizer_steps": len(losses),
-                              "seconds": round(time.perf_counter() - t0, 1),
+            out = m(z_t, t, ids, mask)
+            return F.mse_loss(out.float(), target.float())          # v-MSE = x0-MSE (1 + SNR)
+
+        opt = torch.optim.Adam(student.parameters(), lr=hp.lr)
+        frac = training.budget_fraction(steps, None)                            # step / steps
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, training.cosine_with_warmup(0, hp.final_lr_frac, frac))
+        step_fn = training.make_step(student, loss_fn, opt, scheduler=sched, grad_clip=hp.grad_clip)
+        # the step draws its own batch from g (`fit` takes the next item before it checks the
+        # budget, so a batch drawn outside the step would be one draw too many at a stage's end)
+        report = None if callback is None else (lambda step, h: callback(name, step, h.losses[-1]))
+        hist = training.fit(step_fn, itertools.repeat(None), steps=steps,
+                            minutes=None if minutes is None else minutes * steps / total_steps,
+                            desc=f"distil {name}", progress=progress, callback=report)
+        tail = hist.losses[-50:]
+        log["stages"].append({"stage": name, "student_steps": n_student,
+                              "optimizer_steps": hist.steps, "seconds": round(hist.seconds, 1),
                               "final_loss": round(sum(tail) / max(1, len(tail)), 5)})
         if after_stage is not None:
             e0 = time.perf_counter()
             student.eval()
-            # the student as it now is: DDIM, its step count, no guidance on top (guidance is inside)
-            student.config = student_config.replace(num_inference_steps=int(n_student or hp["grid_steps"]))
+            # the student as it now is: DDIM, its step count, no guidance on top (it is inside)
+            steps_now = int(n_student or hp.grid_steps)
+            student.config = student_config.replace(num_inference_steps=steps_now)
             log["stages"][-1].update(after_stage(name, student) or {})
             eval_seconds += time.perf_counter() - e0
     log["seconds"] = round(time.perf_counter() - t_start - eval_seconds, 1)   # distillation only
     student.eval().requires_grad_(False)
-    last = hp["rounds"][-1] if hp["rounds"] else hp["grid_steps"]
+    last = hp.rounds[-1] if hp.rounds else hp.grid_steps
     student.config = student_config.replace(num_inference_steps=int(last))
     return student, log
 
@@ -311,14 +312,11 @@ def make_fast_pipeline(model: t2i.TextToImageModel, num_inference_steps: int | N
 
 
 def ms_per_picture(pipe, captions, repeats: int = 2, **kw) -> float:
-    """Best wall time per picture of ``pipe(captions, **kw)`` in one batch over ``repeats`` calls
-    (call it on a warmed-up pipeline)."""
-    best = math.inf
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        t2i.generate(pipe, captions, seed=r, **kw)
-        best = min(best, time.perf_counter() - t0)
-    return round(1000 * best / len(captions), 3)
+    """Wall milliseconds per picture of ``pipe(captions, **kw)`` in one batch: the median of
+    ``repeats`` calls (:func:`course_lib.training.ms_per_picture`; warm the pipeline up first)."""
+    ms = training.ms_per_picture(lambda: t2i.generate(pipe, captions, **kw), len(captions),
+                                 repeats=repeats, warmup=0)
+    return round(ms, 3)
 
 
 _FID_REF = {}
@@ -342,10 +340,11 @@ def measure(pipe, num_inference_steps: int, passes_per_step: int, n_train: int |
             kid_reference: torch.Tensor | None = None) -> dict:
     """One row of the chapter's table: judged accuracy on the train captions (first ``n_train`` of 270)
     and held-out captions, FID on the judge's features (train-caption pictures), ms per picture.
-    With ``kid_reference`` (:func:`course_lib.samplers.reference_set` of those train captions), also
-    KID x 1000 on the same features (``judge_kid``): unbiased at the few pictures where FID is not."""
+    With ``kid_reference`` (:func:`course_lib.sample_quality.reference_set` of those train
+    captions), also KID x 1000 on the same features (``judge_kid``): unbiased at the few pictures
+    where FID is not."""
     from ..judges import score_shapes
-    from ..samplers import quality
+    from ..sample_quality import quality
 
     row = {"num_inference_steps": num_inference_steps,
            "unet_evals_per_picture": num_inference_steps * passes_per_step}
@@ -442,6 +441,6 @@ def train_registered(seed: int = 0, quick: bool = False) -> TrainResult:
     return TrainResult(student, student.config, quality, notes)
 
 
-register(NAME, build=build, train=train_registered, evaluate=evaluate, finalize=finalize, chapter="08",
+register(NAME, role="generator", domain="shapes", build=build, train=train_registered, evaluate=evaluate, finalize=finalize, chapter="08",
          description="shapes-t2i distilled: guidance folded in, progressive distillation to 1 DDIM step "
                      "(ShapesPipeline, one UNet pass per step)")

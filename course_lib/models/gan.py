@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import runtime
 from ..data import mnist
 from ..pretrained import TrainResult, register, run_recipe
 from ..runtime import get_device
@@ -497,10 +498,10 @@ def _train_registered(name: str, seed: int = 0, quick: bool = False) -> TrainRes
     steps = 20 if quick else recipe["steps"]
 
     def train():
-        torch.manual_seed(seed)
-        model = GAN(**recipe["model"]).to(get_device())
-        hist = train_gan(model, steps=steps, seed=seed, desc=name, **recipe["train"])
-        return model.sampler.eval(), hist
+        with runtime.seeded(seed):
+            model = GAN(**recipe["model"]).to(get_device())
+            hist = train_gan(model, steps=steps, seed=seed, desc=name, **recipe["train"])
+            return model.sampler.eval(), hist
 
     def notes(hist, extra):
         t = recipe["train"]
@@ -525,7 +526,7 @@ def build_generator(cfg: dict) -> DCGenerator:
     return DCGenerator(**cfg)
 
 
-register("dcgan-mnist", build=build_generator, train=lambda seed=0, quick=False: _train_registered("dcgan-mnist", seed, quick),
+register("dcgan-mnist", role="generator", domain="digits", build=build_generator, train=lambda seed=0, quick=False: _train_registered("dcgan-mnist", seed, quick),
          evaluate=evaluate_gan, chapter="01", description="DCGAN generator on MNIST-5k (unconditional)")
-register("cgan-mnist", build=build_generator, train=lambda seed=0, quick=False: _train_registered("cgan-mnist", seed, quick),
+register("cgan-mnist", role="generator", domain="digits", build=build_generator, train=lambda seed=0, quick=False: _train_registered("cgan-mnist", seed, quick),
          evaluate=evaluate_gan, chapter="01", description="class-conditional DCGAN generator on MNIST-5k")

@@ -20,19 +20,19 @@ the autoencoder in one file avoids storing it twice.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from .. import diffusion, sampling
+from .. import diffusion, runtime, sampling
 from ..data import shapes
 from ..config import Config
 from ..pretrained import CheckpointError, TrainResult, register, run_recipe
 from ..runtime import get_device
-from ..training import EMA, fit, infinite_loader, make_step
+from ..training import (EMA, budget_fraction, cosine_with_warmup, fit, infinite_loader,
+                        make_step, ms_per_picture)
 from . import text_to_image as t2i
 
 # --------------------------------------------------------------------------------------------
@@ -128,34 +128,36 @@ def train_autoencoder(steps: int | None = None, minutes: float | None = None, se
     if steps is None and minutes is None:
         steps = hp.steps
     device = device or get_device()
-    torch.manual_seed(seed)
-    vae = build_autoencoder(config).to(device)
-    ds = shapes.ShapesDataset(hp.n_train, seed=seed + 200, split="train")
-    data = torch.utils.data.TensorDataset(diffusion.to_model_range(ds.images))
-    loader = infinite_loader(data, hp.batch_size, seed=seed)
-    opt = torch.optim.AdamW(vae.parameters(), lr=hp.lr, weight_decay=0.0)
-    g = torch.Generator().manual_seed(seed + 1)
-    frac = t2i.budget_fraction(steps, minutes)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, t2i.cosine_with_warmup(hp.warmup, hp.final_lr_frac, frac))
+    with runtime.seeded(seed):
+        vae = build_autoencoder(config).to(device)
+        ds = shapes.ShapesDataset(hp.n_train, seed=seed + 200, split="train")
+        data = torch.utils.data.TensorDataset(diffusion.to_model_range(ds.images))
+        loader = infinite_loader(data, hp.batch_size, seed=seed)
+        opt = torch.optim.AdamW(vae.parameters(), lr=hp.lr, weight_decay=0.0)
+        g = torch.Generator().manual_seed(seed + 1)
+        frac = budget_fraction(steps, minutes)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, cosine_with_warmup(hp.warmup, hp.final_lr_frac, frac))
 
-    def loss_fn(m, batch):
-        x = batch[0].to(device)                                             # [b, 3, 32, 32]
-        post = m.encode(x).latent_dist                                      # mean, std [b, 4, 8, 8]
-        eps = torch.randn(post.mean.shape, generator=g).to(device)
-        z = post.mean + post.std * eps                                      # reparameterised sample
-        rec = m.decode(z).sample                                            # [b, 3, 32, 32]
-        l1 = (rec - x).abs().mean()
-        mse = (rec - x).pow(2).mean()
-        kl = post.kl().mean() / post.mean[0].numel()                        # per latent number
-        loss = l1 + hp.mse_weight * mse + hp.kl_weight * kl
-        return loss, {"l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
+        def loss_fn(m, batch):
+            x = batch[0].to(device)                                         # [b, 3, 32, 32]
+            post = m.encode(x).latent_dist                                  # mean, std [b, 4, 8, 8]
+            eps = torch.randn(post.mean.shape, generator=g).to(device)
+            z = post.mean + post.std * eps                                  # reparameterised sample
+            rec = m.decode(z).sample                                        # [b, 3, 32, 32]
+            l1 = (rec - x).abs().mean()
+            mse = (rec - x).pow(2).mean()
+            kl = post.kl().mean() / post.mean[0].numel()                    # per latent number
+            loss = l1 + hp.mse_weight * mse + hp.kl_weight * kl
+            return loss, {"l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
 
-    step_fn = make_step(vae, loss_fn, opt, scheduler=sched, grad_clip=1.0)
-    hist = fit(step_fn, loader, steps=steps, minutes=minutes, desc="shapes-autoencoder", progress=progress)
-    vae.eval()
-    mean, std = latent_stats(vae, ds.images[:4000])
-    vae.register_to_config(shift_factor=round(mean, 6), scaling_factor=round(1.0 / std, 6))
-    return vae, hist, hp
+        step_fn = make_step(vae, loss_fn, opt, scheduler=sched, grad_clip=1.0)
+        hist = fit(step_fn, loader, steps=steps, minutes=minutes, desc="shapes-autoencoder",
+                   progress=progress)
+        vae.eval()
+        mean, std = latent_stats(vae, ds.images[:4000])
+        vae.register_to_config(shift_factor=round(mean, 6), scaling_factor=round(1.0 / std, 6))
+        return vae, hist, hp
 
 
 def autoencoder_config(vae: AutoencoderKL) -> dict:
@@ -270,15 +272,15 @@ def train_latent_text_to_image(vae: AutoencoderKL, config=None, steps: int | Non
     if steps is None and minutes is None:
         steps = hp.steps
     device = device or get_device()
-    torch.manual_seed(seed)
-    model = build_latent_model(config)
-    ds = shapes.ShapesDataset(hp.n_train, seed=seed + 100, split="train")     # chapter 05's pictures
-    t0 = time.perf_counter()
-    lat = encode_dataset(vae.to(device), ds.images)                             # [N, 4, 8, 8]
-    encode_seconds = round(time.perf_counter() - t0, 2)
-    ema_model, hist = t2i.train_on(model, lat, ds.captions, hp, steps, minutes, seed, device,
-                                   progress=progress, desc="shapes-t2i-latent")
-    return ema_model, hist, {**hp.to_dict(), "encode_seconds": encode_seconds}
+    with runtime.seeded(seed):
+        model = build_latent_model(config)
+        ds = shapes.ShapesDataset(hp.n_train, seed=seed + 100, split="train")  # chapter 05's
+        t0 = time.perf_counter()
+        lat = encode_dataset(vae.to(device), ds.images)                          # [N, 4, 8, 8]
+        encode_seconds = round(time.perf_counter() - t0, 2)
+        ema_model, hist = t2i.train_on(model, lat, ds.captions, hp, steps, minutes, seed, device,
+                                       progress=progress, desc="shapes-t2i-latent")
+        return ema_model, hist, {**hp.to_dict(), "encode_seconds": encode_seconds}
 
 
 def time_train_steps(kind: str, vae: AutoencoderKL | None = None, n_steps: int = 20, batch_size: int = 32,
@@ -287,42 +289,41 @@ def time_train_steps(kind: str, vae: AutoencoderKL | None = None, n_steps: int =
     ``kind="pixel"`` (12x16x16 folded pictures) or ``"latent"`` (4x8x8, latents encoded beforehand);
     same batch, same text encoder, same UNet blocks, same optimiser."""
     device = get_device()
-    torch.manual_seed(seed)
-    hp = t2i.TrainConfig(batch_size=batch_size)
-    x, caps = shapes.sample(batch_size * 4, seed=seed + 7)
-    if kind == "pixel":
-        model = t2i.TextToImageModel().to(device)
-        data = diffusion.to_model_range(x)
-    elif kind == "latent":
-        model = build_latent_model().to(device)
-        data = encode_dataset(vae, x)
-    else:
-        raise ValueError(f"kind must be 'pixel' or 'latent', got {kind!r}")
-    ids = model.text_encoder.tokenizer(caps)
-    ema = EMA(model, decay=hp.ema_decay)
-    step_fn = t2i.make_train_step(model, ema, model.config, hp, device, seed, n_steps + warmup, None)
-    times = []
-    for i in range(n_steps + warmup):
-        j = (i % 4) * batch_size
-        batch = (data[j:j + batch_size], ids["input_ids"][j:j + batch_size], ids["attention_mask"][j:j + batch_size])
-        t0 = time.perf_counter()
-        step_fn(batch, i)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return float(torch.tensor(times).median())
+    with runtime.seeded(seed):
+        hp = t2i.TrainConfig(batch_size=batch_size)
+        x, caps = shapes.sample(batch_size * 4, seed=seed + 7)
+        if kind == "pixel":
+            model = t2i.TextToImageModel().to(device)
+            data = diffusion.to_model_range(x)
+        elif kind == "latent":
+            model = build_latent_model().to(device)
+            data = encode_dataset(vae, x)
+        else:
+            raise ValueError(f"kind must be 'pixel' or 'latent', got {kind!r}")
+        ids = model.text_encoder.tokenizer(caps)
+        ema = EMA(model, decay=hp.ema_decay)
+        step_fn = t2i.make_train_step(model, ema, model.config, hp, device, seed, n_steps + warmup,
+                                      None)
+        times = []
+        for i in range(n_steps + warmup):
+            b = slice((i % 4) * batch_size, (i % 4 + 1) * batch_size)
+            batch = (data[b], ids["input_ids"][b], ids["attention_mask"][b])
+            t0 = time.perf_counter()
+            step_fn(batch, i)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+        return float(torch.tensor(times).median())
 
 
 @torch.no_grad()
 def sampling_seconds_per_picture(pipe, n: int = 32, steps: int = 20, repeats: int = 2) -> float:
-    """Best of ``repeats`` wall times of one batch of ``n`` train captions at ``steps`` steps, per picture."""
+    """Seconds per picture of one batch of ``n`` train captions at ``steps`` steps: the median of
+    ``repeats`` wall times (:func:`course_lib.training.ms_per_picture`), after a small warm-up."""
     caps = shapes.all_captions("train")[:n]
     t2i.generate(pipe, caps[:2], num_inference_steps=steps)                  # warm-up
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        t2i.generate(pipe, caps, num_inference_steps=steps)
-        best = min(best, time.perf_counter() - t0)
-    return best / n
+    ms = ms_per_picture(lambda: t2i.generate(pipe, caps, num_inference_steps=steps), n,
+                        repeats=repeats, warmup=0)
+    return ms / 1000
 
 
 def compare_pixel_latent(latent_pipe, pixel_pipe, vae: AutoencoderKL, steps: int = 20, n_time_steps: int = 20,
@@ -419,10 +420,10 @@ def _train_latent_registered(seed: int = 0, quick: bool = False) -> TrainResult:
     return result
 
 
-register("shapes-autoencoder", build=build_autoencoder, train=_train_autoencoder_registered,
+register("shapes-autoencoder", role="component", domain="shapes", build=build_autoencoder, train=_train_autoencoder_registered,
          evaluate=evaluate_autoencoder, chapter="08",
          description="Tiny AutoencoderKL (diffusers): Shapes 32x32x3 <-> 8x8x4 latents, L1 + small KL")
-register("shapes-t2i-latent", build=build_latent_model, train=_train_latent_registered,
+register("shapes-t2i-latent", role="generator", domain="shapes", build=build_latent_model, train=_train_latent_registered,
          evaluate=_evaluate_latent, finalize=_finalize_latent, chapter="08",
          description="Latent text-to-image on Shapes: chapter 05's text encoder + UNet2DConditionModel on the "
                      "shapes-autoencoder's 8x8x4 latents, LatentShapesPipeline (diffusers)")

@@ -346,28 +346,29 @@ def train_planner(config: PlannerConfig | dict | None = None, n_train: int = 600
     ``heads.config``."""
     cfg = PlannerConfig.from_dict(config)
     device = device or get_device()
-    torch.manual_seed(seed)
-    encoder = encoder or planner_encoder(cfg)
-    texts, scenes = make_requests(n_train, seed=seed, vocab=vocab)
-    states, mask = encode_requests(encoder, texts)
-    kind, attrs = plan_targets(scenes)
-    heads = PlannerHeads(cfg).to(device)
-    data = torch.utils.data.TensorDataset(states, mask, kind, attrs)
-    loader = infinite_loader(data, min(batch_size, len(texts)), seed=seed)
-    opt = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
-                                                pct_start=min(0.5, max(0.1, 3 / steps)))
+    with runtime.seeded(seed):
+        encoder = encoder or planner_encoder(cfg)
+        texts, scenes = make_requests(n_train, seed=seed, vocab=vocab)
+        states, mask = encode_requests(encoder, texts)
+        kind, attrs = plan_targets(scenes)
+        heads = PlannerHeads(cfg).to(device)
+        data = torch.utils.data.TensorDataset(states, mask, kind, attrs)
+        loader = infinite_loader(data, min(batch_size, len(texts)), seed=seed)
+        opt = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=1e-2)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
+                                                    pct_start=min(0.5, max(0.1, 3 / steps)))
 
-    def loss_fn(m, batch):
-        s, mk, k, a = (b.to(device) for b in batch)
-        width = int(mk.sum(1).max())
-        return planner_loss(m(s[:, :width].float(), mk[:, :width]), k, a)
+        def loss_fn(m, batch):
+            s, mk, k, a = (b.to(device) for b in batch)
+            width = int(mk.sum(1).max())
+            return planner_loss(m(s[:, :width].float(), mk[:, :width]), k, a)
 
-    hist = fit(make_step(heads, loss_fn, opt, scheduler=sched), loader, steps=steps, desc="shapes-planner",
-               progress=progress)
-    heads.eval()
-    calibration = calibrate(heads, encoder, n_calibrate, seed=seed + 1000, vocab=calibration_vocab)
-    return heads, hist, calibration
+        hist = fit(make_step(heads, loss_fn, opt, scheduler=sched), loader, steps=steps,
+                   desc="shapes-planner", progress=progress)
+        heads.eval()
+        calibration = calibrate(heads, encoder, n_calibrate, seed=seed + 1000,
+                                vocab=calibration_vocab)
+        return heads, hist, calibration
 
 
 def calibrate(heads: PlannerHeads, encoder=None, n: int = 1500, seed: int = 1000, vocab="seen") -> dict:
@@ -477,7 +478,7 @@ def _train_planner_registered(seed: int = 0, quick: bool = False) -> TrainResult
                       evaluate_planner_module, notes=notes)
 
 
-register("shapes-planner", build=PlannerHeads, train=_train_planner_registered,
+register("shapes-planner", role="component", domain="shapes", build=PlannerHeads, train=_train_planner_registered,
          evaluate=lambda heads: evaluate_planner_module(heads), finalize=lambda heads: Planner(heads),
          chapter="06", description="request -> scene spec JSON: frozen all-mpnet-base-v2 + cross-attention "
                                    "heads, refusals calibrated on held-out seen wording")

@@ -23,11 +23,13 @@ import time
 
 import torch
 
-from .. import arguments, diffusion, flow, judges, pretrained, samplers
+from .. import arguments, diffusion, flow, judges, pretrained, runtime
+from .. import sample_quality as sq
 from ..config import Config
 from ..data import shapes
 from ..pipelines import quiet
-from ..training import EMA, fit, infinite_loader, make_step
+from ..training import (EMA, budget_fraction, cosine_with_warmup, fit, infinite_loader,
+                        make_step)
 from . import dit, fast
 from . import text_to_image as t2i
 
@@ -84,33 +86,35 @@ def train_reflow(teacher: dit.DiTModel, seed: int = 0, captions: list[str] | Non
     x0, noise = make_pairs(teacher, caps, hp.teacher_steps, hp.teacher_guidance, seed)
     pair_cpu = time.process_time() - c0
 
-    torch.manual_seed(seed)
-    student = copy.deepcopy(teacher).train()
-    student.config = teacher.config.replace(guidance_scale=1.0, num_inference_steps=hp.num_inference_steps)
-    tok = student.text_encoder.tokenizer(caps)
-    data = torch.utils.data.TensorDataset(x0, noise, tok["input_ids"], tok["attention_mask"])
-    ema = EMA(student, decay=hp.ema_decay)
-    opt = torch.optim.AdamW(student.parameters(), lr=hp.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, t2i.cosine_with_warmup(
-        hp.warmup, hp.final_lr_frac, t2i.budget_fraction(hp.steps, None)))
-    g = torch.Generator().manual_seed(seed + 1)
+    with runtime.seeded(seed):
+        student = copy.deepcopy(teacher).train()
+        student.config = teacher.config.replace(guidance_scale=1.0,
+                                                num_inference_steps=hp.num_inference_steps)
+        tok = student.text_encoder.tokenizer(caps)
+        data = torch.utils.data.TensorDataset(x0, noise, tok["input_ids"], tok["attention_mask"])
+        ema = EMA(student, decay=hp.ema_decay)
+        opt = torch.optim.AdamW(student.parameters(), lr=hp.lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(
+            hp.warmup, hp.final_lr_frac, budget_fraction(hp.steps, None)))
+        g = torch.Generator().manual_seed(seed + 1)
 
-    def loss_fn(m, batch):
-        xb, eb, ids, mask = (b.to(dev) for b in batch)
-        states, pooled = m.encode(ids, mask)                               # the pairs' own captions
-        return flow.flow_matching_loss(lambda x, t: m.denoise(x, t, states, pooled), xb, noise=eb, generator=g,
-                                       time_sampling=hp.time_sampling)
+        def loss_fn(m, batch):
+            xb, eb, ids, mask = (b.to(dev) for b in batch)
+            states, pooled = m.encode(ids, mask)                           # the pairs' own captions
+            return flow.flow_matching_loss(lambda x, t: m.denoise(x, t, states, pooled), xb,
+                                           noise=eb, generator=g, time_sampling=hp.time_sampling)
 
-    c1 = time.process_time()
-    hist = fit(make_step(student, loss_fn, opt, scheduler=sched, ema=ema, grad_clip=hp.grad_clip),
-               infinite_loader(data, min(hp.batch_size, len(data)), seed=seed), steps=hp.steps, desc="reflow",
-               progress=progress, callback=callback)
-    out = ema.module.eval()
-    out.config = student.config
-    log = {"pairs": len(caps), "pairs_cpu_seconds": round(pair_cpu, 1),
-           "train_cpu_seconds": round(time.process_time() - c1, 1), "hp": hp}
-    log["cpu_minutes"] = round((log["pairs_cpu_seconds"] + log["train_cpu_seconds"]) / 60, 2)
-    return out, hist, log
+        c1 = time.process_time()
+        step_fn = make_step(student, loss_fn, opt, scheduler=sched, ema=ema, grad_clip=hp.grad_clip)
+        loader = infinite_loader(data, min(hp.batch_size, len(data)), seed=seed)
+        hist = fit(step_fn, loader, steps=hp.steps, desc="reflow", progress=progress,
+                   callback=callback)
+        out = ema.module.eval()
+        out.config = student.config
+        log = {"pairs": len(caps), "pairs_cpu_seconds": round(pair_cpu, 1),
+               "train_cpu_seconds": round(time.process_time() - c1, 1), "hp": hp}
+        log["cpu_minutes"] = round((log["pairs_cpu_seconds"] + log["train_cpu_seconds"]) / 60, 2)
+        return out, hist, log
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,14 +126,14 @@ def measure(pipe, num_inference_steps: int, guidance_scale: float | None = None,
     """One row of chapter 08's few-step table for any Shapes pipeline (``shapes-t2i-reflow``, its
     teacher, the distilled ``shapes-t2i-fast``): all-five accuracy on ``captions`` (default: the 270
     train captions) and ``heldout`` (default: the 54 held-out ones), KID x 1000 on the judge's features
-    against ``reference`` (real renderings of ``captions``, :func:`course_lib.samplers.reference_set`;
-    chapter 08's paired KID), network passes and ms per picture (one batch of ``timing_captions``,
-    best of 2, after a warm-up call)."""
+    against ``reference`` (real renderings of ``captions``,
+    :func:`course_lib.sample_quality.reference_set`; chapter 08's paired KID), network passes and ms
+    per picture (one batch of ``timing_captions``, median of 2, after a warm-up call)."""
     kw = {"num_inference_steps": arguments.steps(num_inference_steps, 1000), "guidance_scale": guidance_scale}
     caps = list(captions) if captions is not None else shapes.all_captions("train")
     held = list(heldout) if heldout is not None else shapes.all_captions("heldout")
-    reference = reference if reference is not None else samplers.reference_set(pipe, caps)
-    q = samplers.quality(pipe, t2i.generate(pipe, caps, seed=seed, **kw), caps, reference)
+    reference = reference if reference is not None else sq.reference_set(pipe, caps)
+    q = sq.quality(pipe, t2i.generate(pipe, caps, seed=seed, **kw), caps, reference)
     heldout = judges.score_shapes(t2i.generate(pipe, held, seed=seed, **kw), held)["all"]
     w = pipe.default_guidance_scale if guidance_scale is None else guidance_scale
     timing = shapes.all_captions("train")[:timing_captions]
@@ -145,11 +149,11 @@ def evaluate(model: dit.DiTModel, teacher: dit.DiTModel | None = None) -> dict:
     measured in one run on all 270 train and 54 held-out captions."""
     teacher = teacher if teacher is not None else pretrained.load_module(TEACHER, next(model.parameters()).device)
     pipe, teacher_pipe, caps = dit.make_pipeline(model), dit.make_pipeline(teacher), shapes.all_captions("train")
-    ref = samplers.reference_set(pipe, caps)
+    ref = sq.reference_set(pipe, caps)
     rows = {f"reflow_{s}_step{'s' if s > 1 else ''}": measure(pipe, s, reference=ref) for s in (1, 2, 4)}
     for s in (1, 2, teacher.config.num_inference_steps):
         rows[f"teacher_{s}_step{'s' if s > 1 else ''}"] = measure(teacher_pipe, s, reference=ref)
-    real = samplers.quality(pipe, samplers.reference_set(pipe, caps, per_target=1, seed=99), caps, ref)
+    real = sq.quality(pipe, sq.reference_set(pipe, caps, per_target=1, seed=99), caps, ref)
     return {"rows": rows, "real_pictures_kid_x1000": round(real["kid"], 2),
             "num_inference_steps": model.config.num_inference_steps, "guidance_scale": model.config.guidance_scale}
 
@@ -176,6 +180,6 @@ def build(config: dict) -> dit.DiTModel:
     return dit.DiTModel(config)
 
 
-pretrained.register(NAME, build=build, train=train_registered, evaluate=evaluate, finalize=dit.finalize,
+pretrained.register(NAME, role="generator", domain="shapes", build=build, train=train_registered, evaluate=evaluate, finalize=dit.finalize,
                     chapter="08", description="shapes-t2i-dit reflowed (rectified flow's second round, guidance "
                                               "folded in): 1-2 Euler steps, one pass each; ShapesDiTPipeline")

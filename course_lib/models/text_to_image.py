@@ -26,7 +26,6 @@ frozen pretrained text encoder (chapter 06).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -36,13 +35,14 @@ from diffusers import UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-from .. import arguments, diffusion, sampling
+from .. import arguments, diffusion, runtime, sampling
 from ..config import Config
 from ..data import shapes
 from ..pipelines import CoursePipeline, quiet
 from ..pretrained import TrainResult, register, run_recipe
 from ..runtime import get_device
-from ..training import EMA, fit, infinite_loader, make_step
+from ..training import (EMA, budget_fraction, cosine_with_warmup, drop_mask, fit, infinite_loader,
+                        make_step, ms_per_picture)
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,37 +395,14 @@ def judge_pipeline(pipe, split: str = "train", seed: int = 0, **kw) -> dict:
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
-def budget_fraction(steps: int | None, minutes: float | None):
-    """``frac(step)``: the fraction of the training budget used, the larger of ``step / steps`` and the
-    wall-clock minutes since this call over ``minutes`` (whichever budget is given), capped at 1."""
-    t_start = time.perf_counter()
-
-    def frac(step):
-        fr = step / steps if steps else 0.0
-        if minutes:
-            fr = max(fr, (time.perf_counter() - t_start) / (60 * minutes))
-        return min(fr, 1.0)
-    return frac
-
-
-def cosine_with_warmup(warmup: int, final_frac: float, frac_fn):
-    """``LambdaLR`` factor: linear warm-up over ``warmup`` steps, then a cosine from 1 down to
-    ``final_frac`` as ``frac_fn(step)`` (the fraction of the budget used) goes from 0 to 1."""
-    def lr_lambda(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        fr = frac_fn(step)
-        return final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * fr))
-    return lr_lambda
-
-
 def drop_captions(input_ids: torch.Tensor, attention_mask: torch.Tensor, empty_ids: torch.Tensor,
                   empty_mask: torch.Tensor, p: float, generator: torch.Generator):
     """Caption dropout (the step chapter 05's exercise writes): each caption of the batch
     (``input_ids``, ``attention_mask``: [n, L]) becomes the empty caption (``empty_*``: [1, L]) with
-    probability ``p``, one draw per row from ``generator``. Training on both teaches one network the
-    conditional and the unconditional model that classifier-free guidance combines."""
-    drop = (torch.rand(len(input_ids), generator=generator) < p).to(input_ids.device)    # [n]
+    probability ``p``, one draw per row from ``generator`` (:func:`course_lib.training.drop_mask`).
+    Training on both teaches one network the conditional and the unconditional model that
+    classifier-free guidance combines."""
+    drop = drop_mask(len(input_ids), p, generator).to(input_ids.device)                  # [n]
     input_ids = torch.where(drop[:, None], empty_ids.expand_as(input_ids), input_ids)
     attention_mask = torch.where(drop[:, None], empty_mask.expand_as(attention_mask), attention_mask)
     return input_ids, attention_mask
@@ -494,13 +471,13 @@ def train_text_to_image(config=None, steps: int | None = None, minutes: float | 
     hp = TrainConfig.from_dict(overrides)
     if steps is None and minutes is None:
         steps = hp.steps
-    torch.manual_seed(seed)
-    model = TextToImageModel(config)
-    ds = shapes.ShapesDataset(hp.n_train, seed=seed + 100, split="train")
-    ema_model, history = train_on(model, diffusion.to_model_range(ds.images), ds.captions, hp, steps, minutes,
-                                  seed, device, eval_fn, eval_every, callback, progress,
-                                  caption_dropout_fn=caption_dropout_fn)
-    return ema_model, history, hp
+    with runtime.seeded(seed):
+        model = TextToImageModel(config)
+        ds = shapes.ShapesDataset(hp.n_train, seed=seed + 100, split="train")
+        ema_model, history = train_on(model, diffusion.to_model_range(ds.images), ds.captions, hp,
+                                      steps, minutes, seed, device, eval_fn, eval_every, callback,
+                                      progress, caption_dropout_fn=caption_dropout_fn)
+        return ema_model, history, hp
 
 
 # --------------------------------------------------------------------------------------------
@@ -519,9 +496,8 @@ def evaluate(model: TextToImageModel) -> dict:
     q = {"train_captions": judge_pipeline(pipe, "train"), "heldout_captions": judge_pipeline(pipe, "heldout")}
     # sampling time per picture, on this machine
     caps = shapes.all_captions("train")[:32]
-    t0 = time.perf_counter()
-    generate(pipe, caps, seed=0)
-    q["sampling_ms_per_picture_batch32"] = round(1000 * (time.perf_counter() - t0) / len(caps), 2)
+    ms = ms_per_picture(lambda: generate(pipe, caps, seed=0), len(caps), repeats=1, warmup=0)
+    q["sampling_ms_per_picture_batch32"] = round(ms, 2)
     q["num_inference_steps"] = pipe.default_num_inference_steps
     q["guidance_scale"] = pipe.default_guidance_scale
     return q
@@ -551,6 +527,6 @@ def train_registered(seed: int = 0, quick: bool = False, eval_every: int | None 
     return result
 
 
-register("shapes-t2i", build=build, train=train_registered, evaluate=evaluate, finalize=finalize, chapter="05",
+register("shapes-t2i", role="generator", domain="shapes", build=build, train=train_registered, evaluate=evaluate, finalize=finalize, chapter="05",
          description="Shapes text-to-image: word-token encoder + cross-attention UNet2DConditionModel, "
                      "classifier-free guidance, ShapesPipeline (diffusers)")

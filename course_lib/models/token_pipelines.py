@@ -18,7 +18,7 @@ import torch
 from .. import arguments
 from ..pipelines import CoursePipeline
 from . import image_gpt, maskgit
-from .vq import VQTokenizer, _check_pictures
+from .vq import VQTokenizer, check_pictures
 
 
 class _TokenPipeline(CoursePipeline):
@@ -118,7 +118,7 @@ class ShapesGPTPipeline(_TokenPipeline):
     @torch.no_grad()
     def caption(self, pictures: torch.Tensor, batch_size: int = 500) -> list[str]:
         """One caption per picture [n, 3, 32, 32] in [0, 1]: tokenize, then write the words (greedy)."""
-        pictures = _check_pictures(pictures)
+        pictures = check_pictures(pictures)
         batch_size = arguments.positive_int(batch_size, "batch_size")
         out = []
         for x in pictures.split(batch_size):

@@ -16,17 +16,18 @@ its pipelines: one picture per train caption (270) and per held-out caption (54)
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from .. import runtime
 from ..config import Config
 from ..data import shapes
 from ..pretrained import TrainResult, register, run_recipe
 from ..runtime import get_device
-from ..training import fit, infinite_loader, make_step
+from ..training import (budget_fraction, cosine_with_warmup, drop_mask, fit, infinite_loader,
+                        make_step, ms_per_picture)
 from . import image_gpt, maskgit
 from . import text_to_image as t2i
 from .token_pipelines import ShapesGPTPipeline, ShapesMaskGITPipeline
@@ -64,8 +65,9 @@ def token_dataset(vq, n: int, seed: int, split: str = "train", batch_size: int =
 
 
 def drop_captions(layout, captions: torch.Tensor, p: float, generator=None) -> torch.Tensor:
-    """Replace each caption [n, C] by the empty caption with probability ``p``."""
-    drop = torch.rand(len(captions), generator=generator) < p                # [n]
+    """Replace each caption [n, C] by the empty caption with probability ``p``
+    (:func:`course_lib.training.drop_mask`)."""
+    drop = drop_mask(len(captions), p, generator)                            # [n]
     empty = layout.encode_captions([""]).to(captions.device)
     return torch.where(drop[:, None].to(captions.device), empty, captions)
 
@@ -112,29 +114,31 @@ def train_token_model(kind: str = "gpt", steps: int | None = None, seed: int = 0
     device = device or get_device()
     vq = pretrained.load("shapes-vq", device=device).eval()
     caps, codes, _ = token_dataset(vq, hp.n_train, seed=seed + 900)
-    torch.manual_seed(seed)
-    shape = {**(GPT_CONFIG if kind == "gpt" else MASKGIT_CONFIG), "grid": vq.config.grid,
-             "codebook_size": vq.config.codebook_size, **(config or {})}
-    model = image_gpt.build_image_gpt(shape).to(device)
-    loader = infinite_loader(torch.utils.data.TensorDataset(caps, codes), hp.batch_size, seed=seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay,
-                            betas=(0.9, 0.95))
-    frac = t2i.budget_fraction(steps, None)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, t2i.cosine_with_warmup(hp.warmup, hp.final_lr_frac, frac))
-    g = torch.Generator().manual_seed(seed + 1)
+    with runtime.seeded(seed):
+        shape = {**(GPT_CONFIG if kind == "gpt" else MASKGIT_CONFIG), "grid": vq.config.grid,
+                 "codebook_size": vq.config.codebook_size, **(config or {})}
+        model = image_gpt.build_image_gpt(shape).to(device)
+        loader = infinite_loader(torch.utils.data.TensorDataset(caps, codes), hp.batch_size,
+                                 seed=seed)
+        opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay,
+                                betas=(0.9, 0.95))
+        frac = budget_fraction(steps, None)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, cosine_with_warmup(hp.warmup, hp.final_lr_frac, frac))
+        g = torch.Generator().manual_seed(seed + 1)
 
-    def loss_fn(m, batch):
-        c, x = batch
-        if kind == "gpt":
-            return next_token_loss(m, c, x, hp.p_uncond, g)
-        return maskgit.masked_loss(m, drop_captions(m.layout, c, hp.p_uncond, g), x, g)
+        def loss_fn(m, batch):
+            c, x = batch
+            if kind == "gpt":
+                return next_token_loss(m, c, x, hp.p_uncond, g)
+            return maskgit.masked_loss(m, drop_captions(m.layout, c, hp.p_uncond, g), x, g)
 
-    step_fn = make_step(model, loss_fn, opt, scheduler=sched, grad_clip=hp.grad_clip)
-    hist = fit(step_fn, loader, steps=steps, desc=f"shapes-{kind}", progress=progress,
-               eval_every=eval_every,
-               eval_fn=(lambda step: eval_fn(model, step)) if eval_fn is not None else None)
-    model.eval()
-    return model, hist, hp.to_dict()
+        step_fn = make_step(model, loss_fn, opt, scheduler=sched, grad_clip=hp.grad_clip)
+        hist = fit(step_fn, loader, steps=steps, desc=f"shapes-{kind}", progress=progress,
+                   eval_every=eval_every,
+                   eval_fn=(lambda step: eval_fn(model, step)) if eval_fn is not None else None)
+        model.eval()
+        return model, hist, hp.to_dict()
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,9 +185,8 @@ def reading_accuracy(pipe: ShapesGPTPipeline, n: int = 1000, seed: int = 777, sp
 
 def _timed_drawing(pipe, n: int = 54, **kw) -> float:
     caps = shapes.all_captions("train")[:n]
-    t0 = time.perf_counter()
-    t2i.generate(pipe, caps, seed=1, **kw)
-    return round(1000 * (time.perf_counter() - t0) / n, 2)
+    ms = ms_per_picture(lambda: t2i.generate(pipe, caps, seed=1, **kw), n, repeats=1, warmup=0)
+    return round(ms, 2)
 
 
 def evaluate_gpt(model: image_gpt.ImageGPT) -> dict:
@@ -227,11 +230,11 @@ def _registered(kind: str):
     return train
 
 
-register("shapes-gpt", build=image_gpt.build_image_gpt, train=_registered("gpt"), evaluate=evaluate_gpt,
+register("shapes-gpt", role="generator", domain="shapes", build=image_gpt.build_image_gpt, train=_registered("gpt"), evaluate=evaluate_gpt,
          finalize=make_gpt_pipeline, chapter="09",
          description="decoder-only Transformer over caption and shapes-vq tokens, trained in both orders: "
                      "draws pictures token by token and reads them back into captions")
-register("shapes-maskgit", build=image_gpt.build_image_gpt, train=_registered("maskgit"),
+register("shapes-maskgit", role="generator", domain="shapes", build=image_gpt.build_image_gpt, train=_registered("maskgit"),
          evaluate=evaluate_maskgit, finalize=make_maskgit_pipeline, chapter="09",
          description="bidirectional Transformer over caption and shapes-vq tokens, trained to fill hidden "
                      "image tokens: draws in a few parallel steps (MaskGIT)")

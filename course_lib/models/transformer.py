@@ -395,7 +395,7 @@ def train_captioner(seed: int = 0, quick: bool = False, steps: int | None = None
                              f"train split + pixel noise; {hist.seconds:.0f} s of training loop")
 
 
-register("shapes-captioner", build=lambda cfg: ShapesCaptioner(**cfg), train=train_captioner,
+register("shapes-captioner", role="judge", domain="shapes", build=lambda cfg: ShapesCaptioner(**cfg), train=train_captioner,
          evaluate=evaluate_captioner, chapter="03",
          description="Shapes picture -> canonical caption (CNN encoder + Transformer decoder with "
                      "cross-attention); .caption(images) -> list[str]")

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import runtime
 from ..data import mnist
 from ..pretrained import TrainResult, register
 from ..runtime import get_device
@@ -376,21 +377,23 @@ RECIPES = {
 
 def _train_registered(name: str, seed: int = 0, quick: bool = False) -> TrainResult:
     recipe = RECIPES[name]
-    torch.manual_seed(seed)
-    model = VAE(**recipe["model"]).to(get_device())
-    steps = 20 if quick else recipe["steps"]
-    hist = train_vae(model, steps=steps, seed=seed, desc=name, lr=recipe["lr"])
-    # Shipped in float16 (half the bytes); measured after the round trip, as `load` will return it.
-    model = model.half()
-    quality = evaluate_vae(copy.deepcopy(model).float())
-    quality.update(steps=hist.steps, best_step=hist.best_step, train_seconds_loop=round(hist.seconds, 1))
-    return TrainResult(model, model.config, quality,
-                       notes=f"{hist.steps} steps, batch 64, AdamW one-cycle (max lr {recipe['lr']}), 1-pixel shift augmentation, "
-                             f"kept the best of every 200 steps on 250 held-out training digits "
-                             f"(step {hist.best_step}); weights stored in float16")
+    with runtime.seeded(seed):
+        model = VAE(**recipe["model"]).to(get_device())
+        steps = 20 if quick else recipe["steps"]
+        hist = train_vae(model, steps=steps, seed=seed, desc=name, lr=recipe["lr"])
+        # Shipped in float16 (half the bytes); measured after the round trip, as `load` returns it.
+        model = model.half()
+        quality = evaluate_vae(copy.deepcopy(model).float())
+        quality.update(steps=hist.steps, best_step=hist.best_step,
+                       train_seconds_loop=round(hist.seconds, 1))
+        return TrainResult(model, model.config, quality,
+                           notes=f"{hist.steps} steps, batch 64, AdamW one-cycle (max lr "
+                                 f"{recipe['lr']}), 1-pixel shift augmentation, kept the best of "
+                                 f"every 200 steps on 250 held-out training digits "
+                                 f"(step {hist.best_step}); weights stored in float16")
 
 
-register("vae-mnist", build=lambda cfg: VAE(**cfg), train=lambda seed=0, quick=False: _train_registered("vae-mnist", seed, quick),
+register("vae-mnist", role="generator", domain="digits", build=lambda cfg: VAE(**cfg), train=lambda seed=0, quick=False: _train_registered("vae-mnist", seed, quick),
          evaluate=evaluate_vae, chapter="02", description="VAE on MNIST-5k, latent 16, Bernoulli decoder")
-register("cvae-mnist", build=lambda cfg: VAE(**cfg), train=lambda seed=0, quick=False: _train_registered("cvae-mnist", seed, quick),
+register("cvae-mnist", role="generator", domain="digits", build=lambda cfg: VAE(**cfg), train=lambda seed=0, quick=False: _train_registered("cvae-mnist", seed, quick),
          evaluate=evaluate_vae, chapter="02", description="conditional VAE on MNIST-5k, latent 16")

@@ -38,13 +38,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import arguments
+from .. import arguments, runtime
 from ..config import Config
 from ..data import shapes
 from ..pretrained import TrainResult, register, run_recipe
 from ..runtime import get_device
-from ..training import fit, infinite_loader, make_step
-from . import text_to_image as t2i
+from ..training import budget_fraction, cosine_with_warmup, fit, infinite_loader, make_step
 
 #: Token grids a :class:`VQTokenizer` can have: side of the grid (the encoder halves 32 down to it).
 GRIDS = (4, 8, 16)
@@ -150,7 +149,10 @@ def codebook_usage(ids: torch.Tensor, codebook_size: int) -> dict:
 # --------------------------------------------------------------------------------------------
 # Argument checks
 # --------------------------------------------------------------------------------------------
-def _check_pictures(x) -> torch.Tensor:
+def check_pictures(x) -> torch.Tensor:
+    """``x`` itself if it is a batch of Shapes pictures (a float tensor [n, 3, 32, 32] in [0, 1]);
+    otherwise a ``TypeError`` or ``ValueError`` saying what is wrong (chapter 09's tokenizer and
+    pipelines read pictures through it)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"pictures must be a torch.Tensor [n, 3, 32, 32] with values in [0, 1], "
                         f"got {type(x).__name__}")
@@ -260,7 +262,7 @@ class VQTokenizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> VQOutput:
         """Pictures [n, 3, 32, 32] in [0, 1] -> :class:`VQOutput` (reconstruction and losses)."""
-        x = _check_pictures(x).to(self.device)
+        x = check_pictures(x).to(self.device)
         z, q, ids = self._quantize(x)
         raw = self._decode_vectors(q)                                       # [n, 3, 32, 32]
         codes = self.codebook(ids).permute(0, 3, 1, 2)                      # [n, d, g, g], grad to codebook
@@ -272,7 +274,7 @@ class VQTokenizer(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Pictures [n, 3, 32, 32] in [0, 1] -> tokens LongTensor [n, grid, grid] (on the model's device)."""
-        x = _check_pictures(x)
+        x = check_pictures(x)
         with torch.no_grad():
             return self._quantize(x)[2]
 
@@ -294,7 +296,7 @@ def build_vq(config: "VQConfig | dict | None" = None) -> VQTokenizer:
 def round_trip(model: VQTokenizer, images01: torch.Tensor, batch_size: int = 250) -> tuple[torch.Tensor, torch.Tensor]:
     """Pictures [n, 3, 32, 32] in [0, 1] -> (reconstructions [n, 3, 32, 32] in [0, 1], tokens [n, g, g]),
     both on the CPU, ``batch_size`` pictures at a time."""
-    _check_pictures(images01)
+    check_pictures(images01)
     recs, toks = [], []
     for x in images01.split(batch_size):
         ids = model.encode(x)
@@ -337,39 +339,41 @@ def train_vq(steps: int | None = None, minutes: float | None = None, seed: int =
     if steps is None and minutes is None:
         steps = hp.steps
     device = device or get_device()
-    torch.manual_seed(seed)
-    model = build_vq(config).to(device)
-    K = model.config.codebook_size
-    ds = shapes.ShapesDataset(hp.n_train, seed=seed + 300, split="train")
-    loader = infinite_loader(torch.utils.data.TensorDataset(ds.images), hp.batch_size, seed=seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=0.0)
-    frac = t2i.budget_fraction(steps, minutes)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, t2i.cosine_with_warmup(hp.warmup, hp.final_lr_frac, frac))
-    g = torch.Generator().manual_seed(seed + 1)
-    state = {"counts": torch.zeros(K, dtype=torch.long), "z": None, "restarted": 0}
+    with runtime.seeded(seed):
+        model = build_vq(config).to(device)
+        K = model.config.codebook_size
+        ds = shapes.ShapesDataset(hp.n_train, seed=seed + 300, split="train")
+        loader = infinite_loader(torch.utils.data.TensorDataset(ds.images), hp.batch_size,
+                                 seed=seed)
+        opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=0.0)
+        frac = budget_fraction(steps, minutes)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, cosine_with_warmup(hp.warmup, hp.final_lr_frac, frac))
+        g = torch.Generator().manual_seed(seed + 1)
+        state = {"counts": torch.zeros(K, dtype=torch.long), "z": None, "restarted": 0}
 
-    def loss_fn(m, batch):
-        x = batch[0].to(device)                                             # [b, 3, 32, 32]
-        out = m(x)
-        state["counts"] += torch.bincount(out.ids.flatten().cpu(), minlength=K)
-        state["z"] = out.z.detach()
-        return out.loss, {"recon": out.recon_loss.item(), "codebook": out.codebook_loss.item(),
-                          "commitment": out.commitment_loss.item()}
+        def loss_fn(m, batch):
+            x = batch[0].to(device)                                         # [b, 3, 32, 32]
+            out = m(x)
+            state["counts"] += torch.bincount(out.ids.flatten().cpu(), minlength=K)
+            state["z"] = out.z.detach()
+            return out.loss, {"recon": out.recon_loss.item(), "codebook": out.codebook_loss.item(),
+                              "commitment": out.commitment_loss.item()}
 
-    def callback(step, hist):
-        due = step == 0 or (hp.restart_every and (step + 1) % hp.restart_every == 0)
-        if due and hp.restart_every and frac(step + 1) <= hp.restart_until:
-            n = restart_dead_codes(model, state["counts"], state["z"], g)
-            state["restarted"] += n
-            hist.log({"restarted": n, "used_since_restart": int((state["counts"] > 0).sum())})
-            state["counts"].zero_()
+        def callback(step, hist):
+            due = step == 0 or (hp.restart_every and (step + 1) % hp.restart_every == 0)
+            if due and hp.restart_every and frac(step + 1) <= hp.restart_until:
+                n = restart_dead_codes(model, state["counts"], state["z"], g)
+                state["restarted"] += n
+                hist.log({"restarted": n, "used_since_restart": int((state["counts"] > 0).sum())})
+                state["counts"].zero_()
 
-    step_fn = make_step(model, loss_fn, opt, scheduler=sched, grad_clip=hp.grad_clip)
-    hist = fit(step_fn, loader, steps=steps, minutes=minutes, desc="shapes-vq", progress=progress,
-               callback=callback, eval_every=eval_every,
-               eval_fn=(lambda step: eval_fn(model, step)) if eval_fn is not None else None)
-    model.eval()
-    return model, hist, {**hp.to_dict(), "restarted_codes": state["restarted"]}
+        step_fn = make_step(model, loss_fn, opt, scheduler=sched, grad_clip=hp.grad_clip)
+        hist = fit(step_fn, loader, steps=steps, minutes=minutes, desc="shapes-vq",
+                   progress=progress, callback=callback, eval_every=eval_every,
+                   eval_fn=(lambda step: eval_fn(model, step)) if eval_fn is not None else None)
+        model.eval()
+        return model, hist, {**hp.to_dict(), "restarted_codes": state["restarted"]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,6 +455,6 @@ def _train_registered(seed: int = 0, quick: bool = False) -> TrainResult:
     return result
 
 
-register("shapes-vq", build=build_vq, train=_train_registered, evaluate=evaluate_vq, chapter="09",
+register("shapes-vq", role="component", domain="shapes", build=build_vq, train=_train_registered, evaluate=evaluate_vq, chapter="09",
          description="VQ-VAE tokenizer for Shapes: 32x32x3 pictures <-> 8x8 tokens of a 256-code codebook "
                      "(codebook + commitment losses, dead-code restarts)")

@@ -1,0 +1,76 @@
+"""How good a batch of generated pictures is, for comparing samplers and fast models (chapter 08).
+
+* :func:`reference_set`: real pictures of the same targets (fresh Shapes renderings of the captions,
+  or real MNIST test digits of the labels), to compare with;
+* :func:`quality`: the judge's accuracy (all five Shapes attributes right, or the asked-for digit)
+  and KID x 1000 on the judge's penultimate features against that reference, with
+  :func:`course_lib.metrics.paired_kernel_distance`, the estimator for pictures paired target by
+  target.
+
+Chapter 07 defines KID and the judges (:mod:`course_lib.metrics`, :mod:`course_lib.judges`); this
+module puts them together the way chapter 08's sweeps (:mod:`course_lib.samplers`) and its models
+(:mod:`course_lib.models.fast`, :mod:`course_lib.models.reflow`) report quality.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import judges, metrics
+from .data import mnist, shapes
+
+
+def is_pipeline(model) -> bool:
+    """A Shapes pipeline (it has a scheduler it can swap), as opposed to a digit model."""
+    return hasattr(model, "scheduler") and hasattr(model, "with_scheduler")
+
+
+def reference_set(model, targets, per_target: int = 8, seed: int = 1234) -> torch.Tensor:
+    """Real pictures to measure KID against, ``per_target`` copies of the target list one after the
+    other: fresh Shapes renderings of each caption, or, for digits, a real MNIST test digit of each
+    asked-for label (drawn with replacement from the 50 per class)."""
+    if is_pipeline(model):
+        specs = [shapes.parse_caption(c) for c in targets] * per_target
+        return shapes.render(specs, np.random.default_rng(seed))
+    x, y = mnist.load_mnist("test")
+    want = torch.as_tensor(targets)
+    g = torch.Generator().manual_seed(seed)
+    pools = {k: torch.nonzero(y == k).flatten() for k in range(10)}
+    copies = []
+    for _ in range(per_target):                     # each copy: one real digit of each asked-for label
+        copies.append(torch.stack([pools[int(k)][torch.randint(len(pools[int(k)]), (1,), generator=g)][0]
+                                   for k in want]))
+    return x[torch.cat(copies)]
+
+
+def quality(model, images: torch.Tensor, targets, reference: torch.Tensor | None = None) -> dict:
+    """``{"accuracy", "kid"}``: the judge's accuracy (Shapes: all five attributes right; digits: the
+    asked-for digit) and KID x 1000 between the judge's penultimate features of ``images`` and of
+    ``reference`` (real pictures; KID is unbiased at small n, unlike FID, so a few dozen pictures per
+    point are enough to compare samplers). Features are standardised with the reference's per-feature
+    mean and standard deviation first (a fixed affine map, so KID stays a distance between the two
+    sets)."""
+    captions = len(targets) > 0 and isinstance(targets[0], str)               # Shapes captions, else digit labels
+    if captions:
+        judge = judges.load_shapes_judge()
+        acc = judges.score_shapes(images, targets, judge)["all"]
+    else:
+        judge = judges.load_mnist_classifier()
+        acc = judges.score_digits(images, torch.as_tensor(targets), judge)["accuracy"]
+    out = {"accuracy": float(acc)}
+    if reference is not None:
+        fa, fb = metrics.extract_features(images, judge), metrics.extract_features(reference, judge)
+        # standardise both with the real pictures' per-feature mean and spread: the judge's ReLU
+        # features are unbounded, and KID's cubic kernel would otherwise be ruled by a few large ones
+        mu, sd = fb.mean(0), fb.std(0) + 1e-6
+        fa, fb = ((fa - mu) / sd).double(), ((fb - mu) / sd).double()
+        n = len(fa)
+        if len(fb) % n == 0:
+            # the reference holds whole copies of the targets (reference_set): compare like with like,
+            # one copy at a time, with the paired estimator (metrics.paired_kernel_distance)
+            vals = [metrics.paired_kernel_distance(fb[j:j + n], fa, standardise=False)
+                    for j in range(0, len(fb), n)]
+        else:
+            vals = [metrics.kernel_inception_distance(fa, fb, subsets=50, subset_size=n)]
+        out["kid"] = 1000 * float(np.mean(vals))
+    return out
