@@ -9,4 +9,5 @@ The modules stand on floors, and imports run downwards only (``pyproject.toml`` 
 as an import-linter contract that the tests check; ``docs/authoring.md`` says which module is on
 which floor).
 """
+
 __version__ = "0.1.0"

@@ -4,6 +4,7 @@ A wrong argument is answered at the door with a ``TypeError`` (wrong kind of thi
 ``ValueError`` (right kind, wrong value) whose message names what is allowed, instead of a silent
 fall-back or a crash deep inside a convolution. Every public pipeline calls these first.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,16 +35,22 @@ def prompts(prompt, name: str = "prompt", allow_empty_text: bool = True) -> list
         items = [prompt]
     elif isinstance(prompt, (list, tuple)):
         if len(prompt) == 0:
-            raise ValueError(f"{name} must be a string or a non-empty list of strings, got an empty "
-                             f"{_kind(prompt)}")
+            raise ValueError(
+                f"{name} must be a string or a non-empty list of strings, got an empty "
+                f"{_kind(prompt)}"
+            )
         bad = [i for i, p in enumerate(prompt) if not isinstance(p, str)]
         if bad:
             i = bad[0]
-            raise TypeError(f"{name} must be a string or a list of strings, but item {i} is "
-                            f"{_kind(prompt[i])} ({prompt[i]!r})")
+            raise TypeError(
+                f"{name} must be a string or a list of strings, but item {i} is "
+                f"{_kind(prompt[i])} ({prompt[i]!r})"
+            )
         items = list(prompt)
     else:
-        raise TypeError(f"{name} must be a string or a non-empty list of strings, got {_kind(prompt)}")
+        raise TypeError(
+            f"{name} must be a string or a non-empty list of strings, got {_kind(prompt)}"
+        )
     out = [normalize_prompt(p) for p in items]
     if not allow_empty_text and any(p == "" for p in out):
         raise ValueError(f"{name} must not contain empty texts (item {out.index('')})")
@@ -92,7 +99,9 @@ def real(x, name: str, minimum: float | None = None, maximum: float | None = Non
         raise TypeError(f"{name} must be a finite number, got {_kind(x)} ({x!r})")
     if isinstance(x, torch.Tensor):
         if x.numel() != 1:
-            raise TypeError(f"{name} must be a finite number, got a tensor of shape {tuple(x.shape)}")
+            raise TypeError(
+                f"{name} must be a finite number, got a tensor of shape {tuple(x.shape)}"
+            )
         x = x.item()
     x = float(x)
     if not math.isfinite(x):
@@ -110,20 +119,26 @@ def guidance(w, name: str = "guidance_scale") -> float:
 def output_type(kind, allowed=("pil", "np", "pt")) -> str:
     """One of ``allowed``."""
     if not isinstance(kind, str) or kind not in allowed:
-        raise ValueError(f"output_type must be one of {', '.join(repr(a) for a in allowed)}, got {kind!r}")
+        raise ValueError(
+            f"output_type must be one of {', '.join(repr(a) for a in allowed)}, got {kind!r}"
+        )
     return kind
 
 
 def generator(g, name: str = "generator"):
     """None or one ``torch.Generator`` (seed it: ``torch.Generator().manual_seed(0)``)."""
     if g is not None and not isinstance(g, torch.Generator):
-        raise TypeError(f"{name} must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) or "
-                        f"None, got {_kind(g)}")
+        raise TypeError(
+            f"{name} must be a torch.Generator (e.g. torch.Generator().manual_seed(0)) or "
+            f"None, got {_kind(g)}"
+        )
     return g
 
 
 def choice(value, allowed, name: str):
     """One of ``allowed`` (a ValueError lists them)."""
     if value not in tuple(allowed):
-        raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
+        raise ValueError(
+            f"{name} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}"
+        )
     return value

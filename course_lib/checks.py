@@ -5,6 +5,7 @@ so a student notebook with an unfinished exercise still runs to the end and show
 ``[FAIL] ... not implemented yet``. As the last line of a notebook cell a result shows nothing more
 than its printed line (no ``Out[n]: True`` under it).
 """
+
 from __future__ import annotations
 
 import traceback
@@ -56,8 +57,9 @@ def check(condition, name: str, hint: str = "", detail: str = "") -> CheckResult
     return _report(bool(condition), name, detail, hint)
 
 
-def check_close(actual, expected, name: str, atol: float = 1e-5, rtol: float = 1e-4,
-                hint: str = "") -> CheckResult:
+def check_close(
+    actual, expected, name: str, atol: float = 1e-5, rtol: float = 1e-4, hint: str = ""
+) -> CheckResult:
     """Pass when two numbers or tensors agree within tolerance (and have the same shape)."""
     try:
         a = torch.as_tensor(actual, dtype=torch.float64)
@@ -78,8 +80,9 @@ def run_check(name: str, fn, hint: str = "") -> CheckResult:
     try:
         detail = fn()
     except NotImplementedError:
-        return _report(False, name, "not implemented yet (replace the `raise NotImplementedError`)",
-                       hint)
+        return _report(
+            False, name, "not implemented yet (replace the `raise NotImplementedError`)", hint
+        )
     except AssertionError as exc:
         return _report(False, name, str(exc) or "an assertion failed", hint)
     except Exception as exc:

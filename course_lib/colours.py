@@ -12,6 +12,7 @@ The tables, the colour maths and the Shapes words (:func:`nearest_shapes_colour`
 colour nearest to any RGB in Lab, so colour names far from all six are the colours Shapes cannot
 draw) live in :mod:`course_lib.data.colour_names`; they are importable from here too.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,15 +20,40 @@ import torch
 import torch.nn as nn
 
 from . import runtime
-from .data.colour_names import (CRUDE_WORDS, OTHER_COLOUR_WORDS, PALE_CHROMA, colour_names,
-                                delta_e, lch, nearest_shapes_colour, other_colour_names,
-                                rgb_to_lab, shapes_colour_names, shapes_colour_of,
-                                shapes_palette)
+from .data.colour_names import (
+    CRUDE_WORDS,
+    OTHER_COLOUR_WORDS,
+    PALE_CHROMA,
+    colour_names,
+    delta_e,
+    lch,
+    nearest_shapes_colour,
+    other_colour_names,
+    rgb_to_lab,
+    shapes_colour_names,
+    shapes_colour_of,
+    shapes_palette,
+)
 
-__all__ = ["CRUDE_WORDS", "OTHER_COLOUR_WORDS", "PALE_CHROMA", "colour_names", "delta_e", "lch",
-           "nearest_shapes_colour", "other_colour_names", "rgb_to_lab", "shapes_colour_names",
-           "shapes_colour_of", "shapes_palette", "hue_figure", "name_split", "fit_colour_head",
-           "name_features", "colour_probe"]
+__all__ = [
+    "CRUDE_WORDS",
+    "OTHER_COLOUR_WORDS",
+    "PALE_CHROMA",
+    "colour_names",
+    "delta_e",
+    "lch",
+    "nearest_shapes_colour",
+    "other_colour_names",
+    "rgb_to_lab",
+    "shapes_colour_names",
+    "shapes_colour_of",
+    "shapes_palette",
+    "hue_figure",
+    "name_split",
+    "fit_colour_head",
+    "name_features",
+    "colour_probe",
+]
 
 
 def hue_figure(exclude: tuple = (), marked: dict | None = None):
@@ -46,20 +72,40 @@ def hue_figure(exclude: tuple = (), marked: dict | None = None):
     ax.set_facecolor("0.92")
     for keep, size in ((False, 6), (True, 22)):
         k = taken == keep
-        ax.scatter(np.radians(hue[k]), chroma[k], s=size, c=rgb[k], edgecolors="none" if not keep else "k",
-                   linewidths=0.2, label="a Shapes colour" if keep else "not clearly one")
+        ax.scatter(
+            np.radians(hue[k]),
+            chroma[k],
+            s=size,
+            c=rgb[k],
+            edgecolors="none" if not keep else "k",
+            linewidths=0.2,
+            label="a Shapes colour" if keep else "not clearly one",
+        )
     palette_names, palette = shapes_palette()
     _, pc, ph = lch(palette)
     ax.scatter(np.radians(ph), pc, marker="*", s=260, c=palette, edgecolors="k", linewidths=0.8)
     for n, c, h in zip(palette_names, pc, ph):
-        ax.annotate(n, (np.radians(h), c), xytext=(6, 6), textcoords="offset points", fontsize=9, weight="bold")
+        ax.annotate(
+            n,
+            (np.radians(h), c),
+            xytext=(6, 6),
+            textcoords="offset points",
+            fontsize=9,
+            weight="bold",
+        )
     for word, colour in (marked or {}).items():
         _, c, h = (float(v) for v in lch(np.asarray(colour)))
-        ax.scatter([np.radians(h)], [c], marker="X", s=60, c=[colour], edgecolors="k", linewidths=0.8)
-        ax.annotate(word, (np.radians(h), c), xytext=(4, -10), textcoords="offset points", fontsize=7)
+        ax.scatter(
+            [np.radians(h)], [c], marker="X", s=60, c=[colour], edgecolors="k", linewidths=0.8
+        )
+        ax.annotate(
+            word, (np.radians(h), c), xytext=(4, -10), textcoords="offset points", fontsize=7
+        )
     ax.set_rlabel_position(100)
     ax.set_yticks([30, 60, 90], ["chroma 30", "60", "90"], fontsize=7)
-    ax.set_xticks(np.radians(np.arange(0, 360, 45)), [f"{d}°" for d in range(0, 360, 45)], fontsize=7)
+    ax.set_xticks(
+        np.radians(np.arange(0, 360, 45)), [f"{d}°" for d in range(0, 360, 45)], fontsize=7
+    )
     ax.legend(loc="lower left", bbox_to_anchor=(-0.12, -0.12), fontsize=8, framealpha=0.9)
     ax.set_title("colour names on the CIELAB hue circle", fontsize=10)
     return fig
@@ -68,8 +114,9 @@ def hue_figure(exclude: tuple = (), marked: dict | None = None):
 # --------------------------------------------------------------------------------------------
 # The colour probe
 # --------------------------------------------------------------------------------------------
-def name_split(names: list[str], test_fraction: float = 0.3, seed: int = 0,
-               how: str = "names") -> tuple[np.ndarray, np.ndarray]:
+def name_split(
+    names: list[str], test_fraction: float = 0.3, seed: int = 0, how: str = "names"
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, test) of a random split of ``names``. ``how="names"``: any name may be held out
     ("dark red" held out while "red" trains); ``how="words"``: the test names are single words that
     no training name contains (held out: "cerulean"; "cerulean blue" is then not trained on either),
@@ -84,7 +131,7 @@ def name_split(names: list[str], test_fraction: float = 0.3, seed: int = 0,
         k = int(round(len(names) * test_fraction))
         return np.sort(order[k:]), np.sort(order[:k])
     single = [i for i, n in enumerate(names) if len(n.split()) == 1]
-    pick = rng.permutation(single)[:int(round(len(single) * test_fraction))]
+    pick = rng.permutation(single)[: int(round(len(single) * test_fraction))]
     held = {names[i] for i in pick}
     train = [i for i, n in enumerate(names) if not set(n.split()) & held]
     return np.array(train), np.sort(pick)
@@ -95,15 +142,27 @@ class ColourHead(nn.Module):
 
     def __init__(self, d: int, hidden: int = 256, dropout: float = 0.1):
         super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(d), nn.Dropout(dropout), nn.Linear(d, hidden), nn.GELU(),
-                                 nn.Linear(hidden, 3), nn.Sigmoid())
+        self.net = nn.Sequential(
+            nn.LayerNorm(d),
+            nn.Dropout(dropout),
+            nn.Linear(d, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, 3),
+            nn.Sigmoid(),
+        )
 
     def forward(self, x):
         return self.net(x)
 
 
-def fit_colour_head(features: torch.Tensor, rgb: torch.Tensor, steps: int = 600, lr: float = 3e-3,
-                    weight_decay: float = 1e-2, seed: int = 0) -> ColourHead:
+def fit_colour_head(
+    features: torch.Tensor,
+    rgb: torch.Tensor,
+    steps: int = 600,
+    lr: float = 3e-3,
+    weight_decay: float = 1e-2,
+    seed: int = 0,
+) -> ColourHead:
     """Train a :class:`ColourHead` on (features [n, d], rgb [n, 3]): squared error in RGB, full batch,
     AdamW."""
     with runtime.seeded(seed):
@@ -124,8 +183,15 @@ def name_features(encoder, names: list[str], template: str = "{}") -> torch.Tens
     return encoder.encode([template.format(n) for n in names]).pooled.float()
 
 
-def colour_probe(encoder, names=None, test_fraction: float = 0.3, seed: int = 0, steps: int = 600,
-                 features: torch.Tensor | None = None, how: str = "names") -> dict:
+def colour_probe(
+    encoder,
+    names=None,
+    test_fraction: float = 0.3,
+    seed: int = 0,
+    steps: int = 600,
+    features: torch.Tensor | None = None,
+    how: str = "names",
+) -> dict:
     """Predict held-out colour names' RGB from ``encoder``'s embedding of the name.
 
     ``names``: ``[(name, rgb), ...]`` (default :func:`colour_names`). Returns ΔE on the held-out names
@@ -143,7 +209,15 @@ def colour_probe(encoder, names=None, test_fraction: float = 0.3, seed: int = 0,
     mean = rgb[tr].mean(0).numpy()
     de = delta_e(pred, rgb[te].numpy())
     de_base = delta_e(np.broadcast_to(mean, pred.shape), rgb[te].numpy())
-    return {"delta_e": float(de.mean()), "delta_e_median": float(np.median(de)),
-            "baseline_delta_e": float(de_base.mean()), "baseline_delta_e_median": float(np.median(de_base)),
-            "n_train": len(tr), "n_test": len(te), "test_names": [words[i] for i in te],
-            "predicted": pred, "true": rgb[te].numpy(), "per_name_delta_e": de}
+    return {
+        "delta_e": float(de.mean()),
+        "delta_e_median": float(np.median(de)),
+        "baseline_delta_e": float(de_base.mean()),
+        "baseline_delta_e_median": float(np.median(de_base)),
+        "n_train": len(tr),
+        "n_test": len(te),
+        "test_names": [words[i] for i in te],
+        "predicted": pred,
+        "true": rgb[te].numpy(),
+        "per_name_delta_e": de,
+    }

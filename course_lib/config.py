@@ -11,6 +11,7 @@ Nested configs are dataclass fields of their own :class:`Config` type; ``from_di
 nested dicts and ``to_dict`` writes them back (lists stay lists, so the JSON in
 ``data/checkpoints/manifest.json`` reads back to an equal config).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,7 +22,10 @@ from typing import Any
 def _field_types(cls) -> dict[str, Any]:
     try:
         return typing.get_type_hints(cls)
-    except (NameError, TypeError):          # unresolved forward references: fall back to the raw annotations
+    except (
+        NameError,
+        TypeError,
+    ):  # unresolved forward references: fall back to the raw annotations
         return {f.name: f.type for f in dataclasses.fields(cls)}
 
 
@@ -58,8 +62,10 @@ class Config:
         allowed = cls.allowed_keys()
         unknown = [k for k in data if k not in allowed]
         if unknown:
-            raise ValueError(f"{cls.__name__} has no field {', '.join(repr(k) for k in unknown)}; "
-                             f"allowed: {', '.join(allowed)}")
+            raise ValueError(
+                f"{cls.__name__} has no field {', '.join(repr(k) for k in unknown)}; "
+                f"allowed: {', '.join(allowed)}"
+            )
         types = _field_types(cls)
         kwargs = {}
         for name, value in data.items():

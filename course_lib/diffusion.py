@@ -18,6 +18,7 @@ A network can be trained to predict ε ("epsilon"), x_0 ("sample") or v = sqrt(�
 ("v_prediction", Salimans & Ho 2022); :func:`predicted_x0_and_eps` turns any of them into the
 other two.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,7 +34,9 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 # --------------------------------------------------------------------------------------------
 # Schedules
 # --------------------------------------------------------------------------------------------
-def linear_betas(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+def linear_betas(
+    num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+) -> torch.Tensor:
     """DDPM's linear schedule (diffusers ``beta_schedule="linear"``). float64 [T]."""
     return torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
 
@@ -41,10 +44,13 @@ def linear_betas(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: floa
 def cosine_betas(num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
     """Nichol & Dhariwal's cosine schedule (diffusers ``beta_schedule="squaredcos_cap_v2"``):
     ᾱ(t) = cos²((t/T + s)/(1 + s) · π/2), betas clipped at ``max_beta``. float64 [T]."""
+
     def abar(u):
         return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
 
-    betas = [min(1 - abar((i + 1) / num_steps) / abar(i / num_steps), max_beta) for i in range(num_steps)]
+    betas = [
+        min(1 - abar((i + 1) / num_steps) / abar(i / num_steps), max_beta) for i in range(num_steps)
+    ]
     return torch.tensor(betas, dtype=torch.float64)
 
 
@@ -87,7 +93,10 @@ class NoiseSchedule:
     def diffusers_kwargs(self) -> dict:
         """Keyword arguments that make a diffusers scheduler with this schedule."""
         if self.name in DIFFUSERS_SCHEDULE_NAMES and self.name != "custom":
-            return {"num_train_timesteps": self.num_steps, "beta_schedule": DIFFUSERS_SCHEDULE_NAMES[self.name]}
+            return {
+                "num_train_timesteps": self.num_steps,
+                "beta_schedule": DIFFUSERS_SCHEDULE_NAMES[self.name],
+            }
         return {"num_train_timesteps": self.num_steps, "trained_betas": self.betas.tolist()}
 
 
@@ -101,7 +110,9 @@ def _gather(values: torch.Tensor, t, like: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # The forward process
 # --------------------------------------------------------------------------------------------
-def q_sample(x0: torch.Tensor, t, noise: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+def q_sample(
+    x0: torch.Tensor, t, noise: torch.Tensor, alphas_cumprod: torch.Tensor
+) -> torch.Tensor:
     """Closed form of the forward process: x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε.
 
     ``t``: an int or LongTensor[n] (one timestep per picture). Same as diffusers'
@@ -111,8 +122,13 @@ def q_sample(x0: torch.Tensor, t, noise: torch.Tensor, alphas_cumprod: torch.Ten
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
-def forward_chain(x0: torch.Tensor, t: int, betas: torch.Tensor, generator: torch.Generator | None = None,
-                  return_all: bool = False):
+def forward_chain(
+    x0: torch.Tensor,
+    t: int,
+    betas: torch.Tensor,
+    generator: torch.Generator | None = None,
+    return_all: bool = False,
+):
     """The forward process run step by step: x_s = sqrt(1 - β_s) x_{s-1} + sqrt(β_s) ε_s for s = 0..t.
 
     Returns x_t (or the list [x_0, x_1', ..., x_t] with ``return_all``); statistically the same as
@@ -132,14 +148,21 @@ def forward_chain(x0: torch.Tensor, t: int, betas: torch.Tensor, generator: torc
 # --------------------------------------------------------------------------------------------
 # What the network predicts
 # --------------------------------------------------------------------------------------------
-def v_target(x0: torch.Tensor, noise: torch.Tensor, t, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+def v_target(
+    x0: torch.Tensor, noise: torch.Tensor, t, alphas_cumprod: torch.Tensor
+) -> torch.Tensor:
     """The v-prediction target v = sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x_0 (diffusers ``get_velocity``)."""
     a = _gather(alphas_cumprod, t, x0)
     return a.sqrt() * noise - (1 - a).sqrt() * x0
 
 
-def training_target(x0: torch.Tensor, noise: torch.Tensor, t, alphas_cumprod: torch.Tensor,
-                    prediction_type: str = "epsilon") -> torch.Tensor:
+def training_target(
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    t,
+    alphas_cumprod: torch.Tensor,
+    prediction_type: str = "epsilon",
+) -> torch.Tensor:
     """What a network trained with ``prediction_type`` must output for (x_0, ε, t)."""
     if prediction_type == "epsilon":
         return noise
@@ -150,8 +173,9 @@ def training_target(x0: torch.Tensor, noise: torch.Tensor, t, alphas_cumprod: to
     raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
 
-def predicted_x0_and_eps(model_output: torch.Tensor, x_t: torch.Tensor, alpha_prod_t,
-                         prediction_type: str = "epsilon"):
+def predicted_x0_and_eps(
+    model_output: torch.Tensor, x_t: torch.Tensor, alpha_prod_t, prediction_type: str = "epsilon"
+):
     """(x̂_0, ε̂) from a network's output at a point with ᾱ_t = ``alpha_prod_t`` (a number or a
     tensor broadcastable to ``x_t``)."""
     a = torch.as_tensor(alpha_prod_t, dtype=x_t.dtype, device=x_t.device)
@@ -166,12 +190,15 @@ def predicted_x0_and_eps(model_output: torch.Tensor, x_t: torch.Tensor, alpha_pr
         x0 = sa * x_t - sb * model_output
         eps = sa * model_output + sb * x_t
     else:
-        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        raise ValueError(
+            f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}"
+        )
     return x0, eps
 
 
-def min_snr_weight(t, alphas_cumprod: torch.Tensor, gamma: float = 5.0,
-                   prediction_type: str = "epsilon") -> torch.Tensor:
+def min_snr_weight(
+    t, alphas_cumprod: torch.Tensor, gamma: float = 5.0, prediction_type: str = "epsilon"
+) -> torch.Tensor:
     """Min-SNR-γ loss weights (Hang et al. 2023) for a per-picture MSE on ``prediction_type``'s target:
     min(SNR, γ)/SNR for ε, min(SNR, γ) for x_0, min(SNR, γ)/(SNR + 1) for v."""
     a = alphas_cumprod[torch.as_tensor(t, device=alphas_cumprod.device)]
@@ -186,20 +213,34 @@ def min_snr_weight(t, alphas_cumprod: torch.Tensor, gamma: float = 5.0,
     return w.float()
 
 
-def diffusion_loss(model_fn, x0: torch.Tensor, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon",
-                   generator: torch.Generator | None = None, min_snr_gamma: float | None = None,
-                   return_parts: bool = False, time_sampling: str = "uniform"):
+def diffusion_loss(
+    model_fn,
+    x0: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    prediction_type: str = "epsilon",
+    generator: torch.Generator | None = None,
+    min_snr_gamma: float | None = None,
+    return_parts: bool = False,
+    time_sampling: str = "uniform",
+):
     """One Monte Carlo estimate of the denoising loss: draw t and ε, noise x_0 in closed form, ask
     ``model_fn(x_t, t)`` for ``prediction_type``'s target, return the (optionally Min-SNR-weighted)
     mean squared error. ``"flow_prediction"`` is flow matching (:func:`course_lib.flow.flow_matching_loss`:
     the straight path, times in [0, 1], no ``alphas_cumprod``; ``time_sampling`` "uniform" or
     "logit-normal", :func:`course_lib.flow.sample_time`); the other types draw the step uniformly."""
     if prediction_type == flow.PREDICTION_TYPE:
-        return flow.flow_matching_loss(model_fn, x0, generator=generator, time_sampling=time_sampling,
-                                       return_parts=return_parts)
+        return flow.flow_matching_loss(
+            model_fn,
+            x0,
+            generator=generator,
+            time_sampling=time_sampling,
+            return_parts=return_parts,
+        )
     if time_sampling != "uniform":
-        raise ValueError(f"time_sampling {time_sampling!r} is for flow matching (prediction_type "
-                         f"'flow_prediction'); {prediction_type!r} draws its steps uniformly: use 'uniform'")
+        raise ValueError(
+            f"time_sampling {time_sampling!r} is for flow matching (prediction_type "
+            f"'flow_prediction'); {prediction_type!r} draws its steps uniformly: use 'uniform'"
+        )
     n = x0.shape[0]
     T = len(alphas_cumprod)
     t = torch.randint(0, T, (n,), generator=generator).to(x0.device)
@@ -207,9 +248,11 @@ def diffusion_loss(model_fn, x0: torch.Tensor, alphas_cumprod: torch.Tensor, pre
     x_t = q_sample(x0, t, noise, alphas_cumprod)
     target = training_target(x0, noise, t, alphas_cumprod, prediction_type)
     out = model_fn(x_t, t)
-    per = ((out.float() - target.float()) ** 2).flatten(1).mean(1)         # [n]
+    per = ((out.float() - target.float()) ** 2).flatten(1).mean(1)  # [n]
     if min_snr_gamma is not None:
-        per = per * min_snr_weight(t.cpu(), alphas_cumprod.cpu(), min_snr_gamma, prediction_type).to(per.device)
+        per = per * min_snr_weight(
+            t.cpu(), alphas_cumprod.cpu(), min_snr_gamma, prediction_type
+        ).to(per.device)
     loss = per.mean()
     return (loss, {"t": t, "x_t": x_t, "target": target, "output": out}) if return_parts else loss
 
@@ -223,10 +266,19 @@ def previous_timestep(t: int, num_train_steps: int, num_inference_steps: int | N
     return t - num_train_steps // n
 
 
-def ddpm_step(model_output: torch.Tensor, t: int, x_t: torch.Tensor, alphas_cumprod: torch.Tensor,
-              prev_t: int | None = None, prediction_type: str = "epsilon", clip_sample: bool = True,
-              clip_range: float = 1.0, noise: torch.Tensor | None = None,
-              generator: torch.Generator | None = None, return_x0: bool = False):
+def ddpm_step(
+    model_output: torch.Tensor,
+    t: int,
+    x_t: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    prev_t: int | None = None,
+    prediction_type: str = "epsilon",
+    clip_sample: bool = True,
+    clip_range: float = 1.0,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    return_x0: bool = False,
+):
     """One ancestral DDPM step x_t -> x_{prev_t} (Ho et al. eq. 6-7; ``variance_type="fixed_small"``).
 
     1. x̂_0 from the network's output (clipped to [-1, 1] when ``clip_sample``);
@@ -245,21 +297,36 @@ def ddpm_step(model_output: torch.Tensor, t: int, x_t: torch.Tensor, alphas_cump
     x0, _ = predicted_x0_and_eps(model_output, x_t, a_t, prediction_type)
     if clip_sample:
         x0 = x0.clamp(-clip_range, clip_range)
-    mean = (math.sqrt(a_prev) * beta_t / (1 - a_t)) * x0 + (math.sqrt(alpha_t) * (1 - a_prev) / (1 - a_t)) * x_t
+    mean = (math.sqrt(a_prev) * beta_t / (1 - a_t)) * x0 + (
+        math.sqrt(alpha_t) * (1 - a_prev) / (1 - a_t)
+    ) * x_t
     if t > 0:
         if noise is None:
-            noise = torch.randn(model_output.shape, generator=generator, dtype=model_output.dtype,
-                                device=generator.device if generator is not None else model_output.device
-                                ).to(model_output.device)
+            noise = torch.randn(
+                model_output.shape,
+                generator=generator,
+                dtype=model_output.dtype,
+                device=generator.device if generator is not None else model_output.device,
+            ).to(model_output.device)
         var = max((1 - a_prev) / (1 - a_t) * beta_t, 1e-20)
         mean = mean + math.sqrt(var) * noise
     return (mean, x0) if return_x0 else mean
 
 
-def ddim_step(model_output: torch.Tensor, t: int, x_t: torch.Tensor, alphas_cumprod: torch.Tensor,
-              prev_t: int, prediction_type: str = "epsilon", eta: float = 0.0, clip_sample: bool = False,
-              clip_range: float = 1.0, noise: torch.Tensor | None = None,
-              generator: torch.Generator | None = None, return_x0: bool = False):
+def ddim_step(
+    model_output: torch.Tensor,
+    t: int,
+    x_t: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    prev_t: int,
+    prediction_type: str = "epsilon",
+    eta: float = 0.0,
+    clip_sample: bool = False,
+    clip_range: float = 1.0,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    return_x0: bool = False,
+):
     """One DDIM step x_t -> x_{prev_t} (Song et al. 2021, eq. 12):
 
         x_prev = sqrt(ᾱ_prev) x̂_0 + sqrt(1 - ᾱ_prev - σ²) ε̂ + σ z,
@@ -275,12 +342,15 @@ def ddim_step(model_output: torch.Tensor, t: int, x_t: torch.Tensor, alphas_cump
         x0 = x0.clamp(-clip_range, clip_range)
     var = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
     std = eta * math.sqrt(max(var, 0.0))
-    x_prev = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - std ** 2, 0.0)) * eps
+    x_prev = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - std**2, 0.0)) * eps
     if eta > 0:
         if noise is None:
-            noise = torch.randn(model_output.shape, generator=generator, dtype=model_output.dtype,
-                                device=generator.device if generator is not None else model_output.device
-                                ).to(model_output.device)
+            noise = torch.randn(
+                model_output.shape,
+                generator=generator,
+                dtype=model_output.dtype,
+                device=generator.device if generator is not None else model_output.device,
+            ).to(model_output.device)
         x_prev = x_prev + std * noise
     return (x_prev, x0) if return_x0 else x_prev
 
@@ -293,9 +363,17 @@ def inference_timesteps(num_train_steps: int, num_inference_steps: int) -> list[
 
 
 @torch.no_grad()
-def sample_ddpm(model_fn, shape, alphas_cumprod: torch.Tensor, generator: torch.Generator | None = None,
-                num_inference_steps: int | None = None, prediction_type: str = "epsilon",
-                clip_sample: bool = True, device=None, callback=None) -> torch.Tensor:
+def sample_ddpm(
+    model_fn,
+    shape,
+    alphas_cumprod: torch.Tensor,
+    generator: torch.Generator | None = None,
+    num_inference_steps: int | None = None,
+    prediction_type: str = "epsilon",
+    clip_sample: bool = True,
+    device=None,
+    callback=None,
+) -> torch.Tensor:
     """Ancestral sampling from pure noise with :func:`ddpm_step` (all T steps by default).
 
     ``model_fn(x_t, t) -> output`` (``t`` a LongTensor[n]). ``callback(t, x_t, x0_hat)`` sees each step.
@@ -304,33 +382,75 @@ def sample_ddpm(model_fn, shape, alphas_cumprod: torch.Tensor, generator: torch.
     T = len(alphas_cumprod)
 
     def step(out, t, x, prev_t):
-        return ddpm_step(out, t, x, alphas_cumprod, prev_t=prev_t, prediction_type=prediction_type,
-                         clip_sample=clip_sample, generator=generator, return_x0=True)
+        return ddpm_step(
+            out,
+            t,
+            x,
+            alphas_cumprod,
+            prev_t=prev_t,
+            prediction_type=prediction_type,
+            clip_sample=clip_sample,
+            generator=generator,
+            return_x0=True,
+        )
 
-    return _reverse_loop(model_fn, step, shape, inference_timesteps(T, num_inference_steps or T),
-                         generator, device, callback)
+    return _reverse_loop(
+        model_fn,
+        step,
+        shape,
+        inference_timesteps(T, num_inference_steps or T),
+        generator,
+        device,
+        callback,
+    )
 
 
 @torch.no_grad()
-def sample_ddim(model_fn, shape, alphas_cumprod: torch.Tensor, num_inference_steps: int = 50,
-                generator: torch.Generator | None = None, prediction_type: str = "epsilon", eta: float = 0.0,
-                clip_sample: bool = False, device=None, callback=None) -> torch.Tensor:
+def sample_ddim(
+    model_fn,
+    shape,
+    alphas_cumprod: torch.Tensor,
+    num_inference_steps: int = 50,
+    generator: torch.Generator | None = None,
+    prediction_type: str = "epsilon",
+    eta: float = 0.0,
+    clip_sample: bool = False,
+    device=None,
+    callback=None,
+) -> torch.Tensor:
     """DDIM sampling with :func:`ddim_step` over ``num_inference_steps`` evenly spaced timesteps."""
     T = len(alphas_cumprod)
 
     def step(out, t, x, prev_t):
-        return ddim_step(out, t, x, alphas_cumprod, prev_t, prediction_type=prediction_type, eta=eta,
-                         clip_sample=clip_sample, generator=generator, return_x0=True)
+        return ddim_step(
+            out,
+            t,
+            x,
+            alphas_cumprod,
+            prev_t,
+            prediction_type=prediction_type,
+            eta=eta,
+            clip_sample=clip_sample,
+            generator=generator,
+            return_x0=True,
+        )
 
-    return _reverse_loop(model_fn, step, shape, inference_timesteps(T, num_inference_steps),
-                         generator, device, callback)
+    return _reverse_loop(
+        model_fn,
+        step,
+        shape,
+        inference_timesteps(T, num_inference_steps),
+        generator,
+        device,
+        callback,
+    )
 
 
 def _reverse_loop(model_fn, step, shape, steps, generator, device, callback) -> torch.Tensor:
     """The loop both hand-written samplers share: pure noise, then ``step(out, t, x, prev_t) ->
     (x_prev, x0_hat)`` at each timestep of ``steps`` (descending; the last step goes to index -1)."""
     device = device or "cpu"
-    x = torch.randn(shape, generator=generator).to(device)           # [n, c, h, w]
+    x = torch.randn(shape, generator=generator).to(device)  # [n, c, h, w]
     for i, t in enumerate(steps):
         prev_t = steps[i + 1] if i + 1 < len(steps) else -1
         tt = torch.full((shape[0],), t, dtype=torch.long, device=device)

@@ -8,6 +8,7 @@ from those numbers (:func:`time_line`). ``tests/test_notebooks.py`` checks that 
 stored outputs belong to its current code: change a code cell and the check names the notebook to
 run again. Helpers here are shared by the script, the tests and ``docs/chapters.md``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,10 +55,12 @@ def time_line(record: dict, quick_minutes: int | None = None, reading: int | Non
     (``reading``: the minutes it takes to read the chapter, kept in front of the measured times)."""
     read = f"reading about {reading} minutes; running: " if reading is not None else ""
     full = minutes_up(record["wall_seconds"])
-    line = (f"**Time**: {read}full run about {full} minute{'s' if full != 1 else ''} (measured: "
-            f"{record['wall_seconds'] / 60:.1f} min wall, {record['cpu_seconds'] / 60:.1f} CPU-minutes, "
-            f"{record['threads']} torch thread{'s' if record['threads'] != 1 else ''}, {record['machine']}; "
-            f"`make execute NB={record['chapter']}`)")
+    line = (
+        f"**Time**: {read}full run about {full} minute{'s' if full != 1 else ''} (measured: "
+        f"{record['wall_seconds'] / 60:.1f} min wall, {record['cpu_seconds'] / 60:.1f} CPU-minutes, "
+        f"{record['threads']} torch thread{'s' if record['threads'] != 1 else ''}, {record['machine']}; "
+        f"`make execute NB={record['chapter']}`)"
+    )
     if quick_minutes is not None:
         line += f"; quick run (`COURSE_QUICK=1`) about {quick_minutes} minute{'s' if quick_minutes > 1 else ''}"
     return line + "."
@@ -86,10 +89,14 @@ def widget_still(model_id: str, state: dict) -> list:
     model = state.get(model_id)
     if model is None:
         return []
-    found = [dict(o) for o in model["state"].get("outputs", [])] if model.get("model_name") == "OutputModel" else []
+    found = (
+        [dict(o) for o in model["state"].get("outputs", [])]
+        if model.get("model_name") == "OutputModel"
+        else []
+    )
     for child in model["state"].get("children", []):
         if isinstance(child, str) and child.startswith("IPY_MODEL_"):
-            found += widget_still(child[len("IPY_MODEL_"):], state)
+            found += widget_still(child[len("IPY_MODEL_") :], state)
     return found
 
 
@@ -99,8 +106,12 @@ def merge_streams(outputs: list) -> list:
     merged = []
     for out in outputs:
         prev = merged[-1] if merged else None
-        if (out.get("output_type") == "stream" and prev is not None and prev.get("output_type") == "stream"
-                and prev.get("name") == out.get("name")):
+        if (
+            out.get("output_type") == "stream"
+            and prev is not None
+            and prev.get("output_type") == "stream"
+            and prev.get("name") == out.get("name")
+        ):
             text = lambda o: o["text"] if isinstance(o["text"], str) else "".join(o["text"])  # noqa: E731
             prev["text"] = text(prev) + text(out)
             continue
@@ -122,8 +133,11 @@ def clean_outputs(nb) -> dict:
             data = out.get("data", {})
             if WIDGET_MIME in data:
                 n_widgets += 1
-                still = [o for o in widget_still(data[WIDGET_MIME].get("model_id", ""), state)
-                         if o.get("output_type") in ("display_data", "stream", "execute_result")]
+                still = [
+                    o
+                    for o in widget_still(data[WIDGET_MIME].get("model_id", ""), state)
+                    if o.get("output_type") in ("display_data", "stream", "execute_result")
+                ]
                 if still:
                     n_stills += 1
                     kept.append(nbformat.v4.new_output("stream", name="stdout", text=STILL_NOTE))
@@ -139,4 +153,8 @@ def clean_outputs(nb) -> dict:
             kept.append(out)
         cell["outputs"] = kept
     nb["metadata"].pop("widgets", None)
-    return {"widget_outputs_removed": n_widgets, "widget_stills": n_stills, "streams_cleaned": n_streams}
+    return {
+        "widget_outputs_removed": n_widgets,
+        "widget_stills": n_stills,
+        "streams_cleaned": n_streams,
+    }

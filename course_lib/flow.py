@@ -32,13 +32,16 @@ to a Gaussian, :mod:`course_lib.models.toy2d`), the digit denoiser trained with 
 (``flow-mnist``, :mod:`course_lib.models.ddpm`), the Diffusion Transformer (:mod:`.models.dit`) and
 reflow on it (:mod:`.models.reflow`).
 """
+
 from __future__ import annotations
 
 import torch
 
 from . import arguments
 
-PREDICTION_TYPE = "flow_prediction"        # diffusers' name for a network that outputs the velocity ε - x_0
+PREDICTION_TYPE = (
+    "flow_prediction"  # diffusers' name for a network that outputs the velocity ε - x_0
+)
 TIME_SAMPLINGS = ("uniform", "logit-normal")
 
 
@@ -62,8 +65,13 @@ def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return noise - x0
 
 
-def sample_time(n: int, generator: torch.Generator | None = None, time_sampling: str = "uniform",
-                mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
+def sample_time(
+    n: int,
+    generator: torch.Generator | None = None,
+    time_sampling: str = "uniform",
+    mean: float = 0.0,
+    std: float = 1.0,
+) -> torch.Tensor:
     """Training times t [n] in (0, 1): ``"uniform"``, or ``"logit-normal"`` (t = sigmoid(m + s z), Esser
     et al. 2024: more training near t = 1/2, where predicting the velocity is hardest)."""
     arguments.choice(time_sampling, TIME_SAMPLINGS, "time_sampling")
@@ -72,9 +80,15 @@ def sample_time(n: int, generator: torch.Generator | None = None, time_sampling:
     return torch.sigmoid(mean + std * torch.randn(n, generator=generator))
 
 
-def flow_matching_loss(model_fn, x0: torch.Tensor, noise: torch.Tensor | None = None,
-                       generator: torch.Generator | None = None, time_sampling: str = "uniform",
-                       num_train_timesteps: int = 1000, return_parts: bool = False):
+def flow_matching_loss(
+    model_fn,
+    x0: torch.Tensor,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    time_sampling: str = "uniform",
+    num_train_timesteps: int = 1000,
+    return_parts: bool = False,
+):
     """One Monte Carlo estimate of the flow-matching loss E ||u(x_t, t) - (ε - x_0)||².
 
     ``model_fn(x_t, timesteps)`` gets ``timesteps = num_train_timesteps * t`` (floats, diffusers'
@@ -82,7 +96,7 @@ def flow_matching_loss(model_fn, x0: torch.Tensor, noise: torch.Tensor | None = 
     from); by default fresh noise, independent of x_0.
     """
     n = x0.shape[0]
-    t = sample_time(n, generator, time_sampling).to(x0.device, x0.dtype)          # [n]
+    t = sample_time(n, generator, time_sampling).to(x0.device, x0.dtype)  # [n]
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
     x_t = interpolate(x0, noise, t)
@@ -101,7 +115,9 @@ def x0_and_noise(velocity: torch.Tensor, x_t: torch.Tensor, t) -> tuple[torch.Te
     return x_t - tt * velocity, x_t + (1 - tt) * velocity
 
 
-def velocity_from(prediction: torch.Tensor, x_t: torch.Tensor, t, prediction_type: str) -> torch.Tensor:
+def velocity_from(
+    prediction: torch.Tensor, x_t: torch.Tensor, t, prediction_type: str
+) -> torch.Tensor:
     """The velocity from an ε-prediction, u = (ε - x_t)/(1 - t), or an x_0-prediction ("sample"),
     u = (x_t - x_0)/t. (Each divides by a quantity that vanishes at one end of the path: why a
     network that outputs the velocity itself is the better-conditioned choice.)"""
@@ -132,7 +148,7 @@ def v_from_velocity(velocity: torch.Tensor, x_t: torch.Tensor, t) -> torch.Tenso
     """The v-prediction target α ε - σ x_0 at the flow point (x_t, t), with α = (1 - t)/r,
     σ = t/r, r = sqrt((1 - t)² + t²) (the variance-preserving point with the same signal-to-noise)."""
     tt = _per_sample(t, x_t)
-    r = ((1 - tt) ** 2 + tt ** 2).sqrt()
+    r = ((1 - tt) ** 2 + tt**2).sqrt()
     x0, eps = x0_and_noise(velocity, x_t, t)
     return ((1 - tt) * eps - tt * x0) / r
 
@@ -148,7 +164,9 @@ def shift_sigmas(sigmas, shift: float = 1.0) -> torch.Tensor:
     return shift * s / (1 + (shift - 1) * s)
 
 
-def euler_sigmas(num_inference_steps: int, shift: float = 1.0, num_train_timesteps: int = 1000) -> torch.Tensor:
+def euler_sigmas(
+    num_inference_steps: int, shift: float = 1.0, num_train_timesteps: int = 1000
+) -> torch.Tensor:
     """The times an n-step Euler sampler visits, then 0 (float64 [n + 1]); the same as
     ``FlowMatchEulerDiscreteScheduler(shift=shift).set_timesteps(n)``: n evenly spaced times from 1
     down to 1/T (T = ``num_train_timesteps``), shifted, then 0. (diffusers shifts the smallest time
@@ -159,15 +177,24 @@ def euler_sigmas(num_inference_steps: int, shift: float = 1.0, num_train_timeste
     return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
 
 
-def euler_step(velocity: torch.Tensor, x: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+def euler_step(
+    velocity: torch.Tensor, x: torch.Tensor, sigma: float, sigma_next: float
+) -> torch.Tensor:
     """One Euler step along the learned flow: x_next = x + (t_next - t) u(x, t)."""
     return x + (sigma_next - sigma) * velocity
 
 
 @torch.no_grad()
-def sample_euler(model_fn, noise: torch.Tensor, num_inference_steps: int = 20, shift: float = 1.0,
-                 sigmas: torch.Tensor | None = None, num_train_timesteps: int = 1000, callback=None,
-                 return_trajectory: bool = False):
+def sample_euler(
+    model_fn,
+    noise: torch.Tensor,
+    num_inference_steps: int = 20,
+    shift: float = 1.0,
+    sigmas: torch.Tensor | None = None,
+    num_train_timesteps: int = 1000,
+    callback=None,
+    return_trajectory: bool = False,
+):
     """Integrate dx/dt = u(x, t) from ``noise`` at t = 1 to t = 0 with Euler steps.
 
     ``model_fn(x, timesteps) -> velocity`` gets ``timesteps = num_train_timesteps * t`` (a float tensor
@@ -175,12 +202,16 @@ def sample_euler(model_fn, noise: torch.Tensor, num_inference_steps: int = 20, s
     ``callback(i, t, x)`` sees each new x. Returns x_0 (with ``return_trajectory``: also the list of
     every x, [steps + 1] tensors like ``noise``).
     """
-    sigmas = euler_sigmas(num_inference_steps, shift, num_train_timesteps) if sigmas is None else sigmas
+    sigmas = (
+        euler_sigmas(num_inference_steps, shift, num_train_timesteps) if sigmas is None else sigmas
+    )
     x = noise
     path = [x]
     for i in range(len(sigmas) - 1):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        ts = torch.full((x.shape[0],), s * num_train_timesteps, dtype=torch.float32, device=x.device)
+        ts = torch.full(
+            (x.shape[0],), s * num_train_timesteps, dtype=torch.float32, device=x.device
+        )
         x = euler_step(model_fn(x, ts), x, s, s_next)
         if return_trajectory:
             path.append(x)
@@ -190,7 +221,9 @@ def sample_euler(model_fn, noise: torch.Tensor, num_inference_steps: int = 20, s
 
 
 @torch.no_grad()
-def reflow_pairs(model_fn, noise: torch.Tensor, num_inference_steps: int = 100, **kw) -> torch.Tensor:
+def reflow_pairs(
+    model_fn, noise: torch.Tensor, num_inference_steps: int = 100, **kw
+) -> torch.Tensor:
     """Rectified flow's second round (Liu et al. 2023): the model's own outputs x̂_0 for ``noise``
     (Euler, ``num_inference_steps``). ``(x̂_0, noise)`` are the coupled pairs that
     :func:`flow_matching_loss` then trains on (``noise=``): the lines between them no longer cross, so

@@ -16,6 +16,7 @@ reports how often each asked-for attribute is there, with a 95% Wilson interval
 draws it. :func:`subsample` picks a smaller, even-handed set of prompts for a shorter run;
 :func:`recorded_results` reads what training measured on all of them from the manifest.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,8 +33,10 @@ from .pretrained import TrainResult, info, register, run_recipe
 from .training import ms_per_picture
 
 #: Accuracy of a guess uniform over the values: per attribute, and all five at once.
-CHANCE = {**{a: 1 / len(shapes.ATTRIBUTE_VALUES[a]) for a in shapes.ATTRIBUTES},
-          "all": 1 / math.prod(len(v) for v in shapes.ATTRIBUTE_VALUES.values())}
+CHANCE = {
+    **{a: 1 / len(shapes.ATTRIBUTE_VALUES[a]) for a in shapes.ATTRIBUTES},
+    "all": 1 / math.prod(len(v) for v in shapes.ATTRIBUTE_VALUES.values()),
+}
 PROMPT_SETS = ("canonical", "seen wording", "unseen wording")
 
 
@@ -45,16 +48,20 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))   # p inside, as rounding may not
+    return min(p, max(0.0, centre - half)), max(
+        p, min(1.0, centre + half)
+    )  # p inside, as rounding may not
 
 
 def prompt_sets(split: str = "train", seed: int = 30_000) -> dict:
     """``{name: (prompts, canonical captions they mean)}`` for every caption of ``split`` (270 for
     train): canonical, one seen-wording paraphrase each, one unseen-wording paraphrase each."""
     canon = shapes.all_captions(split)
-    return {"canonical": (canon, canon),
-            "seen wording": paraphrase_prompts(split, "seen", seed),
-            "unseen wording": paraphrase_prompts(split, "unseen", seed)}
+    return {
+        "canonical": (canon, canon),
+        "seen wording": paraphrase_prompts(split, "seen", seed),
+        "unseen wording": paraphrase_prompts(split, "unseen", seed),
+    }
 
 
 @torch.no_grad()
@@ -74,7 +81,7 @@ def judge_set(images: torch.Tensor, targets: list[str], judge=None) -> dict:
     from .judges import score_shapes
 
     res = score_shapes(images, targets, judge)
-    correct = res["correct"].bool()                                       # [n, 5]
+    correct = res["correct"].bool()  # [n, 5]
     n = len(targets)
     out = {"n": n, "correct": correct}
     cols = {a: correct[:, i] for i, a in enumerate(shapes.ATTRIBUTES)}
@@ -85,7 +92,9 @@ def judge_set(images: torch.Tensor, targets: list[str], judge=None) -> dict:
     return out
 
 
-def measure(pipes: dict, sets: dict | None = None, seed: int = 0, limit: int | None = None, **kw) -> dict:
+def measure(
+    pipes: dict, sets: dict | None = None, seed: int = 0, limit: int | None = None, **kw
+) -> dict:
     """``{(encoder, prompt set): judge_set(...) plus "images", "prompts"}`` for every pipeline of
     ``pipes`` (``{name: pipeline}``) on every prompt set (default :func:`prompt_sets`), the first
     ``limit`` prompts of each (None: all)."""
@@ -95,8 +104,9 @@ def measure(pipes: dict, sets: dict | None = None, seed: int = 0, limit: int | N
         for set_name, (prompts, targets) in sets.items():
             prompts, targets = prompts[:limit], targets[:limit]
             images = generate(pipe, prompts, seed=seed, **kw)
-            out[(name, set_name)] = dict(judge_set(images, targets), images=images, prompts=prompts,
-                                         targets=targets)
+            out[(name, set_name)] = dict(
+                judge_set(images, targets), images=images, prompts=prompts, targets=targets
+            )
     return out
 
 
@@ -106,9 +116,15 @@ def subsample(sets: dict, n: int | None, seed: int = 0) -> dict:
     size = len(next(iter(sets.values()))[0])
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= size):
         raise ValueError(f"n must be None or an int from 1 to {size}, got {n!r}")
-    pick = sorted(np.random.default_rng([seed, 67]).permutation(size)[:n].tolist()) if n else range(size)
-    return {name: ([prompts[i] for i in pick], [targets[i] for i in pick])
-            for name, (prompts, targets) in sets.items()}
+    pick = (
+        sorted(np.random.default_rng([seed, 67]).permutation(size)[:n].tolist())
+        if n
+        else range(size)
+    )
+    return {
+        name: ([prompts[i] for i in pick], [targets[i] for i in pick])
+        for name, (prompts, targets) in sets.items()
+    }
 
 
 def recorded_results(name: str) -> dict:
@@ -120,8 +136,13 @@ def recorded_results(name: str) -> dict:
     for set_name, q in info(name).get("quality", {}).items():
         if set_name in PROMPT_SETS:
             n = q["n"]
-            out[set_name] = {"n": n, **{k: (q[k], *wilson_interval(round(q[k] * n), n))
-                                         for k in (*shapes.ATTRIBUTES, "all")}}
+            out[set_name] = {
+                "n": n,
+                **{
+                    k: (q[k], *wilson_interval(round(q[k] * n), n))
+                    for k in (*shapes.ATTRIBUTES, "all")
+                },
+            }
     return out
 
 
@@ -129,10 +150,17 @@ def format_table(results: dict) -> str:
     """The ladder as text: one row per (encoder, prompt set), accuracy per attribute and all five,
     all five with its 95% interval, and a last row of chance levels."""
     cols = (*shapes.ATTRIBUTES, "all")
-    lines = [f"{'encoder':22s}{'prompts':16s}" + "".join(f"{c:>7s}" for c in cols) + f"{'all five, 95% CI':>20s}"]
+    lines = [
+        f"{'encoder':22s}{'prompts':16s}"
+        + "".join(f"{c:>7s}" for c in cols)
+        + f"{'all five, 95% CI':>20s}"
+    ]
     for (enc, set_name), r in results.items():
-        lines.append(f"{enc:22s}{set_name:16s}" + "".join(f"{r[c][0]:7.2f}" for c in cols)
-                     + f"{'':>6s}[{r['all'][1]:.2f}, {r['all'][2]:.2f}]")
+        lines.append(
+            f"{enc:22s}{set_name:16s}"
+            + "".join(f"{r[c][0]:7.2f}" for c in cols)
+            + f"{'':>6s}[{r['all'][1]:.2f}, {r['all'][2]:.2f}]"
+        )
     lines.append(f"{'chance':22s}{'':16s}" + "".join(f"{CHANCE[c]:7.2f}" for c in cols))
     return "\n".join(lines)
 
@@ -154,7 +182,11 @@ def ladder_figure(results: dict, sizes: dict, attributes=("color", "shape", "all
             ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=set_name)
         ax.axhline(CHANCE[attr], ls="--", c="gray", lw=1, label="chance")
         ax.set_xscale("log")
-        ax.set_xticks([sizes[e] for e in encoders], [f"{e}\n{sizes[e] / 1e6:.1f}M" for e in encoders], fontsize=7)
+        ax.set_xticks(
+            [sizes[e] for e in encoders],
+            [f"{e}\n{sizes[e] / 1e6:.1f}M" for e in encoders],
+            fontsize=7,
+        )
         ax.minorticks_off()
         ax.set_title("all five attributes" if attr == "all" else attr)
         ax.set_ylim(0, 1.02)
@@ -170,7 +202,7 @@ def ladder_figure(results: dict, sizes: dict, attributes=("color", "shape", "all
 #: Registered name -> text-encoder kind.
 LADDER_MODELS = {"shapes-t2i-minilm": "minilm", "shapes-t2i-mpnet": "mpnet"}
 LADDER_STEPS = 2000
-P_CANONICAL = 0.25                 # share of training captions kept canonical; the rest reworded (seen)
+P_CANONICAL = 0.25  # share of training captions kept canonical; the rest reworded (seen)
 
 
 def ladder_config(kind: str, last_layers: int = 4) -> "t2i.TextToImageConfig":
@@ -178,12 +210,27 @@ def ladder_config(kind: str, last_layers: int = 4) -> "t2i.TextToImageConfig":
     ``last_layers`` hidden layers (what generalised best to unseen wording in the probes)."""
     if kind not in t2i.FROZEN_WIDTHS:
         raise ValueError(f"kind must be one of {', '.join(t2i.FROZEN_WIDTHS)}, got {kind!r}")
-    return t2i.TextToImageConfig.from_dict({"text": {"kind": kind, "dim": t2i.FROZEN_WIDTHS[kind],
-                                                     "max_length": 24, "layers": last_layers}})
+    return t2i.TextToImageConfig.from_dict(
+        {
+            "text": {
+                "kind": kind,
+                "dim": t2i.FROZEN_WIDTHS[kind],
+                "max_length": 24,
+                "layers": last_layers,
+            }
+        }
+    )
 
 
-def train_ladder_model(kind: str, steps: int = LADDER_STEPS, seed: int = 0, p_canonical: float = P_CANONICAL,
-                       device=None, progress: bool = True, **overrides):
+def train_ladder_model(
+    kind: str,
+    steps: int = LADDER_STEPS,
+    seed: int = 0,
+    p_canonical: float = P_CANONICAL,
+    device=None,
+    progress: bool = True,
+    **overrides,
+):
     """Chapter 05's recipe (:class:`~course_lib.models.text_to_image.TrainConfig`; ``overrides`` change
     its fields) on a frozen ``kind`` encoder, with reworded training captions. Returns ``(ema_model,
     history, settings)``."""
@@ -192,10 +239,18 @@ def train_ladder_model(kind: str, steps: int = LADDER_STEPS, seed: int = 0, p_ca
         model = t2i.TextToImageModel(ladder_config(kind))
         ds = shapes.ShapesDataset(hp.n_train, seed=seed + 100, split="train")
         captions = training_captions(ds.captions, np.random.default_rng([seed, 66]), p_canonical)
-        model.text_encoder.precompute(captions + [""])                    # the frozen states, once
-        ema_model, history = t2i.train_on(model, diffusion.to_model_range(ds.images), captions, hp,
-                                          steps, seed=seed, device=device, progress=progress,
-                                          desc=f"shapes-t2i-{kind}")
+        model.text_encoder.precompute(captions + [""])  # the frozen states, once
+        ema_model, history = t2i.train_on(
+            model,
+            diffusion.to_model_range(ds.images),
+            captions,
+            hp,
+            steps,
+            seed=seed,
+            device=device,
+            progress=progress,
+            desc=f"shapes-t2i-{kind}",
+        )
         return ema_model, history, hp
 
 
@@ -207,8 +262,9 @@ def evaluate_ladder_model(model) -> dict:
     q = {}
     for set_name, (prompts, targets) in prompt_sets().items():
         made = {}
-        ms = ms_per_picture(lambda: made.update(images=generate(pipe, prompts)), len(prompts),
-                            repeats=1, warmup=0)
+        ms = ms_per_picture(
+            lambda: made.update(images=generate(pipe, prompts)), len(prompts), repeats=1, warmup=0
+        )
         r = judge_set(made["images"], targets)
         q[set_name] = {k: round(r[k][0], 4) for k in (*shapes.ATTRIBUTES, "all")}
         q[set_name]["all_ci95"] = [round(r["all"][1], 4), round(r["all"][2], 4)]
@@ -224,18 +280,32 @@ def _registered_trainer(kind: str):
         steps = 20 if quick else LADDER_STEPS
 
         def notes(history, hp):
-            return (f"chapter 05's UNet and recipe ({history.steps} steps, batch {hp.batch_size}, EMA {hp.ema_decay}, "
-                    f"caption dropout {hp.caption_dropout}) reading frozen {kind} token states (mean of the last "
-                    f"4 layers) + pooled; {hp.n_train} training pictures, {P_CANONICAL:.0%} of their captions "
-                    f"canonical, the rest one of 8 seen-vocabulary wordings per caption; the language model "
-                    f"is not in this file")
+            return (
+                f"chapter 05's UNet and recipe ({history.steps} steps, batch {hp.batch_size}, EMA {hp.ema_decay}, "
+                f"caption dropout {hp.caption_dropout}) reading frozen {kind} token states (mean of the last "
+                f"4 layers) + pooled; {hp.n_train} training pictures, {P_CANONICAL:.0%} of their captions "
+                f"canonical, the rest one of 8 seen-vocabulary wordings per caption; the language model "
+                f"is not in this file"
+            )
 
-        return run_recipe(lambda: train_ladder_model(kind, steps, seed, progress=False), evaluate_ladder_model,
-                          notes=notes)
+        return run_recipe(
+            lambda: train_ladder_model(kind, steps, seed, progress=False),
+            evaluate_ladder_model,
+            notes=notes,
+        )
+
     return train
 
 
 for _name, _kind in LADDER_MODELS.items():
-    register(_name, role="generator", domain="shapes", build=t2i.TextToImageModel, train=_registered_trainer(_kind), evaluate=evaluate_ladder_model,
-             finalize=t2i.make_pipeline, chapter="06",
-             description=f"chapter 05's text-to-image UNet reading frozen {_kind} token states (ShapesPipeline)")
+    register(
+        _name,
+        role="generator",
+        domain="shapes",
+        build=t2i.TextToImageModel,
+        train=_registered_trainer(_kind),
+        evaluate=evaluate_ladder_model,
+        finalize=t2i.make_pipeline,
+        chapter="06",
+        description=f"chapter 05's text-to-image UNet reading frozen {_kind} token states (ShapesPipeline)",
+    )

@@ -5,6 +5,7 @@ Every object of a plan becomes its canonical one-object caption, drawn in its ow
 cells are composed into one picture, as in LLM-grounded diffusion (Lian et al. 2023), here on
 finished pictures instead of latents. :func:`judge_scenes` checks each object in its own box.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,12 @@ def cell_box(spec: shapes.ShapeSpec, margin: float = 1.0) -> tuple[int, int, int
     cx = shapes.CELL_CENTRES[shapes.COLS.index(spec.col)]
     cy = shapes.CELL_CENTRES[shapes.ROWS.index(spec.row)]
     n = shapes.IMAGE_SIZE
-    return (max(0, math.floor(cy - half)), min(n, math.ceil(cy + half)),
-            max(0, math.floor(cx - half)), min(n, math.ceil(cx + half)))
+    return (
+        max(0, math.floor(cy - half)),
+        min(n, math.ceil(cy + half)),
+        max(0, math.floor(cx - half)),
+        min(n, math.ceil(cx + half)),
+    )
 
 
 def cell_mask(spec: shapes.ShapeSpec, margin: float = 1.0) -> torch.Tensor:
@@ -35,7 +40,9 @@ def cell_mask(spec: shapes.ShapeSpec, margin: float = 1.0) -> torch.Tensor:
     return m
 
 
-def compose(pictures: torch.Tensor, objects: list[shapes.ShapeSpec], margin: float = 1.0) -> torch.Tensor:
+def compose(
+    pictures: torch.Tensor, objects: list[shapes.ShapeSpec], margin: float = 1.0
+) -> torch.Tensor:
     """One picture [3, 32, 32] from one picture per object ([k, 3, 32, 32], object i drawn in its
     cell): each keeps only its cell box, and where boxes overlap the brighter pixel wins (the
     background is black)."""
@@ -66,7 +73,9 @@ def draw_plans(plans: list, generate, margin: float = 1.0) -> torch.Tensor:
         raise ValueError(f"generate returned {len(pictures)} pictures for {len(flat)} captions")
     out, i = [], 0
     for objs in specs:
-        out.append(pictures[i] if len(objs) == 1 else compose(pictures[i:i + len(objs)], objs, margin))
+        out.append(
+            pictures[i] if len(objs) == 1 else compose(pictures[i : i + len(objs)], objs, margin)
+        )
         i += len(objs)
     return torch.stack(out)
 
@@ -84,6 +93,7 @@ def pipeline_generator(pipe, seed: int = 0, **kw):
 
     def generate(captions):
         return generate_pictures(pipe, list(captions), seed=seed, **kw)
+
     return generate
 
 

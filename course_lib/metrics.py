@@ -19,6 +19,7 @@ against a reference (scikit-image, torchmetrics, SciPy, closed forms, hand-made 
 
 Features are ``[n, d]`` tensors or arrays; pictures are ``[n, C, H, W]`` in ``[0, 1]``.
 """
+
 from __future__ import annotations
 
 import math
@@ -61,7 +62,7 @@ def psnr(x, y, data_range: float = 1.0, per_image: bool = False):
     if x.shape != y.shape:
         raise ValueError(f"shapes differ: {tuple(x.shape)} vs {tuple(y.shape)}")
     if per_image:
-        mse = (x - y).pow(2).flatten(1).mean(1)                                  # [n]
+        mse = (x - y).pow(2).flatten(1).mean(1)  # [n]
         return (10 * torch.log10(data_range**2 / mse)).float()
     mse = (x - y).pow(2).mean().item()
     return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
@@ -70,13 +71,23 @@ def psnr(x, y, data_range: float = 1.0, per_image: bool = False):
 def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """The normalised 1-D Gaussian window SSIM smooths with (float64, length ``size``)."""
     t = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    w = torch.exp(-t**2 / (2 * sigma**2))
+    w = torch.exp(-(t**2) / (2 * sigma**2))
     return w / w.sum()
 
 
-def ssim(x, y, data_range: float = 1.0, *, window_size: int = 11, sigma: float = 1.5,
-         k1: float = 0.01, k2: float = 0.03, border: str = "valid", per_image: bool = False,
-         return_map: bool = False):
+def ssim(
+    x,
+    y,
+    data_range: float = 1.0,
+    *,
+    window_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+    border: str = "valid",
+    per_image: bool = False,
+    return_map: bool = False,
+):
     """Structural similarity (Wang et al., 2004), Gaussian-weighted.
 
     In every 11x11 Gaussian window (sigma 1.5) compare the two pictures' local means ``mu``,
@@ -101,7 +112,7 @@ def ssim(x, y, data_range: float = 1.0, *, window_size: int = 11, sigma: float =
     x, y = _f64(x), _f64(y)
     if x.shape != y.shape:
         raise ValueError(f"shapes differ: {tuple(x.shape)} vs {tuple(y.shape)}")
-    while x.dim() < 4:                                                             # -> [n, C, H, W]
+    while x.dim() < 4:  # -> [n, C, H, W]
         x, y = x.unsqueeze(0), y.unsqueeze(0)
     n, c, h, w = x.shape
     pad = (window_size - 1) // 2
@@ -111,19 +122,23 @@ def ssim(x, y, data_range: float = 1.0, *, window_size: int = 11, sigma: float =
     elif border != "valid":
         raise ValueError(f"border must be 'valid' or 'reflect', got {border!r}")
     if min(x.shape[-2:]) < window_size:
-        raise ValueError(f"pictures of {h}x{w} are smaller than the {window_size}x{window_size} window")
+        raise ValueError(
+            f"pictures of {h}x{w} are smaller than the {window_size}x{window_size} window"
+        )
     g = gaussian_window(window_size, sigma)
-    kernel = (g[:, None] * g[None, :]).expand(c, 1, window_size, window_size)     # [C, 1, k, k]
+    kernel = (g[:, None] * g[None, :]).expand(c, 1, window_size, window_size)  # [C, 1, k, k]
 
-    def blur(t):                                                                   # local weighted mean
-        return F.conv2d(t, kernel, groups=c)                                       # 'valid' convolution
+    def blur(t):  # local weighted mean
+        return F.conv2d(t, kernel, groups=c)  # 'valid' convolution
 
     mu_x, mu_y = blur(x), blur(y)
     var_x = (blur(x * x) - mu_x**2).clamp_min(0)
     var_y = (blur(y * y) - mu_y**2).clamp_min(0)
     cov_xy = blur(x * y) - mu_x * mu_y
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    smap = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    smap = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / (
+        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    )
     value = smap.flatten(1).mean(1).float() if per_image else smap.mean().item()
     return (value, smap.float()) if return_map else value
 
@@ -136,8 +151,10 @@ def _check_probs(probs) -> torch.Tensor:
     if p.dim() != 2:
         raise ValueError(f"probs must be [n, classes], got shape {tuple(p.shape)}")
     if (p < 0).any() or not torch.allclose(p.sum(1), torch.ones(len(p), dtype=p.dtype), atol=1e-4):
-        raise ValueError("each row of probs must be a probability distribution (>= 0, summing to 1); "
-                         "pass softmax(logits), not logits")
+        raise ValueError(
+            "each row of probs must be a probability distribution (>= 0, summing to 1); "
+            "pass softmax(logits), not logits"
+        )
     return p
 
 
@@ -158,7 +175,7 @@ def inception_score(probs, splits: int = 1, return_std: bool = False):
         raise ValueError(f"splits must be between 1 and n={len(p)}, got {splits}")
     scores = []
     for chunk in torch.chunk(p, splits, dim=0):
-        p_y = chunk.mean(0, keepdim=True)                                          # [1, K]
+        p_y = chunk.mean(0, keepdim=True)  # [1, K]
         kl = (torch.xlogy(chunk, chunk) - torch.xlogy(chunk, p_y.expand_as(chunk))).sum(1)  # [m]
         scores.append(math.exp(kl.mean().item()))
     mean = float(np.mean(scores))
@@ -174,7 +191,7 @@ def wrong_inception_score(probs) -> float:
     the minimum. Never use it to rank models.
     """
     p = _check_probs(probs)
-    entropy = -torch.xlogy(p, p).sum(1)                                            # H(p(y|x)), [n]
+    entropy = -torch.xlogy(p, p).sum(1)  # H(p(y|x)), [n]
     return math.exp(-entropy.mean().item())
 
 
@@ -227,8 +244,9 @@ def frechet_distance(feats_a, feats_b) -> float:
     return frechet_distance_gaussians(*gaussian_stats(feats_a), *gaussian_stats(feats_b))
 
 
-def polynomial_kernel(a: torch.Tensor, b: torch.Tensor, degree: int = 3, gamma: float | None = None,
-                      coef: float = 1.0) -> torch.Tensor:
+def polynomial_kernel(
+    a: torch.Tensor, b: torch.Tensor, degree: int = 3, gamma: float | None = None, coef: float = 1.0
+) -> torch.Tensor:
     """KID's kernel ``k(a, b) = (gamma a.b + coef)^degree``, ``gamma = 1/d`` by default."""
     gamma = 1.0 / a.shape[1] if gamma is None else gamma
     return (a @ b.T * gamma + coef) ** degree
@@ -239,7 +257,11 @@ def mmd2_unbiased(a: torch.Tensor, b: torch.Tensor, **kernel) -> float:
     of equal size ``m``: mean of ``k(a_i, a_j)`` and ``k(b_i, b_j)`` over ``i != j``, minus twice the
     mean of ``k(a_i, b_j)`` over all pairs (as Binkowski et al. and torchmetrics)."""
     m = len(a)
-    kaa, kbb, kab = polynomial_kernel(a, a, **kernel), polynomial_kernel(b, b, **kernel), polynomial_kernel(a, b, **kernel)
+    kaa, kbb, kab = (
+        polynomial_kernel(a, a, **kernel),
+        polynomial_kernel(b, b, **kernel),
+        polynomial_kernel(a, b, **kernel),
+    )
     off = (kaa.sum() - kaa.diagonal().sum() + kbb.sum() - kbb.diagonal().sum()) / (m * (m - 1))
     return float(off - 2 * kab.sum() / m**2)
 
@@ -258,7 +280,9 @@ def paired_kernel_distance(feats_real, feats_fake, standardise: bool = True) -> 
     """
     a, b = _f64(feats_real), _f64(feats_fake)
     if a.shape != b.shape or len(a) < 2:
-        raise ValueError(f"paired sets need the same shape [n >= 2, d], got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"paired sets need the same shape [n >= 2, d], got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     if standardise:
         mu, sd = a.mean(0), a.std(0) + 1e-6
         a, b = (a - mu) / sd, (b - mu) / sd
@@ -267,9 +291,18 @@ def paired_kernel_distance(feats_real, feats_fake, standardise: bool = True) -> 
     return float(kaa[off].mean() + kbb[off].mean() - 2 * kab[off].mean())
 
 
-def kernel_inception_distance(feats_a, feats_b, subsets: int = 100, subset_size: int = 1000,
-                              degree: int = 3, gamma: float | None = None, coef: float = 1.0,
-                              seed: int = 0, return_std: bool = False, mmd=None):
+def kernel_inception_distance(
+    feats_a,
+    feats_b,
+    subsets: int = 100,
+    subset_size: int = 1000,
+    degree: int = 3,
+    gamma: float | None = None,
+    coef: float = 1.0,
+    seed: int = 0,
+    return_std: bool = False,
+    mmd=None,
+):
     """Kernel Inception Distance (Binkowski et al., 2018): the unbiased squared MMD with the cubic
     polynomial kernel, averaged over ``subsets`` random subsets of ``subset_size`` from each set
     (capped at the smaller set's size). Unlike FID its estimate is unbiased: it is near 0, possibly
@@ -312,7 +345,9 @@ class FeatureNet(nn.Module):
         if num_features is None:
             probe = domain_input_shape(net)
             with torch.no_grad():
-                num_features = self.net.features(torch.zeros(1, *probe, device=_device_of(net))).shape[-1]
+                num_features = self.net.features(
+                    torch.zeros(1, *probe, device=_device_of(net))
+                ).shape[-1]
         self.num_features = int(num_features)
 
     @torch.no_grad()
@@ -336,6 +371,7 @@ def domain_feature_net(domain: str, device=None) -> nn.Module:
     ``"mnist"`` -> ``mnist-classifier``, ``"shapes"`` -> ``shapes-judge``. Raises
     :class:`MetricUnavailable` if it is not shipped."""
     from . import judges, pretrained
+
     loaders = {"mnist": judges.load_mnist_classifier, "shapes": judges.load_shapes_judge}
     if domain not in loaders:
         raise ValueError(f"domain must be one of {tuple(loaders)}, got {domain!r}")
@@ -350,7 +386,10 @@ def extract_features(images: torch.Tensor, net: nn.Module, batch_size: int = 500
     """``net.features`` of ``images`` in batches, in eval mode: ``FloatTensor[n, d]`` on the CPU."""
     net.eval()
     dev = _device_of(net)
-    out = [net.features(images[i:i + batch_size].float().to(dev)).cpu() for i in range(0, len(images), batch_size)]
+    out = [
+        net.features(images[i : i + batch_size].float().to(dev)).cpu()
+        for i in range(0, len(images), batch_size)
+    ]
     return torch.cat(out)
 
 
@@ -359,20 +398,27 @@ def domain_fid(real_images: torch.Tensor, fake_images: torch.Tensor, net: nn.Mod
     return frechet_distance(extract_features(real_images, net), extract_features(fake_images, net))
 
 
-def fid_torchmetrics(real_images: torch.Tensor, fake_images: torch.Tensor, net: nn.Module,
-                     batch_size: int = 500) -> float:
+def fid_torchmetrics(
+    real_images: torch.Tensor, fake_images: torch.Tensor, net: nn.Module, batch_size: int = 500
+) -> float:
     """The same domain FID through torchmetrics' ``FrechetInceptionDistance(feature=<module>)``."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     metric = FrechetInceptionDistance(feature=FeatureNet(net))
     for imgs, real in ((real_images, True), (fake_images, False)):
         for i in range(0, len(imgs), batch_size):
-            metric.update(imgs[i:i + batch_size], real=real)
+            metric.update(imgs[i : i + batch_size], real=real)
     return float(metric.compute())
 
 
-def kid_torchmetrics(real_images: torch.Tensor, fake_images: torch.Tensor, net: nn.Module,
-                     subsets: int = 100, subset_size: int = 1000, batch_size: int = 500):
+def kid_torchmetrics(
+    real_images: torch.Tensor,
+    fake_images: torch.Tensor,
+    net: nn.Module,
+    subsets: int = 100,
+    subset_size: int = 1000,
+    batch_size: int = 500,
+):
     """KID through torchmetrics' ``KernelInceptionDistance(feature=<module>)``: ``(mean, std)``.
     (torchmetrics draws its subsets from torch's global random generator.)"""
     import warnings
@@ -381,11 +427,11 @@ def kid_torchmetrics(real_images: torch.Tensor, fake_images: torch.Tensor, net: 
 
     m = min(subset_size, len(real_images), len(fake_images))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)                               # "saves all features"
+        warnings.simplefilter("ignore", UserWarning)  # "saves all features"
         metric = KernelInceptionDistance(feature=FeatureNet(net), subsets=subsets, subset_size=m)
     for imgs, real in ((real_images, True), (fake_images, False)):
         for i in range(0, len(imgs), batch_size):
-            metric.update(imgs[i:i + batch_size], real=real)
+            metric.update(imgs[i : i + batch_size], real=real)
     mean, std = metric.compute()
     return float(mean), float(std)
 
@@ -402,8 +448,9 @@ def online_allowed() -> bool:
     return online()
 
 
-def inception_fid(real_images: torch.Tensor, fake_images: torch.Tensor, batch_size: int = 50,
-                  device=None) -> float:
+def inception_fid(
+    real_images: torch.Tensor, fake_images: torch.Tensor, batch_size: int = 50, device=None
+) -> float:
     """Paper-standard FID on Inception-v3 pool features (2048-d), through torchmetrics, which needs
     ``torch-fidelity`` and downloads the FID Inception weights (~100 MB) on first use.
 
@@ -412,19 +459,23 @@ def inception_fid(real_images: torch.Tensor, fake_images: torch.Tensor, batch_si
     torchmetrics resizes to 299x299.
     """
     if not online_allowed():
-        raise MetricUnavailable(f"Inception FID needs to download the Inception-v3 weights; it runs only "
-                                f"online, with {ONLINE_ENV}=1 (offline the course uses domain FID)")
+        raise MetricUnavailable(
+            f"Inception FID needs to download the Inception-v3 weights; it runs only "
+            f"online, with {ONLINE_ENV}=1 (offline the course uses domain FID)"
+        )
     try:
         import torch_fidelity  # noqa: F401
     except ImportError as exc:
-        raise MetricUnavailable("Inception FID needs torch-fidelity: pip install torch-fidelity") from exc
+        raise MetricUnavailable(
+            "Inception FID needs torch-fidelity: pip install torch-fidelity"
+        ) from exc
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     device = device if device is not None else get_device()
     metric = FrechetInceptionDistance(feature=2048, normalize=True).to(device)
     for imgs, real in ((real_images, True), (fake_images, False)):
         for i in range(0, len(imgs), batch_size):
-            x = imgs[i:i + batch_size].float().clamp(0, 1)
+            x = imgs[i : i + batch_size].float().clamp(0, 1)
             x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
             metric.update(x.to(device), real=real)
     return float(metric.compute())
@@ -437,8 +488,16 @@ def pairwise_distances(a, b, chunk: int = 1024) -> torch.Tensor:
     """Euclidean distances ``[len(a), len(b)]`` in float64, computed exactly (no ``a.b`` expansion,
     so a point's distance to its copy is exactly 0)."""
     a, b = _f64(a).flatten(1), _f64(b).flatten(1)
-    return torch.cat([torch.cdist(a[i:i + chunk], b, compute_mode="donot_use_mm_for_euclid_dist")
-                      for i in range(0, len(a), chunk)]) if len(a) else torch.zeros(0, len(b), dtype=torch.float64)
+    return (
+        torch.cat(
+            [
+                torch.cdist(a[i : i + chunk], b, compute_mode="donot_use_mm_for_euclid_dist")
+                for i in range(0, len(a), chunk)
+            ]
+        )
+        if len(a)
+        else torch.zeros(0, len(b), dtype=torch.float64)
+    )
 
 
 def knn_radii(feats, k: int = 3) -> torch.Tensor:
@@ -446,13 +505,13 @@ def knn_radii(feats, k: int = 3) -> torch.Tensor:
     d = pairwise_distances(feats, feats)
     if k >= len(d):
         raise ValueError(f"k={k} needs more than {k} points, got {len(d)}")
-    return d.kthvalue(k + 1, dim=1).values                                         # index 0 is the point itself
+    return d.kthvalue(k + 1, dim=1).values  # index 0 is the point itself
 
 
 def manifold_fraction(points, ref, ref_radii: torch.Tensor) -> float:
     """Fraction of ``points`` inside the estimated manifold of ``ref``: the union of balls around
     each ref point with its k-NN radius (``d(p, ref_j) <= r_j`` for some ``j``)."""
-    d = pairwise_distances(points, ref)                                            # [n_points, n_ref]
+    d = pairwise_distances(points, ref)  # [n_points, n_ref]
     return (d <= ref_radii[None, :]).any(1).double().mean().item()
 
 
@@ -495,6 +554,7 @@ def caption_accuracy(images: torch.Tensor, captions, judge=None) -> dict:
 
 def _shipped(name: str) -> bool:
     from . import pretrained
+
     try:
         return name in pretrained.known() and name in pretrained.read_manifest()["models"]
     except Exception:  # a broken entry module elsewhere must not break evaluation
@@ -503,9 +563,12 @@ def _shipped(name: str) -> bool:
 
 def _load_optional(name: str, chapter: str):
     from . import pretrained
+
     if not _shipped(name):
-        raise MetricUnavailable(f"{name!r} (chapter {chapter}) is not shipped yet; "
-                                f"make it with: python -m course_lib.pretrained train {name}")
+        raise MetricUnavailable(
+            f"{name!r} (chapter {chapter}) is not shipped yet; "
+            f"make it with: python -m course_lib.pretrained train {name}"
+        )
     return pretrained.load(name)
 
 
@@ -534,7 +597,9 @@ def clip_score(images: torch.Tensor, captions, model=None) -> float:
     dev = _device_of(model) if isinstance(model, nn.Module) else torch.device("cpu")
     if isinstance(model, nn.Module):
         model.eval()
-    img = _call_first(model, ("encode_images", "encode_image", "get_image_features"), images.float().to(dev))
+    img = _call_first(
+        model, ("encode_images", "encode_image", "get_image_features"), images.float().to(dev)
+    )
     txt = _call_first(model, ("encode_texts", "encode_text", "get_text_features"), captions)
     cos = F.cosine_similarity(_f64(img), _f64(txt), dim=-1)
     return float((100 * cos).clamp_min(0).mean())
@@ -552,7 +617,9 @@ def caption_round_trip(images: torch.Tensor, captions, captioner=None, judge=Non
 
     captioner = captioner if captioner is not None else _load_optional("shapes-captioner", "03")
     dev = _device_of(captioner) if isinstance(captioner, nn.Module) else torch.device("cpu")
-    got = _call_first(captioner, ("caption", "generate_captions", "describe"), images.float().to(dev))
+    got = _call_first(
+        captioner, ("caption", "generate_captions", "describe"), images.float().to(dev)
+    )
     want = [c if isinstance(c, shapes.ShapeSpec) else shapes.parse_caption(c) for c in captions]
     rows, parsed = [], 0
     for text, spec in zip(got, want):
@@ -601,7 +668,11 @@ def _pipeline_modules(obj) -> list[nn.Module]:
     comps = getattr(obj, "components", None)
     if isinstance(comps, dict):
         return [m for m in comps.values() if isinstance(m, nn.Module)]
-    return [v for v in vars(obj).values() if isinstance(v, nn.Module)] if hasattr(obj, "__dict__") else []
+    return (
+        [v for v in vars(obj).values() if isinstance(v, nn.Module)]
+        if hasattr(obj, "__dict__")
+        else []
+    )
 
 
 def size_on_disk(obj) -> int:
@@ -609,12 +680,19 @@ def size_on_disk(obj) -> int:
     safetensors (what the course ships)."""
     if isinstance(obj, (str, Path)):
         p = Path(obj)
-        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+        return (
+            sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+            if p.is_dir()
+            else p.stat().st_size
+        )
     from safetensors.torch import save_file
 
     modules = [obj] if isinstance(obj, nn.Module) else _pipeline_modules(obj)
-    state = {f"{i}.{k}": v.detach().cpu().contiguous()
-             for i, m in enumerate(modules) for k, v in m.state_dict().items()}
+    state = {
+        f"{i}.{k}": v.detach().cpu().contiguous()
+        for i, m in enumerate(modules)
+        for k, v in m.state_dict().items()
+    }
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.safetensors"
         save_file(state, str(path))
@@ -624,7 +702,12 @@ def size_on_disk(obj) -> int:
 def efficiency(model, fn, *args, repeats: int = 5, warmup: int = 1, per: int = 1, **kwargs) -> dict:
     """Latency (median s per call and per item, ``per`` items a call), peak memory, parameters and
     size on disk of ``model`` when running ``fn(*args, **kwargs)``."""
-    mem = peak_memory_bytes(fn, *args, **kwargs)         # first: also the warm-up of the timing
+    mem = peak_memory_bytes(fn, *args, **kwargs)  # first: also the warm-up of the timing
     t = latency(fn, *args, repeats=repeats, warmup=max(0, warmup - 1), **kwargs)
-    return {"latency_s": t, "latency_per_item_ms": 1000 * t / per, "peak_memory_mb": mem / 2**20,
-            "parameters": parameter_count(model), "size_mb": size_on_disk(model) / 1e6}
+    return {
+        "latency_s": t,
+        "latency_per_item_ms": 1000 * t / per,
+        "peak_memory_mb": mem / 2**20,
+        "parameters": parameter_count(model),
+        "size_mb": size_on_disk(model) / 1e6,
+    }

@@ -15,6 +15,7 @@
   by the name stored in ``model_index.json``);
 * :func:`quiet` silences a pipeline's progress bar for code that calls it many times.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,15 +58,19 @@ class CoursePipeline(DiffusionPipeline):
             if len(negatives) == 1 and len(prompts) > 1:
                 negatives = negatives * len(prompts)
             if len(negatives) != len(prompts):
-                raise ValueError(f"negative_prompt must be one string or one per prompt ({len(prompts)}), "
-                                 f"got {len(negatives)}")
+                raise ValueError(
+                    f"negative_prompt must be one string or one per prompt ({len(prompts)}), "
+                    f"got {len(negatives)}"
+                )
             negatives = [p for p in negatives for _ in range(k)]
         return [p for p in prompts for _ in range(k)], negatives
 
     def progress_bar(self, iterable=None, total=None):
         """The sampling loop's bar: a text bar (:mod:`course_lib.progress`) configured by
         ``set_progress_bar_config`` (``disable=True`` silences it)."""
-        return progress_bar(iterable=iterable, total=total, **dict(getattr(self, "_progress_bar_config", {})))
+        return progress_bar(
+            iterable=iterable, total=total, **dict(getattr(self, "_progress_bar_config", {}))
+        )
 
     def check_output_type(self, output_type: str) -> str:
         return arguments.output_type(output_type, ("pil", "np", "pt", *self.extra_output_types))

@@ -1,5 +1,6 @@
 """Plotting helpers every chapter uses: image grids with captions, loss curves, live updates.
 Introduced in chapter 00."""
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,16 @@ def grid_shape(n: int, ncols: int) -> tuple[int, int]:
     return rows, math.ceil(n / rows)
 
 
-def show_images(images, captions=None, ncols: int = 8, title: str | None = None,
-                size: float = 1.3, fontsize: int = 9, wrap: int | None = None, fig=None):
+def show_images(
+    images,
+    captions=None,
+    ncols: int = 8,
+    title: str | None = None,
+    size: float = 1.3,
+    fontsize: int = 9,
+    wrap: int | None = None,
+    fig=None,
+):
     """Show a batch of pictures ([n, C, H, W] in [0, 1]) as a grid, each with its caption.
 
     At most ``ncols`` columns, balanced by :func:`grid_shape`. Captions wrap at ``wrap`` characters
@@ -54,21 +63,25 @@ def show_images(images, captions=None, ncols: int = 8, title: str | None = None,
     for i, img in enumerate(images):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         arr = to_numpy_image(img)
-        ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
-        ax.set_xticks([]); ax.set_yticks([])
+        ax.imshow(
+            arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest"
+        )
+        ax.set_xticks([])
+        ax.set_yticks([])
         if captions is not None:
             text = str(captions[i])
             lines, line = [], ""
             for w in text.split():
                 if len(line) + len(w) + 1 > wrap and line:
-                    lines.append(line); line = w
+                    lines.append(line)
+                    line = w
                 else:
                     line = f"{line} {w}".strip()
             lines.append(line)
             ax.set_title("\n".join(lines), fontsize=fontsize)
     if title:
         fig.suptitle(title)
-    with warnings.catch_warnings():      # a one-row grid with a title can't always fit: no matter
+    with warnings.catch_warnings():  # a one-row grid with a title can't always fit: no matter
         warnings.filterwarnings("ignore", "Tight layout not applied", UserWarning)
         fig.tight_layout()
     return fig
@@ -85,8 +98,9 @@ def smooth(values, window: int = 25) -> np.ndarray:
     return (c[idx] - c[lo]) / (idx - lo)
 
 
-def plot_losses(history, keys=None, window: int = 25, ax=None, title: str | None = None,
-                logy: bool = False):
+def plot_losses(
+    history, keys=None, window: int = 25, ax=None, title: str | None = None, logy: bool = False
+):
     """Plot logged curves of a :class:`~course_lib.training.History` (or a dict name -> list),
     raw values faint and smoothed values solid. Returns the axes."""
     logs = history.logs if hasattr(history, "logs") else dict(history)
@@ -95,7 +109,7 @@ def plot_losses(history, keys=None, window: int = 25, ax=None, title: str | None
         _, ax = plt.subplots(figsize=(6, 3))
     for k in keys:
         vals = logs[k]
-        line, = ax.plot(vals, alpha=0.25)
+        (line,) = ax.plot(vals, alpha=0.25)
         ax.plot(smooth(vals, window), color=line.get_color(), label=k)
     ax.set_xlabel("step")
     if logy:
@@ -125,7 +139,9 @@ class LiveGrid:
             from IPython.display import display
         except ImportError:  # pragma: no cover
             return
-        self.fig = show_images(images, captions, ncols=self.ncols, size=self.size, title=title, fig=self.fig)
+        self.fig = show_images(
+            images, captions, ncols=self.ncols, size=self.size, title=title, fig=self.fig
+        )
         if self.handle is None:
             self.handle = display(self.fig, display_id=True)
         elif self.handle is not None:

@@ -11,6 +11,7 @@ Command line::
     python -m course_lib.pretrained train NAME [--seed 0]   # reproduce one entry, update the manifest
     python -m course_lib.pretrained train NAME --quick --out DIR   # the quick-mode stand-in, elsewhere
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -76,23 +77,33 @@ DOMAINS = ("digits", "shapes")
 @dataclass
 class Entry:
     name: str
-    build: Callable[[dict], torch.nn.Module]          # config -> untrained module of the right shape
-    train: Callable[..., TrainResult]                 # (seed=0, quick=False) -> TrainResult
+    build: Callable[[dict], torch.nn.Module]  # config -> untrained module of the right shape
+    train: Callable[..., TrainResult]  # (seed=0, quick=False) -> TrainResult
     evaluate: Callable[[torch.nn.Module], dict] | None = None  # module -> quality dict
     finalize: Callable[[torch.nn.Module], object] | None = None  # module -> what load() returns
     description: str = ""
     chapter: str = ""
-    role: str = "generator"                           # one of ROLES
-    domain: str = "digits"                            # one of DOMAINS
-    module: str = ""                                  # the module that registered it
+    role: str = "generator"  # one of ROLES
+    domain: str = "digits"  # one of DOMAINS
+    module: str = ""  # the module that registered it
 
 
 _REGISTRY: dict[str, Entry] = {}
 _imported = False
 
 
-def register(name: str, *, build, train, role: str, domain: str, evaluate=None, finalize=None,
-             description: str = "", chapter: str = "") -> None:
+def register(
+    name: str,
+    *,
+    build,
+    train,
+    role: str,
+    domain: str,
+    evaluate=None,
+    finalize=None,
+    description: str = "",
+    chapter: str = "",
+) -> None:
     """Declare a shippable model (called at import time by the module that defines it; that module
     must be listed in :data:`ENTRY_MODULES`). ``role``: one of :data:`ROLES`; ``domain``: one of
     :data:`DOMAINS`. The scoreboard and the manifest read both, so no caller guesses what a model is."""
@@ -101,8 +112,9 @@ def register(name: str, *, build, train, role: str, domain: str, evaluate=None, 
     if domain not in DOMAINS:
         raise ValueError(f"domain of {name!r} must be one of {DOMAINS}, got {domain!r}")
     module = sys._getframe(1).f_globals.get("__name__", "")
-    _REGISTRY[name] = Entry(name, build, train, evaluate, finalize, description, chapter, role,
-                            domain, module)
+    _REGISTRY[name] = Entry(
+        name, build, train, evaluate, finalize, description, chapter, role, domain, module
+    )
 
 
 def entries(role: str | None = None, domain: str | None = None) -> list[Entry]:
@@ -112,8 +124,11 @@ def entries(role: str | None = None, domain: str | None = None) -> list[Entry]:
     if domain is not None and domain not in DOMAINS:
         raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
     _import_entry_modules()
-    return [e for _, e in sorted(_REGISTRY.items())
-            if (role is None or e.role == role) and (domain is None or e.domain == domain)]
+    return [
+        e
+        for _, e in sorted(_REGISTRY.items())
+        if (role is None or e.role == role) and (domain is None or e.domain == domain)
+    ]
 
 
 def entry(name: str) -> Entry:
@@ -181,7 +196,9 @@ def _entry(name: str) -> Entry:
     if name not in _REGISTRY:
         _import_entry_modules()
     if name not in _REGISTRY:
-        raise CheckpointError(f"unknown checkpoint {name!r}; known: {', '.join(known()) or '(none)'}")
+        raise CheckpointError(
+            f"unknown checkpoint {name!r}; known: {', '.join(known()) or '(none)'}"
+        )
     return _REGISTRY[name]
 
 
@@ -190,8 +207,10 @@ def info(name: str) -> dict:
     _entry(name)
     rec = read_manifest()["models"].get(name)
     if rec is None:
-        raise CheckpointError(f"{name!r} is not shipped yet; make it with: "
-                              f"python -m course_lib.pretrained train {name}")
+        raise CheckpointError(
+            f"{name!r} is not shipped yet; make it with: "
+            f"python -m course_lib.pretrained train {name}"
+        )
     return rec
 
 
@@ -206,7 +225,8 @@ def verify(name: str) -> dict:
         raise CheckpointError(
             f"sha256 mismatch for {name!r}: the file {path.name} has {digest[:16]}..., the manifest "
             f"records {rec['sha256'][:16]}.... The file is corrupt or was changed; restore it "
-            f"(git checkout -- {path.name}) or reproduce it with: {rec['command']}")
+            f"(git checkout -- {path.name}) or reproduce it with: {rec['command']}"
+        )
     return rec
 
 
@@ -230,8 +250,15 @@ def load(name: str, device=None):
     return entry.finalize(module) if entry.finalize else module
 
 
-def save(name: str, result: TrainResult, seconds: float, seed: int, command: str | None = None,
-         budget: str = "full", directory: "str | Path | None" = None) -> dict:
+def save(
+    name: str,
+    result: TrainResult,
+    seconds: float,
+    seed: int,
+    command: str | None = None,
+    budget: str = "full",
+    directory: "str | Path | None" = None,
+) -> dict:
     """Write ``<name>.safetensors`` and its manifest record (``budget``: "full" or "quick")."""
     directory = Path(directory) if directory is not None else checkpoint_dir()
     directory.mkdir(parents=True, exist_ok=True)
@@ -252,7 +279,7 @@ def save(name: str, result: TrainResult, seconds: float, seed: int, command: str
         "budget": budget,
         "train_seconds": round(seconds, 1),
         "trained_on": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
-                      f"device {next(result.model.parameters()).device.type}, torch {torch.__version__}",
+        f"device {next(result.model.parameters()).device.type}, torch {torch.__version__}",
         "trained": _dt.date.today().isoformat(),
         "quality": result.quality,
     }
@@ -264,8 +291,13 @@ def save(name: str, result: TrainResult, seconds: float, seed: int, command: str
     return rec
 
 
-def run_recipe(train: Callable[[], tuple], evaluate: Callable | None = None, *, config=None,
-               notes: "str | Callable" = "") -> TrainResult:
+def run_recipe(
+    train: Callable[[], tuple],
+    evaluate: Callable | None = None,
+    *,
+    config=None,
+    notes: "str | Callable" = "",
+) -> TrainResult:
     """The shared body of every registered trainer: run ``train()``, timing it (wall clock and this
     process's CPU time), evaluate the model it returns and record both in its quality.
 
@@ -290,7 +322,9 @@ def run_recipe(train: Callable[[], tuple], evaluate: Callable | None = None, *, 
     return TrainResult(model, config, quality, text)
 
 
-def train(name: str, seed: int = 0, quick: bool = False, directory: "str | Path | None" = None) -> dict:
+def train(
+    name: str, seed: int = 0, quick: bool = False, directory: "str | Path | None" = None
+) -> dict:
     """Reproduce a registered model: train it with its full recipe (``quick=True``: the short stand-in
     budget that quick mode uses), measure it, save it and record it, with its budget, in the manifest.
 
@@ -304,14 +338,24 @@ def train(name: str, seed: int = 0, quick: bool = False, directory: "str | Path 
         raise CheckpointError(
             f"quick mode trains {name!r} on a short stand-in budget, and {directory} holds its full-recipe "
             f"checkpoint, which quick mode does not replace. Train into a scratch folder (--out DIR or "
-            f"COURSE_CHECKPOINTS=DIR), or without quick mode (unset COURSE_QUICK) for the full recipe.")
+            f"COURSE_CHECKPOINTS=DIR), or without quick mode (unset COURSE_QUICK) for the full recipe."
+        )
     t0 = time.perf_counter()
-    with seeded(seed):                   # reproducible, and the caller's random streams stay as they were
+    with seeded(seed):  # reproducible, and the caller's random streams stay as they were
         result = entry.train(seed=seed, quick=quick)
     seconds = time.perf_counter() - t0
-    command = f"python -m course_lib.pretrained train {name} --seed {seed}" + (" --quick" if quick else "")
-    return save(name, result, seconds, seed, command=command, budget="quick" if quick else "full",
-                directory=directory)
+    command = f"python -m course_lib.pretrained train {name} --seed {seed}" + (
+        " --quick" if quick else ""
+    )
+    return save(
+        name,
+        result,
+        seconds,
+        seed,
+        command=command,
+        budget="quick" if quick else "full",
+        directory=directory,
+    )
 
 
 def load_or_train(name: str, train_anyway: bool = False, device=None):
@@ -324,8 +368,11 @@ def load_or_train(name: str, train_anyway: bool = False, device=None):
 
 
 def _main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.pretrained", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m course_lib.pretrained",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="known checkpoints")
     v = sub.add_parser("verify", help="check every shipped file against its sha256")
@@ -333,18 +380,30 @@ def _main(argv=None) -> int:
     t = sub.add_parser("train", help="reproduce one checkpoint and record it")
     t.add_argument("name")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--quick", action="store_true", default=runtime.is_quick(),
-                   help="the short stand-in budget of quick mode (default: on when COURSE_QUICK=1); "
-                        "never replaces a full-recipe checkpoint")
-    t.add_argument("--out", default=None, help="the folder to write to (default: the checkpoint folder)")
+    t.add_argument(
+        "--quick",
+        action="store_true",
+        default=runtime.is_quick(),
+        help="the short stand-in budget of quick mode (default: on when COURSE_QUICK=1); "
+        "never replaces a full-recipe checkpoint",
+    )
+    t.add_argument(
+        "--out", default=None, help="the folder to write to (default: the checkpoint folder)"
+    )
     args = parser.parse_args(argv)
 
     if args.cmd == "list":
         shipped = read_manifest()["models"]
         for n in known():
             rec = shipped.get(n)
-            state = (f"shipped, {rec['bytes'] / 1e6:.2f} MB, trained in {rec['train_seconds']} s, "
-                     f"quality {rec['quality']}") if rec else "not shipped yet"
+            state = (
+                (
+                    f"shipped, {rec['bytes'] / 1e6:.2f} MB, trained in {rec['train_seconds']} s, "
+                    f"quality {rec['quality']}"
+                )
+                if rec
+                else "not shipped yet"
+            )
             print(f"{n:22s} {state}")
         return 0
     if args.cmd == "verify":
@@ -355,7 +414,9 @@ def _main(argv=None) -> int:
                 line = f"[OK]   {n} sha256 {rec['sha256'][:12]}"
                 entry = _REGISTRY.get(n)
                 if args.quality and entry and entry.evaluate:
-                    line += f" quality now {entry.evaluate(load_module(n))} (recorded {rec['quality']})"
+                    line += (
+                        f" quality now {entry.evaluate(load_module(n))} (recorded {rec['quality']})"
+                    )
                 print(line)
             except CheckpointError as exc:
                 bad += 1
@@ -367,7 +428,11 @@ def _main(argv=None) -> int:
         except CheckpointError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        print(json.dumps({k: rec[k] for k in ("file", "sha256", "train_seconds", "quality")}, indent=2))
+        print(
+            json.dumps(
+                {k: rec[k] for k in ("file", "sha256", "train_seconds", "quality")}, indent=2
+            )
+        )
         return 0
     return 2
 

@@ -5,6 +5,7 @@ encoder's token states (learned queries cross-attending, as a UNet's cross-atten
 single pooled vector (as a timestep-embedding input does), on requests in the seen wording, and tests
 them on the unseen wording.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,16 +26,28 @@ class PooledHeads(nn.Module):
 
     def __init__(self, d_text: int = MINILM_DIM, hidden: int = 128, dropout: float = 0.1):
         super().__init__()
-        self.body = nn.Sequential(nn.LayerNorm(d_text), nn.Dropout(dropout), nn.Linear(d_text, hidden), nn.GELU())
-        self.heads = nn.ModuleDict({a: nn.Linear(hidden, len(shapes.ATTRIBUTE_VALUES[a])) for a in shapes.ATTRIBUTES})
+        self.body = nn.Sequential(
+            nn.LayerNorm(d_text), nn.Dropout(dropout), nn.Linear(d_text, hidden), nn.GELU()
+        )
+        self.heads = nn.ModuleDict(
+            {a: nn.Linear(hidden, len(shapes.ATTRIBUTE_VALUES[a])) for a in shapes.ATTRIBUTES}
+        )
 
     def forward(self, pooled):
         h = self.body(pooled)
         return {a: head(h) for a, head in self.heads.items()}
 
 
-def conditioning_probe(encoder: FrozenTextEncoder, how: str = "tokens", n_train: int = 2000, steps: int = 400,
-                       n_test: int = 324, seed: int = 0, device=None, encoded: dict | None = None) -> dict:
+def conditioning_probe(
+    encoder: FrozenTextEncoder,
+    how: str = "tokens",
+    n_train: int = 2000,
+    steps: int = 400,
+    n_test: int = 324,
+    seed: int = 0,
+    device=None,
+    encoded: dict | None = None,
+) -> dict:
     """Train small heads to read one object's attributes off a frozen encoder's output, on requests in
     the seen wording, and test them on unseen wording (``wordings.paraphrase(..., "unseen")``).
     ``how="tokens"``: learned queries cross-attend to the token states (:class:`PlannerHeads`);
@@ -57,8 +70,9 @@ def conditioning_probe(encoder: FrozenTextEncoder, how: str = "tokens", n_train:
         if key not in encoded:
             encoded[key] = (encoder.encode(texts), encoder.encode(test_texts))
         enc, enc_test = encoded[key]
-        heads = (PlannerHeads({"encoder": encoder.kind}) if how == "tokens"
-                 else PooledHeads(encoder.dim))
+        heads = (
+            PlannerHeads({"encoder": encoder.kind}) if how == "tokens" else PooledHeads(encoder.dim)
+        )
         model = heads.to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
         g = torch.Generator().manual_seed(seed)
@@ -73,8 +87,10 @@ def conditioning_probe(encoder: FrozenTextEncoder, how: str = "tokens", n_train:
             model.train()
             idx = torch.randint(0, len(texts), (min(128, len(texts)),), generator=g)
             out = logits_of(model, enc, idx)
-            loss = sum(F.cross_entropy(out[a], y[idx, i].to(device))
-                       for i, a in enumerate(shapes.ATTRIBUTES))
+            loss = sum(
+                F.cross_entropy(out[a], y[idx, i].to(device))
+                for i, a in enumerate(shapes.ATTRIBUTES)
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()

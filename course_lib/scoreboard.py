@@ -20,6 +20,7 @@ being scored is skipped with the error, and the others are still scored.
 FID values are comparable only within one domain (each domain has its own feature network) and
 at one sample size (FID is biased upward at small ``n``; chapter 07 plots how much).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -37,9 +38,28 @@ from .models import ddpm
 from .runtime import get_device, peak_memory, time_fn
 
 #: Columns of the table, in order (a row may lack some: NaN in the frame).
-COLUMNS = ("model", "domain", "chapter", "conditioning", "n", "fid", "kid", "precision", "recall",
-           "inception_score", "class_balance", "label_accuracy", "caption_accuracy", "clip_score",
-           "round_trip", "ms_per_picture", "peak_memory_mb", "parameters", "size_mb", "train_seconds")
+COLUMNS = (
+    "model",
+    "domain",
+    "chapter",
+    "conditioning",
+    "n",
+    "fid",
+    "kid",
+    "precision",
+    "recall",
+    "inception_score",
+    "class_balance",
+    "label_accuracy",
+    "caption_accuracy",
+    "clip_score",
+    "round_trip",
+    "ms_per_picture",
+    "peak_memory_mb",
+    "parameters",
+    "size_mb",
+    "train_seconds",
+)
 
 
 @dataclass
@@ -83,8 +103,11 @@ def _accepts(fn, name: str) -> bool:
 
 def is_text_pipeline(obj) -> bool:
     """A diffusers-style text-to-image pipeline (``pipe(prompts, ...).images``)."""
-    return callable(obj) and (hasattr(obj, "text_encoder") or hasattr(obj, "tokenizer")) and \
-        not hasattr(obj, "generate")
+    return (
+        callable(obj)
+        and (hasattr(obj, "text_encoder") or hasattr(obj, "tokenizer"))
+        and not hasattr(obj, "generate")
+    )
 
 
 def n_classes_of(model) -> int:
@@ -101,16 +124,26 @@ def digit_sampler(model):
     k = n_classes_of(model)
     method = getattr(model, "generate", None) or getattr(model, "sample", None)
     if method is not None:
+
         def fn(n, generator):
             labels = torch.arange(n) % k if k else None
-            out = method(n, labels=labels, generator=generator) if k else method(n, generator=generator)
+            out = (
+                method(n, labels=labels, generator=generator)
+                if k
+                else method(n, generator=generator)
+            )
             return _as_pictures(out), labels
+
         return fn
     if callable(model) and _accepts(model, "batch_size"):
+
         def fn(n, generator):
             return _as_pictures(model(batch_size=n, generator=generator, output_type="pt")), None
+
         return fn
-    raise metrics.MetricUnavailable(f"{type(model).__name__} has no generate/sample method the scoreboard knows")
+    raise metrics.MetricUnavailable(
+        f"{type(model).__name__} has no generate/sample method the scoreboard knows"
+    )
 
 
 def ddpm_samplers(model, steps: int = 50) -> list:
@@ -125,9 +158,11 @@ def ddpm_samplers(model, steps: int = 50) -> list:
         def fn(n, generator):
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
             labels = torch.arange(n) % 10 if conditional else None
-            x = ddpm.sample_digits(model, labels, n, guidance_scale=w, num_inference_steps=steps,
-                                   seed=seed)
+            x = ddpm.sample_digits(
+                model, labels, n, guidance_scale=w, num_inference_steps=steps, seed=seed
+            )
             return x.float().clamp(0, 1), labels
+
         return fn
 
     name = f"{label}-{steps}"
@@ -144,17 +179,28 @@ def samplers_for(name: str, model, ddpm_steps: int = 50) -> list:
 
 def _as_pictures(out) -> torch.Tensor:
     out = getattr(out, "images", out)
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor) and out[0].dim() == 4:
+    if (
+        isinstance(out, (tuple, list))
+        and out
+        and isinstance(out[0], torch.Tensor)
+        and out[0].dim() == 4
+    ):
         out = out[0]
     if not isinstance(out, torch.Tensor):
-        raise metrics.MetricUnavailable(f"sampling returned {type(out).__name__}, not a tensor of pictures")
+        raise metrics.MetricUnavailable(
+            f"sampling returned {type(out).__name__}, not a tensor of pictures"
+        )
     return out.detach().float().cpu().clamp(0, 1)
 
 
 def text_sampler(pipe, **call_kwargs):
     """``fn(captions, generator) -> pictures [n, 3, 32, 32]`` for a diffusers-style pipeline."""
+
     def fn(captions, generator):
-        return _as_pictures(pipe(list(captions), generator=generator, output_type="pt", **call_kwargs))
+        return _as_pictures(
+            pipe(list(captions), generator=generator, output_type="pt", **call_kwargs)
+        )
+
     return fn
 
 
@@ -173,7 +219,7 @@ def _batched(fn, n: int, batch: int, generator, *extra):
     for i in range(0, n, batch):
         m = min(batch, n - i)
         if extra:
-            outs.append(fn(extra[0][i:i + m], generator))
+            outs.append(fn(extra[0][i : i + m], generator))
         else:
             x, y = fn(m, generator)
             outs.append(x)
@@ -193,33 +239,45 @@ def _quality(fake: torch.Tensor, ref: Reference, kid_subset: int = 100) -> dict:
     if ref.captions is not None:
         # Shapes rows are paired with the reference caption by caption: the paired estimator, on
         # standardised features (see metrics.paired_kernel_distance); compare within a domain only
-        kid = metrics.paired_kernel_distance(ref.feats[:len(f)], f)
+        kid = metrics.paired_kernel_distance(ref.feats[: len(f)], f)
     else:
         kid = metrics.kernel_inception_distance(ref.feats, f, subsets=50, subset_size=kid_subset)
-    return {"n": len(fake), "fid": metrics.frechet_distance(ref.feats, f), "kid": kid, "precision": p, "recall": r}
+    return {
+        "n": len(fake),
+        "fid": metrics.frechet_distance(ref.feats, f),
+        "kid": kid,
+        "precision": p,
+        "recall": r,
+    }
 
 
 def _digit_judgement(fake: torch.Tensor, labels, ref: Reference) -> dict:
     probs = ref.net.probs(fake)
     hist = torch.bincount(probs.argmax(1), minlength=10).double() / len(fake)
     nz = hist[hist > 0]
-    out = {"inception_score": metrics.inception_score(probs),
-           "class_balance": float(-(nz * nz.log()).sum() / math.log(10))}          # 1 = all ten equally
+    out = {
+        "inception_score": metrics.inception_score(probs),
+        "class_balance": float(-(nz * nz.log()).sum() / math.log(10)),
+    }  # 1 = all ten equally
     if labels is not None:
         out["label_accuracy"] = (probs.argmax(1) == labels).double().mean().item()
     return out
 
 
 def _efficiency(model, call, name: str, n_per_call: int, repeats: int) -> dict:
-    rec = pretrained.read_manifest()["models"].get(name.split(",")[0], {})      # "ddpm-mnist, DDIM-50"
+    rec = pretrained.read_manifest()["models"].get(name.split(",")[0], {})  # "ddpm-mnist, DDIM-50"
     with peak_memory() as mem:
-        call()                                                                     # also the warm-up
+        call()  # also the warm-up
     t = time_fn(call, repeats=repeats, warmup=0)["median_s"]
     mods = _modules(model)
     params = sum(metrics.parameter_count(m) for m in mods) if mods else rec.get("parameters")
-    return {"ms_per_picture": 1000 * t / n_per_call, "peak_memory_mb": mem["peak_bytes"] / 2**20,
-            "parameters": params, "size_mb": rec.get("bytes", float("nan")) / 1e6,
-            "train_seconds": rec.get("train_seconds", float("nan"))}
+    return {
+        "ms_per_picture": 1000 * t / n_per_call,
+        "peak_memory_mb": mem["peak_bytes"] / 2**20,
+        "parameters": params,
+        "size_mb": rec.get("bytes", float("nan")) / 1e6,
+        "train_seconds": rec.get("train_seconds", float("nan")),
+    }
 
 
 def reference_row(ref: Reference, n: int, seed: int = 0) -> dict:
@@ -228,15 +286,26 @@ def reference_row(ref: Reference, n: int, seed: int = 0) -> dict:
     if ref.domain == "digits":
         x, y = mnist.load_mnist("train")
         idx = torch.randperm(len(x), generator=g)[:n]
-        row = {"model": "real digits (train split)", "domain": "digits", "chapter": "-", "conditioning": "-",
-               **_quality(x[idx], ref, min(100, n)), **_digit_judgement(x[idx], None, ref)}
+        row = {
+            "model": "real digits (train split)",
+            "domain": "digits",
+            "chapter": "-",
+            "conditioning": "-",
+            **_quality(x[idx], ref, min(100, n)),
+            **_digit_judgement(x[idx], None, ref),
+        }
     else:
         # The captions the generators are asked for (the reference's own), drawn afresh: new jitter of
         # size, place and color. Independently drawn captions would compare two different caption
         # mixes, and on 128 pictures that alone costs more FID than a good generator does.
         x = real_shapes_for(ref.captions[:n], seed=seed + 1)
-        row = {"model": "real Shapes (same captions, fresh pictures)", "domain": "shapes", "chapter": "-",
-               "conditioning": "-", **_quality(x, ref, min(100, n))}
+        row = {
+            "model": "real Shapes (same captions, fresh pictures)",
+            "domain": "shapes",
+            "chapter": "-",
+            "conditioning": "-",
+            **_quality(x, ref, min(100, n)),
+        }
     return row
 
 
@@ -246,29 +315,60 @@ def real_shapes_for(captions: list[str], seed: int = 1) -> torch.Tensor:
     return shapes.render(specs, np.random.default_rng([seed, 2]))
 
 
-def score_digit_model(name: str, model, ref: Reference, n: int, seed: int = 0, batch: int = 250,
-                      latency_batch: int = 64, repeats: int = 3, sampler=None) -> dict:
+def score_digit_model(
+    name: str,
+    model,
+    ref: Reference,
+    n: int,
+    seed: int = 0,
+    batch: int = 250,
+    latency_batch: int = 64,
+    repeats: int = 3,
+    sampler=None,
+) -> dict:
     sampler = sampler if sampler is not None else digit_sampler(model)
     fake, labels = _batched(sampler, n, batch, torch.Generator().manual_seed(seed))
-    row = {"model": name, "domain": "digits",
-           "conditioning": "class label" if labels is not None else "none",
-           **_quality(fake, ref, min(100, n)), **_digit_judgement(fake, labels, ref)}
+    row = {
+        "model": name,
+        "domain": "digits",
+        "conditioning": "class label" if labels is not None else "none",
+        **_quality(fake, ref, min(100, n)),
+        **_digit_judgement(fake, labels, ref),
+    }
     g = torch.Generator().manual_seed(seed + 1)
     row.update(_efficiency(model, lambda: sampler(latency_batch, g), name, latency_batch, repeats))
     return row
 
 
-def score_text_model(name: str, pipe, ref: Reference, n: int, seed: int = 0, batch: int = 64,
-                     latency_batch: int = 16, repeats: int = 2, call_kwargs: dict | None = None) -> dict:
+def score_text_model(
+    name: str,
+    pipe,
+    ref: Reference,
+    n: int,
+    seed: int = 0,
+    batch: int = 64,
+    latency_batch: int = 16,
+    repeats: int = 2,
+    call_kwargs: dict | None = None,
+) -> dict:
     call_kwargs = dict(call_kwargs or {})
     sampler = text_sampler(pipe, **call_kwargs)
     caps = ref.captions[:n]
     fake = _batched(sampler, len(caps), batch, torch.Generator().manual_seed(seed), caps)
-    row = {"model": name + "".join(f", {k.replace('num_inference_steps', 'steps')}={v}"
-                                   for k, v in call_kwargs.items()),
-           "domain": "shapes", "conditioning": "text", **_quality(fake, ref, min(100, len(caps))),
-           "caption_accuracy": metrics.caption_accuracy(fake, caps, ref.net)["all"]}
-    for key, fn in (("clip_score", metrics.clip_score), ("round_trip", lambda i, c: metrics.caption_round_trip(i, c)["all"])):
+    row = {
+        "model": name
+        + "".join(
+            f", {k.replace('num_inference_steps', 'steps')}={v}" for k, v in call_kwargs.items()
+        ),
+        "domain": "shapes",
+        "conditioning": "text",
+        **_quality(fake, ref, min(100, len(caps))),
+        "caption_accuracy": metrics.caption_accuracy(fake, caps, ref.net)["all"],
+    }
+    for key, fn in (
+        ("clip_score", metrics.clip_score),
+        ("round_trip", lambda i, c: metrics.caption_round_trip(i, c)["all"]),
+    ):
         try:
             row[key] = fn(fake, caps)
         except metrics.MetricUnavailable as exc:
@@ -288,15 +388,29 @@ class Scoreboard:
         """The table as a pandas DataFrame (columns in :data:`COLUMNS` order)."""
         import pandas as pd
 
-        df = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in self.rows])
+        df = pd.DataFrame(
+            [{k: v for k, v in r.items() if not k.startswith("_")} for r in self.rows]
+        )
         cols = [c for c in COLUMNS if c in df.columns]
         return df[cols]
 
 
 #: The generators the course's chapters ship; those missing from a copy are listed in the notes.
-EXPECTED = ("dcgan-mnist", "cgan-mnist", "vae-mnist", "cvae-mnist", "ddpm-mnist", "shapes-t2i",
-            "shapes-t2i-dit", "shapes-t2i-mpnet", "shapes-t2i-fast", "shapes-t2i-reflow",
-            "shapes-t2i-latent", "shapes-gpt", "shapes-maskgit")
+EXPECTED = (
+    "dcgan-mnist",
+    "cgan-mnist",
+    "vae-mnist",
+    "cvae-mnist",
+    "ddpm-mnist",
+    "shapes-t2i",
+    "shapes-t2i-dit",
+    "shapes-t2i-mpnet",
+    "shapes-t2i-fast",
+    "shapes-t2i-reflow",
+    "shapes-t2i-latent",
+    "shapes-gpt",
+    "shapes-maskgit",
+)
 
 
 def candidates() -> list[str]:
@@ -305,16 +419,28 @@ def candidates() -> list[str]:
     try:
         return [e.name for e in pretrained.entries(role="generator")]
     except Exception as exc:  # an entry module that fails to import must not hide the others
-        print(f"note: could not import every model module ({type(exc).__name__}: {exc}); "
-              f"using the manifest's roles")
+        print(
+            f"note: could not import every model module ({type(exc).__name__}: {exc}); "
+            f"using the manifest's roles"
+        )
         shipped = pretrained.read_manifest()["models"]
         return sorted(n for n, rec in shipped.items() if rec.get("role") == "generator")
 
 
-def build(names=None, n_digits: int = 500, n_shapes: int = 128, seed: int = 0, device=None,
-          text_kwargs: dict | None = None, text_variants: dict | None = None, ddpm_steps: int = 50,
-          latency_batch: int = 16, repeats: int = 3, expected=EXPECTED,
-          verbose: bool = True) -> Scoreboard:
+def build(
+    names=None,
+    n_digits: int = 500,
+    n_shapes: int = 128,
+    seed: int = 0,
+    device=None,
+    text_kwargs: dict | None = None,
+    text_variants: dict | None = None,
+    ddpm_steps: int = 50,
+    latency_batch: int = 16,
+    repeats: int = 3,
+    expected=EXPECTED,
+    verbose: bool = True,
+) -> Scoreboard:
     """Score every shipped generator (or ``names``) live; returns a :class:`Scoreboard`.
 
     ``n_digits`` / ``n_shapes``: pictures per model (FID depends on it: compare rows of one table
@@ -339,8 +465,14 @@ def build(names=None, n_digits: int = 500, n_shapes: int = 128, seed: int = 0, d
 
     def ref_for(domain):
         if domain not in refs:
-            refs[domain] = digits_reference(device) if domain == "digits" else shapes_reference(n_shapes, device=device)
-            rows.append(reference_row(refs[domain], n_digits if domain == "digits" else n_shapes, seed))
+            refs[domain] = (
+                digits_reference(device)
+                if domain == "digits"
+                else shapes_reference(n_shapes, device=device)
+            )
+            rows.append(
+                reference_row(refs[domain], n_digits if domain == "digits" else n_shapes, seed)
+            )
         return refs[domain]
 
     for name in names:
@@ -357,15 +489,35 @@ def build(names=None, n_digits: int = 500, n_shapes: int = 128, seed: int = 0, d
             if entry.domain == "shapes":
                 ref = ref_for("shapes")
                 for kw in [dict(text_kwargs or {})] + list((text_variants or {}).get(name, [])):
-                    row = score_text_model(name, model, ref, n_shapes, seed, call_kwargs=kw,
-                                           latency_batch=latency_batch, repeats=repeats)
+                    row = score_text_model(
+                        name,
+                        model,
+                        ref,
+                        n_shapes,
+                        seed,
+                        call_kwargs=kw,
+                        latency_batch=latency_batch,
+                        repeats=repeats,
+                    )
                     rows.append({**row, "chapter": chapter})
             else:
                 ref = ref_for("digits")
                 for row_name, sampler, factor in samplers_for(name, model, ddpm_steps):
-                    rows.append({**score_digit_model(row_name, model, ref, n_digits, seed, sampler=sampler,
-                                                     latency_batch=factor * latency_batch, repeats=repeats),
-                                 "chapter": chapter})
+                    rows.append(
+                        {
+                            **score_digit_model(
+                                row_name,
+                                model,
+                                ref,
+                                n_digits,
+                                seed,
+                                sampler=sampler,
+                                latency_batch=factor * latency_batch,
+                                repeats=repeats,
+                            ),
+                            "chapter": chapter,
+                        }
+                    )
             for r in rows:
                 notes.extend(f"{r['model']}: {note}" for note in r.pop("_notes", []))
             if verbose:
@@ -395,33 +547,62 @@ def plot(board: Scoreboard, fig=None):
             ax.set_axis_off()
         return fig
     models = df[~df["model"].str.startswith("real ")]
-    models = models.iloc[np.argsort(models["domain"].to_numpy(), kind="stable")]   # digits, then Shapes
+    models = models.iloc[
+        np.argsort(models["domain"].to_numpy(), kind="stable")
+    ]  # digits, then Shapes
     reals = df[df["model"].str.startswith("real ")]
     ax = axes[0]
     ax.barh(np.arange(len(models)), models["fid"], color=[colors[d] for d in models["domain"]])
     ax.set_yticks(np.arange(len(models)), models["model"])
     for _, r in reals.iterrows():
-        ax.axvline(r["fid"], color=colors[r["domain"]], ls="--", lw=1, label=f"{r['model']}: {r['fid']:.1f}")
+        ax.axvline(
+            r["fid"],
+            color=colors[r["domain"]],
+            ls="--",
+            lw=1,
+            label=f"{r['model']}: {r['fid']:.1f}",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("domain FID (log scale, lower is better)")
-    if len(reals):                              # below the panel: inside, it hid the last bars
+    if len(reals):  # below the panel: inside, it hid the last bars
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1)
     ax.invert_yaxis()
     ax = axes[1]
     for _, r in df.iterrows():
-        ax.scatter(r["recall"], r["precision"], color=colors[r["domain"]],
-                   marker="*" if r["model"].startswith("real ") else "o", s=80)
-        ax.annotate(r["model"], (r["recall"], r["precision"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlim(-0.05, 1.05); ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel("recall (variety covered)"); ax.set_ylabel("precision (realism)")
+        ax.scatter(
+            r["recall"],
+            r["precision"],
+            color=colors[r["domain"]],
+            marker="*" if r["model"].startswith("real ") else "o",
+            s=80,
+        )
+        ax.annotate(
+            r["model"],
+            (r["recall"], r["precision"]),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("recall (variety covered)")
+    ax.set_ylabel("precision (realism)")
     ax = axes[2]
     if "ms_per_picture" in models:
         for _, r in models.iterrows():
             ax.scatter(r["size_mb"], r["ms_per_picture"], color=colors[r["domain"]], s=60)
-            ax.annotate(r["model"], (r["size_mb"], r["ms_per_picture"]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
+            ax.annotate(
+                r["model"],
+                (r["size_mb"], r["ms_per_picture"]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
         ax.set_yscale("log")
-    ax.set_xlabel("size on disk (MB)"); ax.set_ylabel("ms per picture (log scale)")
-    fig.suptitle("The course's scoreboard (blue: digits, orange: Shapes; FID comparable within a domain only)")
+    ax.set_xlabel("size on disk (MB)")
+    ax.set_ylabel("ms per picture (log scale)")
+    fig.suptitle(
+        "The course's scoreboard (blue: digits, orange: Shapes; FID comparable within a domain only)"
+    )
     fig.tight_layout()
     return fig

@@ -21,6 +21,7 @@ Variants (:data:`VARIANTS`):
 :func:`measure_variants` times every variant round-robin (``repeats`` rounds, median), so that a
 busy machine slows all of them alike, and judges the pictures of each.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -59,7 +60,7 @@ def quantize_linear_int8(module: nn.Module) -> nn.Module:
     from torch.ao.quantization import quantize_dynamic
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")                                      # deprecation notice
+        warnings.simplefilter("ignore")  # deprecation notice
         return quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
@@ -73,20 +74,24 @@ def apply_variant(pipe, name: str, amount: float = 0.5):
     if name == "fp32":
         pass
     elif name == "bf16-autocast":
-        ctx = lambda: torch.autocast(dev.type, dtype=torch.bfloat16)     # noqa: E731
+        ctx = lambda: torch.autocast(dev.type, dtype=torch.bfloat16)  # noqa: E731
         note = "convolutions and matmuls in bfloat16"
     elif name == "channels-last":
         p.unet.to(memory_format=torch.channels_last)
         note = "UNet weights NHWC"
     elif name == "compile":
-        p.unet.compile()                                                      # in place; compiles on first call
+        p.unet.compile()  # in place; compiles on first call
         note = "torch.compile (inductor)"
     elif name == "int8-dynamic":
         if dev.type != "cpu":
             raise RuntimeError("dynamic int8 quantisation runs on the CPU only")
-        quantize_linear_int8(p.unet)      # not the text encoder: it runs once per call, and
+        quantize_linear_int8(p.unet)  # not the text encoder: it runs once per call, and
         # nn.TransformerEncoderLayer's fast path reads `linear1.weight`, a method on a quantised Linear
-        n = sum(1 for m in p.unet.modules() if type(m).__name__ == "Linear" and "quantized" in type(m).__module__)
+        n = sum(
+            1
+            for m in p.unet.modules()
+            if type(m).__name__ == "Linear" and "quantized" in type(m).__module__
+        )
         note = f"{n} Linear layers of the UNet in int8"
     elif name.startswith("prune"):
         frac = prune_l1(p.unet, amount)
@@ -96,8 +101,16 @@ def apply_variant(pipe, name: str, amount: float = 0.5):
     return p, ctx, note
 
 
-def measure_variants(pipe, captions: list[str], variants=VARIANTS, sampler: str = "dpm++", steps: int = 20,
-                     repeats: int = 3, seed: int = 0, progress: bool = True) -> list[dict]:
+def measure_variants(
+    pipe,
+    captions: list[str],
+    variants=VARIANTS,
+    sampler: str = "dpm++",
+    steps: int = 20,
+    repeats: int = 3,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[dict]:
     """Apply each variant to a copy of ``pipe``, warm it up (for ``"compile"``: compile it), then time
     ``repeats`` rounds round-robin over the variants sampling ``captions`` with ``sampler`` and
     ``steps``. Rows ``{"variant", "ms_per_picture", "speedup", "accuracy", "delta_points",
@@ -120,11 +133,11 @@ def measure_variants(pipe, captions: list[str], variants=VARIANTS, sampler: str 
             p, ctx, note = apply_variant(pipe, v)
             sched = make_scheduler(sampler, p)
             with ctx():
-                sample_shapes(p, captions, sched, 2, seed=seed)              # warm-up / compile, same batch
+                sample_shapes(p, captions, sched, 2, seed=seed)  # warm-up / compile, same batch
             synchronize(p.unet.device)
             made[v] = (p, ctx, sched)
             rows[v]["note"] = note
-        except Exception as exc:                                             # report, don't crash
+        except Exception as exc:  # report, don't crash
             msg = str(exc).strip().splitlines()
             rows[v]["error"] = f"{type(exc).__name__}: {msg[0][:160] if msg else ''}"
         rows[v]["setup_s"] = time.perf_counter() - t0
@@ -138,7 +151,9 @@ def measure_variants(pipe, captions: list[str], variants=VARIANTS, sampler: str 
             synchronize(p.unet.device)
             times[v].append(time.perf_counter() - t0)
     base = images.get("fp32")
-    base_ms = 1000 * float(np.median(times["fp32"])) / len(captions) if "fp32" in times else float("nan")
+    base_ms = (
+        1000 * float(np.median(times["fp32"])) / len(captions) if "fp32" in times else float("nan")
+    )
     base_acc = None
     out = []
     for v in variants:
@@ -148,7 +163,9 @@ def measure_variants(pipe, captions: list[str], variants=VARIANTS, sampler: str 
             r["speedup"] = base_ms / r["ms_per_picture"]
             r["accuracy"] = float(score_shapes(images[v], captions)["all"])
             base_acc = r["accuracy"] if v == "fp32" else base_acc
-            r["max_pixel_change"] = float((images[v] - base).abs().max()) if base is not None else float("nan")
+            r["max_pixel_change"] = (
+                float((images[v] - base).abs().max()) if base is not None else float("nan")
+            )
         out.append(r)
     for r in out:
         if "accuracy" in r and base_acc is not None:
@@ -158,15 +175,21 @@ def measure_variants(pipe, captions: list[str], variants=VARIANTS, sampler: str 
 
 def format_table(rows: list[dict]) -> str:
     """A plain-text table of :func:`measure_variants`' rows."""
-    lines = [f"{'variant':<15}{'ms/picture':>11}{'speed-up':>10}{'accuracy':>10}{'Δ points':>10}"
-             f"{'max Δpixel':>11}  note"]
+    lines = [
+        f"{'variant':<15}{'ms/picture':>11}{'speed-up':>10}{'accuracy':>10}{'Δ points':>10}"
+        f"{'max Δpixel':>11}  note"
+    ]
     for r in rows:
         if r.get("error"):
-            lines.append(f"{r['variant']:<15}{'-':>11}{'-':>10}{'-':>10}{'-':>10}{'-':>11}  FAILED: {r['error']}")
+            lines.append(
+                f"{r['variant']:<15}{'-':>11}{'-':>10}{'-':>10}{'-':>10}{'-':>11}  FAILED: {r['error']}"
+            )
             continue
         note = r["note"] + (f"; set-up {r['setup_s']:.0f} s" if r["variant"] == "compile" else "")
-        lines.append(f"{r['variant']:<15}{r['ms_per_picture']:>11.2f}{r['speedup']:>9.2f}x{100 * r['accuracy']:>9.1f}%"
-                     f"{r['delta_points']:>+10.1f}{r['max_pixel_change']:>11.3f}  {note}")
+        lines.append(
+            f"{r['variant']:<15}{r['ms_per_picture']:>11.2f}{r['speedup']:>9.2f}x{100 * r['accuracy']:>9.1f}%"
+            f"{r['delta_points']:>+10.1f}{r['max_pixel_change']:>11.3f}  {note}"
+        )
     return "\n".join(lines)
 
 
@@ -176,8 +199,13 @@ def format_table(rows: list[dict]) -> str:
 OTHER_MODELS = ("shapes-t2i-fast", "shapes-t2i-latent")
 
 
-def other_model_rows(captions: list[str], names=OTHER_MODELS, repeats: int = 3, seed: int = 0,
-                     reference: torch.Tensor | None = None) -> list[dict]:
+def other_model_rows(
+    captions: list[str],
+    names=OTHER_MODELS,
+    repeats: int = 3,
+    seed: int = 0,
+    reference: torch.Tensor | None = None,
+) -> list[dict]:
     """Rows for the chapter's other fast models (distilled, latent) at their own default settings,
     for those ``course_lib.pretrained`` can load; a name it does not know, or knows but has not
     shipped, gets a row with ``error`` saying so. Timing: one warm-up call, median of ``repeats``."""
@@ -197,42 +225,76 @@ def other_model_rows(captions: list[str], names=OTHER_MODELS, repeats: int = 3, 
             continue
 
         def run():
-            return pipe(list(captions), generator=torch.Generator().manual_seed(seed), output_type="pt").images
+            return pipe(
+                list(captions), generator=torch.Generator().manual_seed(seed), output_type="pt"
+            ).images
 
         made = {}
         if len(captions) > 2:
-            pipe(list(captions)[:2], output_type="pt")                       # warm-up, small batch
-        ms = ms_per_picture(lambda: made.update(images=run()), len(captions), repeats=repeats,
-                            warmup=int(len(captions) <= 2))
+            pipe(list(captions)[:2], output_type="pt")  # warm-up, small batch
+        ms = ms_per_picture(
+            lambda: made.update(images=run()),
+            len(captions),
+            repeats=repeats,
+            warmup=int(len(captions) <= 2),
+        )
         q = quality(pipe, made["images"], list(captions), reference)
         steps = getattr(pipe, "default_num_inference_steps", None)
-        rows.append({"name": name, "ms_per_picture": ms, **q,
-                     "note": f"its defaults: {steps} steps, guidance {getattr(pipe, 'default_guidance_scale', '?')}"})
+        rows.append(
+            {
+                "name": name,
+                "ms_per_picture": ms,
+                **q,
+                "note": f"its defaults: {steps} steps, guidance {getattr(pipe, 'default_guidance_scale', '?')}",
+            }
+        )
     return rows
 
 
-def combined_rows(baseline: dict, sweep_rows=(), cfg_rows=(), variant_rows=(), other_rows=(),
-                  variant_label: str = "DPM++") -> list[dict]:
+def combined_rows(
+    baseline: dict,
+    sweep_rows=(),
+    cfg_rows=(),
+    variant_rows=(),
+    other_rows=(),
+    variant_label: str = "DPM++",
+) -> list[dict]:
     """Everything measured, as rows ``{"name", "ms_per_picture", "speedup", "accuracy", "kid", "note"}``
     with ``speedup`` = baseline ms / row ms (all measured in the same run). ``baseline`` is the
     DDPM-1000 fp32 row of :func:`course_lib.samplers.sweep`."""
     from .sampling import LABELS
 
     base_ms = baseline["ms_per_picture"]
-    out = [{"name": f"{LABELS['ddpm']}-{baseline['steps']} fp32 (baseline)", **_pick(baseline), "note": ""}]
+    out = [
+        {
+            "name": f"{LABELS['ddpm']}-{baseline['steps']} fp32 (baseline)",
+            **_pick(baseline),
+            "note": "",
+        }
+    ]
     for r in sweep_rows:
         if r is baseline or (r["sampler"], r["steps"]) == (baseline["sampler"], baseline["steps"]):
             continue
         out.append({"name": f"{LABELS[r['sampler']]}-{r['steps']}", **_pick(r), "note": ""})
     for r in cfg_rows:
-        out.append({"name": f"{variant_label} guidance {r['cfg']}", **_pick(r),
-                    "note": f"{r['ratio_to_off']:.2f}x the time of guidance off"})
+        out.append(
+            {
+                "name": f"{variant_label} guidance {r['cfg']}",
+                **_pick(r),
+                "note": f"{r['ratio_to_off']:.2f}x the time of guidance off",
+            }
+        )
     for r in variant_rows:
         if r.get("error"):
             out.append({"name": f"{variant_label} {r['variant']}", "note": f"FAILED: {r['error']}"})
         else:
-            out.append({"name": f"{variant_label} {r['variant']}", **_pick(r),
-                        "note": f"{r['speedup']:.2f}x vs fp32; {r['note']}".rstrip("; ")})
+            out.append(
+                {
+                    "name": f"{variant_label} {r['variant']}",
+                    **_pick(r),
+                    "note": f"{r['speedup']:.2f}x vs fp32; {r['note']}".rstrip("; "),
+                }
+            )
     for r in other_rows:
         if r.get("error"):
             out.append({"name": r["name"], "note": f"skipped: {r['error']}"})
@@ -250,12 +312,16 @@ def _pick(r: dict) -> dict:
 
 def format_combined(rows: list[dict]) -> str:
     """Plain-text table of :func:`combined_rows`."""
-    lines = [f"{'what':<34}{'ms/picture':>11}{'speed-up':>10}{'accuracy':>10}{'KID x1000':>11}  note"]
+    lines = [
+        f"{'what':<34}{'ms/picture':>11}{'speed-up':>10}{'accuracy':>10}{'KID x1000':>11}  note"
+    ]
     for r in rows:
         if "ms_per_picture" not in r:
             lines.append(f"{r['name']:<34}{'-':>11}{'-':>10}{'-':>10}{'-':>11}  {r['note']}")
             continue
         acc = f"{100 * r['accuracy']:.1f}%" if "accuracy" in r else "-"
         kid = f"{r['kid']:.0f}" if "kid" in r else "-"
-        lines.append(f"{r['name']:<34}{r['ms_per_picture']:>11.2f}{r['speedup']:>9.1f}x{acc:>10}{kid:>11}  {r['note']}")
+        lines.append(
+            f"{r['name']:<34}{r['ms_per_picture']:>11.2f}{r['speedup']:>9.1f}x{acc:>10}{kid:>11}  {r['note']}"
+        )
     return "\n".join(lines)

@@ -8,6 +8,7 @@ clears every output::
     python -m course_lib.student                       # notebooks/*.ipynb -> student/
     python -m course_lib.student --out DIR nb1.ipynb nb2.ipynb
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,9 +85,14 @@ def make_student_copies(paths=None, out: Path | str | None = None) -> list[Path]
 
 
 def _main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.student", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("notebooks", nargs="*", help="instructor notebooks (default: notebooks/*.ipynb)")
+    parser = argparse.ArgumentParser(
+        prog="python -m course_lib.student",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "notebooks", nargs="*", help="instructor notebooks (default: notebooks/*.ipynb)"
+    )
     parser.add_argument("--out", default=None, help="output folder (default: student/)")
     args = parser.parse_args(argv)
     for p in make_student_copies(args.notebooks or None, args.out):

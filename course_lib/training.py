@@ -8,6 +8,7 @@ Two ways in:
 * ``fit(make_step(model, loss_fn, optimizer), batches, ...)`` for the ordinary case, where
   ``loss_fn(model, batch)`` returns a scalar loss (or ``(loss, dict_of_floats)``).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -34,6 +35,7 @@ def budget_fraction(steps: int | None, minutes: float | None):
         if minutes:
             fr = max(fr, (time.perf_counter() - t_start) / (60 * minutes))
         return min(fr, 1.0)
+
     return frac
 
 
@@ -41,11 +43,13 @@ def cosine_with_warmup(warmup: int, final_frac: float, frac_fn):
     """A ``LambdaLR`` factor: linear warm-up over ``warmup`` steps, then a cosine from 1 down to
     ``final_frac`` as ``frac_fn(step)`` (the fraction of the budget used, e.g.
     :func:`budget_fraction`) goes from 0 to 1."""
+
     def lr_lambda(step):
         if step < warmup:
             return (step + 1) / warmup
         fr = frac_fn(step)
         return final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * fr))
+
     return lr_lambda
 
 
@@ -56,8 +60,9 @@ def drop_mask(n: int, p: float, generator: torch.Generator | None = None) -> tor
     return torch.rand(n, generator=generator) < p
 
 
-def drop_labels(labels: torch.Tensor, p: float, null_label: int,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def drop_labels(
+    labels: torch.Tensor, p: float, null_label: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Class dropout: ``labels`` [n] with each replaced by ``null_label`` (the "no class" label)
     with probability ``p`` (:func:`drop_mask`)."""
     drop = drop_mask(len(labels), p, generator)
@@ -76,8 +81,8 @@ def ms_per_picture(fn, n_pictures: int, repeats: int = 3, warmup: int = 1, devic
 class History:
     """What a run measured: per-step logs, evaluations, steps done, seconds spent."""
 
-    logs: dict = field(default_factory=dict)       # name -> list of floats, one per step
-    evals: list = field(default_factory=list)      # (step, dict) after each evaluation
+    logs: dict = field(default_factory=dict)  # name -> list of floats, one per step
+    evals: list = field(default_factory=list)  # (step, dict) after each evaluation
     steps: int = 0
     seconds: float = 0.0
 
@@ -108,7 +113,9 @@ class EMA:
     def __init__(self, model: torch.nn.Module, decay: float = 0.999):
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-        self.averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.averaged = AveragedModel(
+            model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True
+        )
         self.decay = decay
 
     def update(self, model: torch.nn.Module) -> None:
@@ -130,14 +137,21 @@ def cycle(batches):
             raise ValueError("no batches to train on")
 
 
-def make_step(model: torch.nn.Module, loss_fn, optimizer: torch.optim.Optimizer, *,
-              scheduler=None, ema: EMA | None = None, grad_clip: float | None = None):
+def make_step(
+    model: torch.nn.Module,
+    loss_fn,
+    optimizer: torch.optim.Optimizer,
+    *,
+    scheduler=None,
+    ema: EMA | None = None,
+    grad_clip: float | None = None,
+):
     """The ordinary step: forward, ``loss_fn(model, batch)``, backward, (clip), step, (EMA, schedule)."""
 
     def step_fn(batch, step):
         model.train()
         out = loss_fn(model, batch)
-        loss, extra = (out if isinstance(out, tuple) else (out, {}))
+        loss, extra = out if isinstance(out, tuple) else (out, {})
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip is not None:
@@ -152,9 +166,18 @@ def make_step(model: torch.nn.Module, loss_fn, optimizer: torch.optim.Optimizer,
     return step_fn
 
 
-def fit(step_fn, batches, steps: int | None = None, minutes: float | None = None,
-        eval_fn=None, eval_every: int | None = None, history: History | None = None,
-        desc: str = "training", progress: bool = True, callback=None) -> History:
+def fit(
+    step_fn,
+    batches,
+    steps: int | None = None,
+    minutes: float | None = None,
+    eval_fn=None,
+    eval_every: int | None = None,
+    history: History | None = None,
+    desc: str = "training",
+    progress: bool = True,
+    callback=None,
+) -> History:
     """Run ``step_fn(batch, step)`` until ``steps`` steps or ``minutes`` minutes, whichever is first.
 
     ``eval_fn(step) -> dict`` runs every ``eval_every`` steps and once at the end; its results are in
@@ -196,5 +219,6 @@ def fit(step_fn, batches, steps: int | None = None, minutes: float | None = None
 def infinite_loader(dataset, batch_size: int, seed: int = 0, drop_last: bool = True, **kwargs):
     """A shuffling ``DataLoader`` with its own seeded generator (reproducible batches)."""
     g = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
-                                       drop_last=drop_last, generator=g, **kwargs)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, drop_last=drop_last, generator=g, **kwargs
+    )

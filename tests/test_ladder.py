@@ -1,7 +1,6 @@
 """Chapter 06: the ladder of text encoders (chapter 05's model on frozen encoders, and its measures)."""
 import copy
 
-import numpy as np
 import pytest
 import torch
 

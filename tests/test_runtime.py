@@ -74,7 +74,6 @@ def test_fit_steps_budget_eval_hook_and_learning():
 
 def test_fit_minutes_budget_stops_on_time():
     model, loader, loss_fn = _tiny_problem()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
 
     def slow(batch, step):
         time.sleep(0.02)

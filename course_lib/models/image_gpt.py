@@ -28,6 +28,7 @@ growing sequence; tested to give the uncached model's logits. Sampling one token
 (``uncond + w (cond - uncond)``, as Parti and LlamaGen do). The pipelines that use them are in
 :mod:`course_lib.models.token_pipelines`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,8 +40,13 @@ import torch.nn.functional as F
 from .. import arguments
 from ..config import Config
 from ..data import shapes
-from .attention import (TransformerBlock, causal_mask, merge_heads, scaled_dot_product_attention,
-                        split_heads)
+from .attention import (
+    TransformerBlock,
+    causal_mask,
+    merge_heads,
+    scaled_dot_product_attention,
+    split_heads,
+)
 
 SPECIALS = ("<draw>", "<read>", "<image>", "<text>", "<mask>")
 
@@ -51,21 +57,24 @@ SPECIALS = ("<draw>", "<read>", "<image>", "<text>", "<mask>")
 @dataclass
 class ImageGPTConfig(Config):
     """The shape of an :class:`ImageGPT` (``causal=False``: the masked model)."""
+
     d_model: int = 192
     n_heads: int = 6
     n_layers: int = 6
     mlp_ratio: int = 4
     dropout: float = 0.0
-    grid: int = 8                 # image tokens per side (the tokenizer's grid)
-    codebook_size: int = 256      # image codes (the tokenizer's codebook)
-    caption_slots: int = 10       # caption words + <eos>, padded: canonical captions have 7 or 8 words
-    causal: bool = True           # False: bidirectional attention (MaskGIT)
+    grid: int = 8  # image tokens per side (the tokenizer's grid)
+    codebook_size: int = 256  # image codes (the tokenizer's codebook)
+    caption_slots: int = 10  # caption words + <eos>, padded: canonical captions have 7 or 8 words
+    causal: bool = True  # False: bidirectional attention (MaskGIT)
 
     def __post_init__(self):
         self.d_model = arguments.positive_int(self.d_model, "d_model")
         self.n_heads = arguments.positive_int(self.n_heads, "n_heads")
         if self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
         self.n_layers = arguments.positive_int(self.n_layers, "n_layers")
         self.mlp_ratio = arguments.positive_int(self.mlp_ratio, "mlp_ratio")
         self.dropout = arguments.real(self.dropout, "dropout", minimum=0.0, maximum=1.0)
@@ -96,7 +105,9 @@ class TokenLayout:
 
     def __init__(self, config: ImageGPTConfig):
         self.config = config
-        self.tokenizer = shapes.Tokenizer(shapes.canonical_vocabulary(), max_length=config.caption_slots)
+        self.tokenizer = shapes.Tokenizer(
+            shapes.canonical_vocabulary(), max_length=config.caption_slots
+        )
         w = self.tokenizer.vocab_size
         self.draw, self.read, self.image, self.text, self.mask = range(w, w + len(SPECIALS))
         self.image_offset = w + len(SPECIALS)
@@ -110,10 +121,14 @@ class TokenLayout:
         c = self.config.caption_slots
         rows = []
         for p in prompts:
-            ids = self.tokenizer.encode(p, add_special=False)       # raises on unknown words
+            ids = self.tokenizer.encode(p, add_special=False)  # raises on unknown words
             if len(ids) > c - 1:
-                raise ValueError(f"prompt {p!r} has {len(ids)} words; this model reads at most {c - 1}")
-            rows.append(ids + [self.tokenizer.eos_id] + [self.tokenizer.pad_id] * (c - 1 - len(ids)))
+                raise ValueError(
+                    f"prompt {p!r} has {len(ids)} words; this model reads at most {c - 1}"
+                )
+            rows.append(
+                ids + [self.tokenizer.eos_id] + [self.tokenizer.pad_id] * (c - 1 - len(ids))
+            )
         return torch.tensor(rows, dtype=torch.long).view(len(prompts), c)
 
     def decode_caption(self, ids) -> str:
@@ -136,7 +151,7 @@ class TokenLayout:
     def sequence(self, direction: str, captions: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """Captions [n, C] (word ids) and image codes [n, G] (0 .. K-1) -> one sequence [n, length]."""
         n = captions.shape[0]
-        image = codes.reshape(n, -1) + self.image_offset                    # [n, G]
+        image = codes.reshape(n, -1) + self.image_offset  # [n, G]
         col = lambda t: torch.full((n, 1), t, dtype=torch.long, device=captions.device)  # noqa: E731
         if direction == "draw":
             return torch.cat([col(self.draw), captions, col(self.image), image], 1)
@@ -146,12 +161,12 @@ class TokenLayout:
 
     def image_logits_only(self, logits: torch.Tensor) -> torch.Tensor:
         """[..., vocab] -> [..., K]: the image codes' logits (what drawing samples from)."""
-        return logits[..., self.image_offset:]
+        return logits[..., self.image_offset :]
 
     def word_logits_only(self, logits: torch.Tensor) -> torch.Tensor:
         """[..., vocab] -> [..., W]: the caption words' logits, ``<pad>``, ``<bos>`` and ``<unk>`` at
         -inf (what reading picks from)."""
-        out = logits[..., :self.text_words].clone()
+        out = logits[..., : self.text_words].clone()
         tok = self.tokenizer
         out[..., [tok.pad_id, tok.bos_id, tok.unk_id]] = float("-inf")
         return out
@@ -166,17 +181,17 @@ def attend_with_cache(attn, x: torch.Tensor, cache: dict | None) -> torch.Tensor
     :class:`~course_lib.models.attention.MultiHeadAttention`. The new keys and values are appended to
     ``cache["k"]``, ``cache["v"]`` ([n, h, L, dh]); ``cache=None`` keeps nothing. Returns [n, l, d]:
     what the uncached layer gives for these positions."""
-    q = split_heads(attn.q_proj(x), attn.n_heads)                            # [n, h, l, dh]
+    q = split_heads(attn.q_proj(x), attn.n_heads)  # [n, h, l, dh]
     k = split_heads(attn.k_proj(x), attn.n_heads)
     v = split_heads(attn.v_proj(x), attn.n_heads)
     if cache is not None:
         if "k" in cache:
-            k = torch.cat([cache["k"], k], 2)                                # [n, h, L + l, dh]
+            k = torch.cat([cache["k"], k], 2)  # [n, h, L + l, dh]
             v = torch.cat([cache["v"], v], 2)
         cache["k"], cache["v"] = k, v
-    mask = causal_mask(q.shape[2], k.shape[2], device=x.device)              # new queries are the last
-    out = scaled_dot_product_attention(q, k, v, mask)                        # [n, h, l, dh]
-    return attn.out_proj(merge_heads(out))                                   # [n, l, d]
+    mask = causal_mask(q.shape[2], k.shape[2], device=x.device)  # new queries are the last
+    out = scaled_dot_product_attention(q, k, v, mask)  # [n, h, l, dh]
+    return attn.out_proj(merge_heads(out))  # [n, l, d]
 
 
 class ImageGPT(nn.Module):
@@ -192,8 +207,10 @@ class ImageGPT(nn.Module):
         self.layout = TokenLayout(c)
         self.emb = nn.Embedding(self.layout.vocab_size, c.d_model)
         self.pos = nn.Embedding(c.length, c.d_model)
-        self.blocks = nn.ModuleList(TransformerBlock(c.d_model, c.n_heads, c.mlp_ratio, c.dropout)
-                                    for _ in range(c.n_layers))
+        self.blocks = nn.ModuleList(
+            TransformerBlock(c.d_model, c.n_heads, c.mlp_ratio, c.dropout)
+            for _ in range(c.n_layers)
+        )
         self.ln = nn.LayerNorm(c.d_model)
         self.head = nn.Linear(c.d_model, self.layout.vocab_size, bias=False)
         nn.init.normal_(self.emb.weight, std=0.02)
@@ -205,14 +222,15 @@ class ImageGPT(nn.Module):
 
     def forward(self, ids: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """ids [n, L] and their position slots [L] -> logits [n, L, vocab] (no cache)."""
-        x = self.emb(ids) + self.pos(slots)                                  # [n, L, d]
+        x = self.emb(ids) + self.pos(slots)  # [n, L, d]
         mask = causal_mask(ids.shape[1], device=ids.device) if self.config.causal else None
         for block in self.blocks:
             x = block(x, attn_mask=mask)
-        return self.head(self.ln(x))                                         # [n, L, vocab]
+        return self.head(self.ln(x))  # [n, L, vocab]
 
-    def step(self, ids: torch.Tensor, slots: torch.Tensor, caches: list[dict],
-             attend=None) -> torch.Tensor:
+    def step(
+        self, ids: torch.Tensor, slots: torch.Tensor, caches: list[dict], attend=None
+    ) -> torch.Tensor:
         """The next ``l`` tokens ids [n, l] at slots [l], given ``caches`` (one dict per layer, filled
         by earlier calls; start with ``[{} for _ in model.blocks]``) -> logits [n, l, vocab].
         ``attend``: the cached attention function (default :func:`attend_with_cache`; chapter 09 passes
@@ -220,11 +238,11 @@ class ImageGPT(nn.Module):
         attend = attend_with_cache if attend is None else attend
         if not self.config.causal:
             raise ValueError("a KV cache needs causal attention; this model is bidirectional")
-        x = self.emb(ids) + self.pos(slots)                                  # [n, l, d]
+        x = self.emb(ids) + self.pos(slots)  # [n, l, d]
         for block, cache in zip(self.blocks, caches):
             x = x + attend(block.attn, block.ln1(x), cache)
             x = x + block.mlp(block.ln2(x))
-        return self.head(self.ln(x))                                         # [n, l, vocab]
+        return self.head(self.ln(x))  # [n, l, vocab]
 
 
 def build_image_gpt(config: "ImageGPTConfig | dict | None" = None) -> ImageGPT:
@@ -240,19 +258,23 @@ def top_k_filter(logits: torch.Tensor, k: int | None) -> torch.Tensor:
     logits [n, V] -> [n, V]; ``k=None`` or ``k >= V`` keeps everything. Ties at the k-th value are kept."""
     if k is None or k >= logits.shape[-1]:
         return logits
-    kth = torch.topk(logits, k, dim=-1).values[..., -1:]                     # [n, 1]
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # [n, 1]
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
-def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_logits(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """One token per row of logits [n, V]: ``temperature=0`` takes the argmax; otherwise sample from
     ``softmax(top_k_filter(logits) / temperature)``. Returns LongTensor [n] (drawn on the CPU, so the
     same generator gives the same tokens on every device)."""
     logits = logits.float().cpu()
     if temperature == 0:
         return logits.argmax(-1)
-    probs = torch.softmax(top_k_filter(logits, top_k) / temperature, -1)     # [n, V]
+    probs = torch.softmax(top_k_filter(logits, top_k) / temperature, -1)  # [n, V]
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
@@ -276,10 +298,18 @@ def check_sampling(temperature, top_k, vocab: int) -> tuple[float, int | None]:
 # Drawing and reading (the loops the pipelines call)
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
-def draw_codes(model: ImageGPT, captions: torch.Tensor, temperature: float = 1.0,
-               top_k: int | None = None, guidance_scale: float = 1.0,
-               generator: torch.Generator | None = None, use_cache: bool = True,
-               callback=None, sampler=None, attend=None) -> torch.Tensor:
+def draw_codes(
+    model: ImageGPT,
+    captions: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    guidance_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    callback=None,
+    sampler=None,
+    attend=None,
+) -> torch.Tensor:
     """Write the image tokens after each caption, one grid cell at a time in raster order.
 
     captions [n, C] (word ids, :meth:`TokenLayout.encode_captions`) -> codes LongTensor [n, g, g].
@@ -295,22 +325,24 @@ def draw_codes(model: ImageGPT, captions: torch.Tensor, temperature: float = 1.0
     guide = guidance_scale != 1.0
     if guide:
         empty = lay.encode_captions([""]).to(model.device).expand(n, -1)
-        captions = torch.cat([captions, empty])                              # [2n, C]
+        captions = torch.cat([captions, empty])  # [2n, C]
     slots = lay.slots("draw").to(model.device)
-    prefix = lay.sequence("draw", captions, captions.new_zeros(len(captions), 0))   # [m, C + 2]
+    prefix = lay.sequence("draw", captions, captions.new_zeros(len(captions), 0))  # [m, C + 2]
     caches = [{} for _ in model.blocks]
     codes = []
     seq = prefix
     for i in range(c.image_tokens):
         if use_cache:
             fresh = seq if i == 0 else seq[:, -1:]
-            logits = model.step(fresh, slots[seq.shape[1] - fresh.shape[1]:seq.shape[1]], caches, attend)
+            logits = model.step(
+                fresh, slots[seq.shape[1] - fresh.shape[1] : seq.shape[1]], caches, attend
+            )
         else:
-            logits = model(seq, slots[:seq.shape[1]])
-        last = lay.image_logits_only(logits[:, -1])                          # [m, K]
+            logits = model(seq, slots[: seq.shape[1]])
+        last = lay.image_logits_only(logits[:, -1])  # [m, K]
         last = guide_logits(last[:n], last[n:] if guide else None, guidance_scale)
         if sampler is None:
-            tok = sample_logits(last, temperature, top_k, generator)         # [n]
+            tok = sample_logits(last, temperature, top_k, generator)  # [n]
         else:
             tok = sampler(last.float().cpu(), generator)
         tok = tok.to(model.device)
@@ -330,16 +362,16 @@ def read_codes(model: ImageGPT, codes: torch.Tensor) -> list[str]:
     codes = codes.to(model.device).reshape(len(codes), -1)
     n = codes.shape[0]
     empty = codes.new_zeros(n, 0)
-    seq = lay.sequence("read", empty, codes)                                  # [n, G + 2]
+    seq = lay.sequence("read", empty, codes)  # [n, G + 2]
     slots = lay.slots("read").to(model.device)
     caches = [{} for _ in model.blocks]
-    logits = model.step(seq, slots[:seq.shape[1]], caches)[:, -1]
+    logits = model.step(seq, slots[: seq.shape[1]], caches)[:, -1]
     words = []
     for j in range(c.caption_slots):
-        tok = lay.word_logits_only(logits).argmax(-1)                        # [n]
+        tok = lay.word_logits_only(logits).argmax(-1)  # [n]
         words.append(tok)
         if j + 1 < c.caption_slots:
             pos = seq.shape[1] + j
-            logits = model.step(tok[:, None], slots[pos:pos + 1], caches)[:, -1]
-    ids = torch.stack(words, 1).cpu()                                         # [n, C]
+            logits = model.step(tok[:, None], slots[pos : pos + 1], caches)[:, -1]
+    ids = torch.stack(words, 1).cpu()  # [n, C]
     return [lay.decode_caption(row) for row in ids]

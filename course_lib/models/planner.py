@@ -18,6 +18,7 @@ its words and sentence forms, and is calibrated on requests made of that held-ou
 new to it, as the unseen ones are. :func:`risk_coverage` gives the whole curve:
 how many requests are accepted (coverage) against how many of the accepted are exactly right.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -68,10 +69,12 @@ def _extract_json(text: str):
     if start < 0 or end < start:
         raise PlanError(f"no JSON object in the planner's output: {text[:120]!r}")
     try:
-        return json.loads(text[start:end + 1])
+        return json.loads(text[start : end + 1])
     except json.JSONDecodeError as exc:
-        raise PlanError(f"the planner's output is not valid JSON ({exc.msg} at character {exc.pos}): "
-                        f"{text[start:end + 1][:120]!r}") from None
+        raise PlanError(
+            f"the planner's output is not valid JSON ({exc.msg} at character {exc.pos}): "
+            f"{text[start : end + 1][:120]!r}"
+        ) from None
 
 
 def parse_plan(output) -> list[shapes.ShapeSpec]:
@@ -88,7 +91,9 @@ def parse_plan(output) -> list[shapes.ShapeSpec]:
         raise PlanError(f'expected a JSON object with the key "objects", got {str(data)[:120]!r}')
     objs = data["objects"]
     if not isinstance(objs, list) or not 1 <= len(objs) <= MAX_OBJECTS:
-        raise PlanError(f'"objects" must be a list of 1 to {MAX_OBJECTS} objects, got {str(objs)[:120]!r}')
+        raise PlanError(
+            f'"objects" must be a list of 1 to {MAX_OBJECTS} objects, got {str(objs)[:120]!r}'
+        )
     specs = []
     for k, obj in enumerate(objs):
         if not isinstance(obj, dict):
@@ -96,21 +101,28 @@ def parse_plan(output) -> list[shapes.ShapeSpec]:
         missing = [a for a in shapes.ATTRIBUTES if a not in obj]
         extra = [key for key in obj if key not in shapes.ATTRIBUTES]
         if missing or extra:
-            raise PlanError(f"object {k} must have exactly the keys {', '.join(shapes.ATTRIBUTES)}"
-                            + (f"; missing {missing}" if missing else "") + (f"; unexpected {extra}" if extra else ""))
+            raise PlanError(
+                f"object {k} must have exactly the keys {', '.join(shapes.ATTRIBUTES)}"
+                + (f"; missing {missing}" if missing else "")
+                + (f"; unexpected {extra}" if extra else "")
+            )
         values = {}
         for a in shapes.ATTRIBUTES:
             v = obj[a]
             v = v.strip().lower() if isinstance(v, str) else v
             if v not in shapes.ATTRIBUTE_VALUES[a]:
-                raise PlanError(f"object {k}: {a} {obj[a]!r} is not in the Shapes vocabulary; "
-                                f"allowed {a}: {', '.join(shapes.ATTRIBUTE_VALUES[a])}")
+                raise PlanError(
+                    f"object {k}: {a} {obj[a]!r} is not in the Shapes vocabulary; "
+                    f"allowed {a}: {', '.join(shapes.ATTRIBUTE_VALUES[a])}"
+                )
             values[a] = v
         specs.append(shapes.ShapeSpec(**values))
     if len(specs) == 2 and not shapes.scene_is_valid(*specs):
         a, b = specs
-        raise PlanError(f"the two objects cannot be drawn together: {a.row}-{a.col} ({a.size}) and "
-                        f"{b.row}-{b.col} ({b.size}) are the same cell or so close their boxes would overlap")
+        raise PlanError(
+            f"the two objects cannot be drawn together: {a.row}-{a.col} ({a.size}) and "
+            f"{b.row}-{b.col} ({b.size}) are the same cell or so close their boxes would overlap"
+        )
     return specs
 
 
@@ -121,16 +133,16 @@ KINDS = ("none", "one", "two")
 class PlannerConfig(Config):
     """What builds a planner's heads, and the threshold its ``plan`` uses."""
 
-    encoder: str = "mpnet"                   # the frozen text encoder: "minilm" or "mpnet"
+    encoder: str = "mpnet"  # the frozen text encoder: "minilm" or "mpnet"
     encoder_layers: list | None = dataclasses.field(default_factory=lambda: [9, 10, 11, 12])
     #                                          hidden layers averaged (mpnet's last four; None: the last)
-    d_model: int = 128                       # width of the heads
+    d_model: int = 128  # width of the heads
     n_heads: int = 4
-    layers: int = 2                          # cross-attention blocks the queries go through (0: one
+    layers: int = 2  # cross-attention blocks the queries go through (0: one
     #                                          attention pooling per decision, read by a linear head)
     dropout: float = 0.1
-    threshold: float = 0.5                   # plans less confident than this are refused
-    target_precision: float = 0.98           # what calibration asks of accepted held-out seen-wording plans
+    threshold: float = 0.5  # plans less confident than this are refused
+    target_precision: float = 0.98  # what calibration asks of accepted held-out seen-wording plans
 
 
 class PlannerHeads(nn.Module):
@@ -150,27 +162,33 @@ class PlannerHeads(nn.Module):
         if cfg.encoder not in DIMS:
             raise ValueError(f"encoder must be one of {', '.join(DIMS)}, got {cfg.encoder!r}")
         d_text, d = DIMS[cfg.encoder], cfg.d_model
-        self.proj = nn.Sequential(nn.LayerNorm(d_text), nn.Dropout(cfg.dropout), nn.Linear(d_text, d))
+        self.proj = nn.Sequential(
+            nn.LayerNorm(d_text), nn.Dropout(cfg.dropout), nn.Linear(d_text, d)
+        )
         per_slot = len(shapes.ATTRIBUTES) if cfg.layers == 0 else 1
         self.queries = nn.Parameter(torch.randn(1 + MAX_OBJECTS * per_slot, d) * 0.02)
-        self.blocks = nn.ModuleList(TransformerBlock(d, cfg.n_heads, dropout=cfg.dropout, d_context=d)
-                                    for _ in range(cfg.layers))
+        self.blocks = nn.ModuleList(
+            TransformerBlock(d, cfg.n_heads, dropout=cfg.dropout, d_context=d)
+            for _ in range(cfg.layers)
+        )
         self.norm = nn.LayerNorm(d)
         self.kind_head = nn.Linear(d, len(KINDS))
-        self.heads = nn.ModuleDict({a: nn.Linear(d, len(shapes.ATTRIBUTE_VALUES[a])) for a in shapes.ATTRIBUTES})
+        self.heads = nn.ModuleDict(
+            {a: nn.Linear(d, len(shapes.ATTRIBUTE_VALUES[a])) for a in shapes.ATTRIBUTES}
+        )
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> dict:
         """``{"kind": [n, 3], "size": [n, 2, 2], "color": [n, 2, 6], ...}`` logits."""
-        ctx = self.proj(states)                                            # [n, L, d]
+        ctx = self.proj(states)  # [n, L, d]
         if self.config.layers == 0:
             scores = torch.einsum("nld,qd->nql", ctx, self.queries) / ctx.shape[-1] ** 0.5
             scores = scores.masked_fill(mask[:, None, :] == 0, float("-inf"))
-            q = self.norm(scores.softmax(-1) @ ctx)                        # [n, 1 + 2 * 5, d]
-            slots = q[:, 1:].unflatten(1, (MAX_OBJECTS, len(shapes.ATTRIBUTES)))     # [n, 2, 5, d]
+            q = self.norm(scores.softmax(-1) @ ctx)  # [n, 1 + 2 * 5, d]
+            slots = q[:, 1:].unflatten(1, (MAX_OBJECTS, len(shapes.ATTRIBUTES)))  # [n, 2, 5, d]
             out = {"kind": self.kind_head(q[:, 0])}
             out.update({a: h(slots[:, :, i]) for i, (a, h) in enumerate(self.heads.items())})
             return out
-        q = self.queries.unsqueeze(0).expand(len(states), -1, -1)          # [n, 3, d]
+        q = self.queries.unsqueeze(0).expand(len(states), -1, -1)  # [n, 3, d]
         for blk in self.blocks:
             q = blk(q, context=ctx, context_mask=mask)
         q = self.norm(q)
@@ -193,7 +211,9 @@ def plan_targets(scenes) -> tuple[torch.Tensor, torch.Tensor]:
 def planner_loss(logits: dict, kind: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
     loss = F.cross_entropy(logits["kind"], kind)
     for i, a in enumerate(shapes.ATTRIBUTES):
-        loss = loss + F.cross_entropy(logits[a].flatten(0, 1), attrs[:, :, i].flatten(), ignore_index=-100)
+        loss = loss + F.cross_entropy(
+            logits[a].flatten(0, 1), attrs[:, :, i].flatten(), ignore_index=-100
+        )
     return loss
 
 
@@ -210,8 +230,12 @@ class Planner:
     calibrated one in the heads' config).
     """
 
-    def __init__(self, heads: PlannerHeads, encoder: FrozenTextEncoder | None = None,
-                 threshold: float | None = None):
+    def __init__(
+        self,
+        heads: PlannerHeads,
+        encoder: FrozenTextEncoder | None = None,
+        threshold: float | None = None,
+    ):
         self.heads = heads.eval()
         self.encoder = encoder or planner_encoder(heads.config)
         self.threshold = heads.config.threshold if threshold is None else float(threshold)
@@ -227,8 +251,10 @@ class Planner:
         dev = next(self.heads.parameters()).device
         probs = {}
         for i in range(0, len(texts), 512):
-            width = int(m[i:i + 512].sum(1).max())
-            logits = self.heads(s[i:i + 512, :width].to(dev).float(), m[i:i + 512, :width].to(dev))
+            width = int(m[i : i + 512].sum(1).max())
+            logits = self.heads(
+                s[i : i + 512, :width].to(dev).float(), m[i : i + 512, :width].to(dev)
+            )
             for k, v in logits.items():
                 probs.setdefault(k, []).append(v.softmax(-1).cpu())
         probs = {k: torch.cat(v) for k, v in probs.items()}
@@ -248,8 +274,15 @@ class Planner:
                     if float(p[idx]) < weakest_p:
                         weakest_p, weakest = float(p[idx]), f"{a} of object {j + 1}"
                 objects.append(obj)
-            out.append({"kind": KINDS[k], "objects": objects, "confidence": conf, "weakest": weakest,
-                        "weakest_p": weakest_p})
+            out.append(
+                {
+                    "kind": KINDS[k],
+                    "objects": objects,
+                    "confidence": conf,
+                    "weakest": weakest,
+                    "weakest_p": weakest_p,
+                }
+            )
         return out
 
     def plan(self, text: str) -> dict:
@@ -278,12 +311,16 @@ class Planner:
     def decide(self, text: str, p: dict) -> dict:
         """Accept a prediction of :meth:`predict` as a plan, or raise :class:`PlanError`."""
         if p["kind"] == "none":
-            raise PlanError(f"{text!r} does not look like a Shapes scene (one or two objects); "
-                            f"the planner draws {allowed_words()}")
+            raise PlanError(
+                f"{text!r} does not look like a Shapes scene (one or two objects); "
+                f"the planner draws {allowed_words()}"
+            )
         if p["confidence"] < self.threshold:
-            raise PlanError(f"not sure how to draw {text!r}: the plan's confidence {p['confidence']:.2f} is below "
-                            f"{self.threshold:.2f}, least sure of the {p['weakest']} (p = {p['weakest_p']:.2f}); "
-                            f"say it with the Shapes words ({allowed_words()})")
+            raise PlanError(
+                f"not sure how to draw {text!r}: the plan's confidence {p['confidence']:.2f} is below "
+                f"{self.threshold:.2f}, least sure of the {p['weakest']} (p = {p['weakest_p']:.2f}); "
+                f"say it with the Shapes words ({allowed_words()})"
+            )
         plan = {"objects": p["objects"]}
         parse_plan(plan)
         return dict(plan, confidence=round(p["confidence"], 4))
@@ -313,15 +350,22 @@ def prediction_is_right(p: dict, scene) -> bool:
     return scene is not None and p["objects"] == [o.as_dict() for o in scene]
 
 
-def calibrate_threshold(confidence, right, target_precision: float, min_accepted: int = 20) -> float:
+def calibrate_threshold(
+    confidence, right, target_precision: float, min_accepted: int = 20
+) -> float:
     """The lowest threshold at which the accepted answers (confidence >= threshold) are at least
     ``target_precision`` right, among at least ``min_accepted`` accepted; 1.0 if there is none."""
     conf = np.asarray(confidence, dtype=np.float64)
     ok = np.asarray(right, dtype=np.float64)
     order = np.argsort(-conf)
-    precision = np.cumsum(ok[order]) / np.arange(1, len(conf) + 1)        # accepting the k most confident
-    good = [k for k in range(len(conf)) if k + 1 >= min_accepted and precision[k] >= target_precision
-            and (k + 1 == len(conf) or conf[order[k + 1]] < conf[order[k]])]
+    precision = np.cumsum(ok[order]) / np.arange(1, len(conf) + 1)  # accepting the k most confident
+    good = [
+        k
+        for k in range(len(conf))
+        if k + 1 >= min_accepted
+        and precision[k] >= target_precision
+        and (k + 1 == len(conf) or conf[order[k + 1]] < conf[order[k]])
+    ]
     return float(conf[order[max(good)]]) if good else 1.0
 
 
@@ -332,12 +376,27 @@ def risk_coverage(confidence, right) -> dict:
     ok = np.asarray(right, dtype=np.float64)
     order = np.argsort(-conf)
     k = np.arange(1, len(conf) + 1)
-    return {"threshold": conf[order], "coverage": k / len(conf), "precision": np.cumsum(ok[order]) / k}
+    return {
+        "threshold": conf[order],
+        "coverage": k / len(conf),
+        "precision": np.cumsum(ok[order]) / k,
+    }
 
 
-def train_planner(config: PlannerConfig | dict | None = None, n_train: int = 6000, steps: int = 1500,
-                  batch_size: int = 128, lr: float = 1e-3, seed: int = 0, device=None, encoder=None,
-                  n_calibrate: int = 1500, progress: bool = True, vocab="seen", calibration_vocab="seen"):
+def train_planner(
+    config: PlannerConfig | dict | None = None,
+    n_train: int = 6000,
+    steps: int = 1500,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device=None,
+    encoder=None,
+    n_calibrate: int = 1500,
+    progress: bool = True,
+    vocab="seen",
+    calibration_vocab="seen",
+):
     """Train :class:`PlannerHeads` on ``n_train`` requests in the *seen* wording (the encoder is
     frozen, so its states are computed once), then calibrate the refusal threshold on ``n_calibrate``
     fresh requests. ``vocab`` / ``calibration_vocab``: the wordings of the two (``"seen"`` or the
@@ -355,29 +414,38 @@ def train_planner(config: PlannerConfig | dict | None = None, n_train: int = 600
         data = torch.utils.data.TensorDataset(states, mask, kind, attrs)
         loader = infinite_loader(data, min(batch_size, len(texts)), seed=seed)
         opt = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=1e-2)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
-                                                    pct_start=min(0.5, max(0.1, 3 / steps)))
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=lr, total_steps=steps, pct_start=min(0.5, max(0.1, 3 / steps))
+        )
 
         def loss_fn(m, batch):
             s, mk, k, a = (b.to(device) for b in batch)
             width = int(mk.sum(1).max())
             return planner_loss(m(s[:, :width].float(), mk[:, :width]), k, a)
 
-        hist = fit(make_step(heads, loss_fn, opt, scheduler=sched), loader, steps=steps,
-                   desc="shapes-planner", progress=progress)
+        hist = fit(
+            make_step(heads, loss_fn, opt, scheduler=sched),
+            loader,
+            steps=steps,
+            desc="shapes-planner",
+            progress=progress,
+        )
         heads.eval()
-        calibration = calibrate(heads, encoder, n_calibrate, seed=seed + 1000,
-                                vocab=calibration_vocab)
+        calibration = calibrate(
+            heads, encoder, n_calibrate, seed=seed + 1000, vocab=calibration_vocab
+        )
         return heads, hist, calibration
 
 
-def calibrate(heads: PlannerHeads, encoder=None, n: int = 1500, seed: int = 1000, vocab="seen") -> dict:
+def calibrate(
+    heads: PlannerHeads, encoder=None, n: int = 1500, seed: int = 1000, vocab="seen"
+) -> dict:
     """Set ``heads.config.threshold`` from ``n`` fresh requests in ``vocab`` (never trained on,
     never the test set; scenes and non-scenes mixed as in training): :func:`calibrate_threshold` at
     ``heads.config.target_precision`` over the requests the heads take for scenes."""
     texts, scenes = make_requests(n, seed=seed, vocab=vocab)
     preds = Planner(heads, encoder, threshold=0.0).predict(texts)
-    accepted = [p["kind"] != "none" for p in preds]                        # refused whatever the threshold
+    accepted = [p["kind"] != "none" for p in preds]  # refused whatever the threshold
     conf = [p["confidence"] for p, a in zip(preds, accepted) if a]
     right = [prediction_is_right(p, s) for p, s, a in zip(preds, scenes, accepted) if a]
     t = calibrate_threshold(conf, right, heads.config.target_precision)
@@ -385,7 +453,9 @@ def calibrate(heads: PlannerHeads, encoder=None, n: int = 1500, seed: int = 1000
     return {"threshold": t, "n": n, "seed": seed, "target_precision": heads.config.target_precision}
 
 
-def plan_scores(planner: Planner, texts: list[str], scenes: list, preds: list | None = None) -> dict:
+def plan_scores(
+    planner: Planner, texts: list[str], scenes: list, preds: list | None = None
+) -> dict:
     """How the planner does on requests with known scenes: ``coverage`` (share of scene requests it
     accepts), ``exact_among_accepted`` (share of those plans exactly right; None if it accepts none),
     ``exact_match`` (share of all requests answered right: an exact plan, or a refusal of a
@@ -412,9 +482,13 @@ def plan_scores(planner: Planner, texts: list[str], scenes: list, preds: list | 
                 per_attr[a][0] += o[a] == getattr(w, a)
                 per_attr[a][1] += 1
     n = max(1, len(texts))
-    out = {"exact_match": sum(right) / n, "refused": 1 - sum(accepted) / n, "n": len(texts),
-           "coverage": len(acc_scene) / n_scene if n_scene else 0.0,
-           "exact_among_accepted": float(np.mean(acc_scene)) if acc_scene else None}
+    out = {
+        "exact_match": sum(right) / n,
+        "refused": 1 - sum(accepted) / n,
+        "n": len(texts),
+        "coverage": len(acc_scene) / n_scene if n_scene else 0.0,
+        "exact_among_accepted": float(np.mean(acc_scene)) if acc_scene else None,
+    }
     out.update({a: c / t for a, (c, t) in per_attr.items() if t})
     return out
 
@@ -426,8 +500,11 @@ def planner_test_sets(seed: int = 20_000) -> dict:
     rng = np.random.default_rng([seed, 63])
     one = [(paraphrase(s, rng, "unseen"), [s]) for _ in range(2) for s in shapes.all_specs("all")]
     sets = {"one object": ([t for t, _ in one], [s for _, s in one])}
-    for name, kind, n in (("two objects, relation", "relation", 400), ("two objects, absolute", "absolute", 300),
-                          ("not a Shapes scene", "none", 300)):
+    for name, kind, n in (
+        ("two objects, relation", "relation", 400),
+        ("two objects, absolute", "absolute", 300),
+        ("not a Shapes scene", "none", 300),
+    ):
         sets[name] = make_requests(n, seed=seed, vocab="unseen", kind=kind)
     return sets
 
@@ -443,14 +520,18 @@ def evaluate_planner_module(heads: PlannerHeads, encoder=None) -> dict:
     planner = Planner(heads, encoder)
     sets = planner_test_sets()
     preds = {name: planner.predict(texts) for name, (texts, _) in sets.items()}
-    out = {name: _rounded(plan_scores(planner, texts, scenes, preds[name]))
-           for name, (texts, scenes) in sets.items()}
+    out = {
+        name: _rounded(plan_scores(planner, texts, scenes, preds[name]))
+        for name, (texts, scenes) in sets.items()
+    }
     scene_sets = [k for k in sets if k != "not a Shapes scene"]
     texts = [t for k in scene_sets for t in sets[k][0]]
     specs = [s for k in scene_sets for s in sets[k][1]]
     flat = [p for k in scene_sets for p in preds[k]]
     overall = plan_scores(planner, texts, specs, flat)
-    out["unseen"] = _rounded({k: overall[k] for k in ("coverage", "exact_among_accepted", "exact_match", "n")})
+    out["unseen"] = _rounded(
+        {k: overall[k] for k in ("coverage", "exact_among_accepted", "exact_match", "n")}
+    )
     out["non_scene_refused"] = out["not a Shapes scene"]["refused"]
     conf = [p["confidence"] if p["kind"] != "none" else 0.0 for p in flat]
     curve = risk_coverage(conf, [prediction_is_right(p, s) for p, s in zip(flat, specs)])
@@ -468,34 +549,61 @@ def _train_planner_registered(seed: int = 0, quick: bool = False) -> TrainResult
     kept, held = split_vocabulary("seen", HELD_OUT_FRACTION, seed=seed)
 
     def notes(history, calibration):
-        return (f"frozen all-mpnet-base-v2 (not in this file) + heads; {n_train} requests in the seen wording "
-                f"less a held-out {HELD_OUT_FRACTION:.0%} of its words and sentence forms, {history.steps} steps, "
-                f"batch 128; refusal threshold {calibration['threshold']:.3f} calibrated on {n_cal} requests in "
-                f"the held-out words at precision {cfg.target_precision}; tested on unseen wording")
+        return (
+            f"frozen all-mpnet-base-v2 (not in this file) + heads; {n_train} requests in the seen wording "
+            f"less a held-out {HELD_OUT_FRACTION:.0%} of its words and sentence forms, {history.steps} steps, "
+            f"batch 128; refusal threshold {calibration['threshold']:.3f} calibrated on {n_cal} requests in "
+            f"the held-out words at precision {cfg.target_precision}; tested on unseen wording"
+        )
 
-    return run_recipe(lambda: train_planner(cfg, n_train=n_train, steps=steps, seed=seed, n_calibrate=n_cal,
-                                            vocab=kept, calibration_vocab=held),
-                      evaluate_planner_module, notes=notes)
+    return run_recipe(
+        lambda: train_planner(
+            cfg,
+            n_train=n_train,
+            steps=steps,
+            seed=seed,
+            n_calibrate=n_cal,
+            vocab=kept,
+            calibration_vocab=held,
+        ),
+        evaluate_planner_module,
+        notes=notes,
+    )
 
 
-register("shapes-planner", role="component", domain="shapes", build=PlannerHeads, train=_train_planner_registered,
-         evaluate=lambda heads: evaluate_planner_module(heads), finalize=lambda heads: Planner(heads),
-         chapter="06", description="request -> scene spec JSON: frozen all-mpnet-base-v2 + cross-attention "
-                                   "heads, refusals calibrated on held-out seen wording")
+register(
+    "shapes-planner",
+    role="component",
+    domain="shapes",
+    build=PlannerHeads,
+    train=_train_planner_registered,
+    evaluate=lambda heads: evaluate_planner_module(heads),
+    finalize=lambda heads: Planner(heads),
+    chapter="06",
+    description="request -> scene spec JSON: frozen all-mpnet-base-v2 + cross-attention "
+    "heads, refusals calibrated on held-out seen wording",
+)
 
 
 class LLMPlanner:
     """Online: a small instruct LLM (through transformers) writes the scene spec from a prompt; same
     ``plan(text)`` interface, its output checked by :func:`parse_plan`. Needs the weights (internet)."""
 
-    PROMPT = ("You turn drawing requests into JSON. Allowed values: " + allowed_words() +
-              '. Reply with JSON only, like {"objects": [{"size": "small", "color": "red", "shape": "circle", '
-              '"row": "top", "col": "left"}]}. At most two objects, in different cells. Request: ')
+    PROMPT = (
+        "You turn drawing requests into JSON. Allowed values: "
+        + allowed_words()
+        + '. Reply with JSON only, like {"objects": [{"size": "small", "color": "red", "shape": "circle", '
+        '"row": "top", "col": "left"}]}. At most two objects, in different cells. Request: '
+    )
 
-    def __init__(self, name: str = "Qwen/Qwen2.5-0.5B-Instruct", device=None, max_new_tokens: int = 120):
+    def __init__(
+        self, name: str = "Qwen/Qwen2.5-0.5B-Instruct", device=None, max_new_tokens: int = 120
+    ):
         if not runtime.online():
-            raise RuntimeError(f"LLMPlanner downloads {name} and this runtime is offline "
-                               "(set COURSE_ONLINE=1 on a machine with internet)")
+            raise RuntimeError(
+                f"LLMPlanner downloads {name} and this runtime is offline "
+                "(set COURSE_ONLINE=1 on a machine with internet)"
+            )
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(name)
@@ -505,11 +613,12 @@ class LLMPlanner:
     @torch.no_grad()
     def raw(self, text: str) -> str:
         msgs = [{"role": "user", "content": self.PROMPT + text}]
-        ids = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt")
+        ids = self.tokenizer.apply_chat_template(
+            msgs, add_generation_prompt=True, return_tensors="pt"
+        )
         ids = ids.to(self.model.device)
         out = self.model.generate(ids, max_new_tokens=self.max_new_tokens, do_sample=False)
-        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        return self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
     def plan(self, text: str) -> dict:
         return plan_to_json(parse_plan(self.raw(text)))
-

@@ -6,6 +6,7 @@ chapter then draws the paths from the same noise points to the data (:func:`toy_
 measures how much they bend (:func:`straightness`) and how close their ends land to the data
 (:func:`distance_to`), before and after one round of reflow (:func:`course_lib.flow.reflow_pairs`).
 """
+
 from __future__ import annotations
 
 import math
@@ -15,15 +16,18 @@ import torch.nn as nn
 
 from .. import arguments, diffusion, flow, runtime, training
 
+
 # --------------------------------------------------------------------------------------------
-def two_moons(n: int, generator: torch.Generator | None = None, noise: float = 0.06) -> torch.Tensor:
+def two_moons(
+    n: int, generator: torch.Generator | None = None, noise: float = 0.06
+) -> torch.Tensor:
     """``n`` points [n, 2] of two interleaved half circles, scaled to about [-1.5, 1.5] x [-1, 1]."""
     n = arguments.positive_int(n, "n")
     upper = torch.rand(n, generator=generator) < 0.5
     a = torch.rand(n, generator=generator) * math.pi
     x = torch.where(upper, torch.cos(a), 1 - torch.cos(a))
     y = torch.where(upper, torch.sin(a), 0.5 - torch.sin(a))
-    pts = torch.stack([x - 0.5, y - 0.25], 1) * 1.4                                 # [n, 2]
+    pts = torch.stack([x - 0.5, y - 0.25], 1) * 1.4  # [n, 2]
     return pts + noise * torch.randn(pts.shape, generator=generator)
 
 
@@ -41,12 +45,20 @@ class ToyNet(nn.Module):
         self.net = nn.Sequential(*body, nn.Linear(hidden, 2))
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        tt = (timesteps.float() / 1000).reshape(-1, 1) * self.freqs                 # [n, f]
-        return self.net(torch.cat([x, tt.sin(), tt.cos()], 1))                     # [n, 2]
+        tt = (timesteps.float() / 1000).reshape(-1, 1) * self.freqs  # [n, f]
+        return self.net(torch.cat([x, tt.sin(), tt.cos()], 1))  # [n, 2]
 
 
-def train_toy(objective: str = "flow", steps: int = 2000, pairs: tuple | None = None, batch_size: int = 256,
-              lr: float = 2e-3, n_points: int = 20000, seed: int = 0, progress: bool = False):
+def train_toy(
+    objective: str = "flow",
+    steps: int = 2000,
+    pairs: tuple | None = None,
+    batch_size: int = 256,
+    lr: float = 2e-3,
+    n_points: int = 20000,
+    seed: int = 0,
+    progress: bool = False,
+):
     """Train a :class:`ToyNet` on two moons (seconds on a CPU) with the course's one training loop.
 
     ``objective``: ``"flow"`` (flow matching, fresh noise for every point) or ``"ddpm"`` (chapter
@@ -69,19 +81,29 @@ def train_toy(objective: str = "flow", steps: int = 2000, pairs: tuple | None = 
         noise = batch[1] if pairs is not None else None
         return flow.flow_matching_loss(m, batch[0], noise=noise, generator=g)
 
-    with runtime.seeded(seed):                      # the initial weights
+    with runtime.seeded(seed):  # the initial weights
         model = ToyNet()
         opt = torch.optim.Adam(model.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr / 20)
-        hist = training.fit(training.make_step(model, loss_fn, opt, scheduler=sched),
-                            training.infinite_loader(data, batch_size, seed=seed), steps=steps,
-                            desc=f"toy {objective}", progress=progress)
+        hist = training.fit(
+            training.make_step(model, loss_fn, opt, scheduler=sched),
+            training.infinite_loader(data, batch_size, seed=seed),
+            steps=steps,
+            desc=f"toy {objective}",
+            progress=progress,
+        )
     return model.eval(), hist
 
 
 @torch.no_grad()
-def toy_trajectories(model: ToyNet, objective: str = "flow", n: int = 500, num_inference_steps: int = 100,
-                     seed: int = 0, flow_coordinates: bool = False) -> torch.Tensor:
+def toy_trajectories(
+    model: ToyNet,
+    objective: str = "flow",
+    n: int = 500,
+    num_inference_steps: int = 100,
+    seed: int = 0,
+    flow_coordinates: bool = False,
+) -> torch.Tensor:
     """Paths [steps + 1, n, 2] from the same ``n`` noise points (drawn with ``seed``) to the data:
     Euler steps on the learned flow (``"flow"``), or DDIM with η = 0 (``"ddpm"``), Euler's method on
     the DDPM's probability-flow ODE in its own variables (Song et al. 2021). ``flow_coordinates``: the
@@ -89,12 +111,20 @@ def toy_trajectories(model: ToyNet, objective: str = "flow", n: int = 500, num_i
     arguments.choice(objective, ("flow", "ddpm"), "objective")
     noise = torch.randn((n, 2), generator=torch.Generator().manual_seed(seed))
     if objective == "flow":
-        return torch.stack(flow.sample_euler(model, noise, num_inference_steps, return_trajectory=True)[1])
+        return torch.stack(
+            flow.sample_euler(model, noise, num_inference_steps, return_trajectory=True)[1]
+        )
     path = [noise]
     ac = diffusion.NoiseSchedule.make("linear").alphas_cumprod
-    diffusion.sample_ddim(model, (n, 2), ac, num_inference_steps, generator=torch.Generator().manual_seed(seed),
-                          callback=lambda t, x, x0: path.append(x))
-    path = torch.stack(path)                                                # [steps + 1, n, 2]
+    diffusion.sample_ddim(
+        model,
+        (n, 2),
+        ac,
+        num_inference_steps,
+        generator=torch.Generator().manual_seed(seed),
+        callback=lambda t, x, x0: path.append(x),
+    )
+    path = torch.stack(path)  # [steps + 1, n, 2]
     if flow_coordinates:
         visited = diffusion.inference_timesteps(len(ac), num_inference_steps)
         abar = torch.tensor([float(ac[t]) for t in visited] + [1.0], dtype=torch.float64)
@@ -105,8 +135,8 @@ def toy_trajectories(model: ToyNet, objective: str = "flow", n: int = 500, num_i
 def straightness(path: torch.Tensor) -> float:
     """How far a set of paths [steps + 1, n, d] bends: the mean of (length along the path) / (distance
     from its start to its end). 1 is a straight line; the more above 1, the more Euler steps it needs."""
-    length = (path[1:] - path[:-1]).norm(dim=-1).sum(0)                     # [n]
-    chord = (path[-1] - path[0]).norm(dim=-1).clamp(min=1e-8)               # [n]
+    length = (path[1:] - path[:-1]).norm(dim=-1).sum(0)  # [n]
+    chord = (path[-1] - path[0]).norm(dim=-1).clamp(min=1e-8)  # [n]
     return float((length / chord).mean())
 
 
