@@ -29,8 +29,8 @@ def normalize_prompt(text: str) -> str:
 
 
 def prompts(prompt, name: str = "prompt", allow_empty_text: bool = True) -> list[str]:
-    """``prompt`` as a list of normalised texts. Allowed: one string, or a non-empty list or tuple of
-    strings. ``allow_empty_text=False`` also refuses texts that are empty after normalising."""
+    """``prompt`` as a list of normalised texts. Allowed: one string, or a non-empty list or tuple
+    of strings. ``allow_empty_text=False`` also refuses texts that are empty after normalising."""
     if isinstance(prompt, str):
         items = [prompt]
     elif isinstance(prompt, (list, tuple)):
@@ -89,7 +89,8 @@ def positive_int(n, name: str, maximum: int | None = None) -> int:
 
 
 def steps(n, maximum: int, name: str = "num_inference_steps") -> int:
-    """A number of sampling steps: an integer from 1 to ``maximum`` (the schedule's training steps)."""
+    """A number of sampling steps: an integer from 1 to ``maximum``
+    (the schedule's training steps)."""
     return integer(n, name, 1, maximum)
 
 
@@ -112,7 +113,8 @@ def real(x, name: str, minimum: float | None = None, maximum: float | None = Non
 
 
 def guidance(w, name: str = "guidance_scale") -> float:
-    """A classifier-free guidance scale: a finite number >= 0 (1 = no guidance, 0 = unconditional)."""
+    """A classifier-free guidance scale: a finite number >= 0 (1 = no guidance,
+    0 = unconditional)."""
     return real(w, name, minimum=0.0)
 
 

@@ -1,4 +1,5 @@
-"""``[PASS]`` / ``[FAIL]`` checks for the exercises of every chapter (convention taught in chapter 00).
+"""``[PASS]`` / ``[FAIL]`` checks for the exercises of every chapter (convention taught in
+chapter 00).
 
 A check prints one line and returns a :class:`CheckResult`, truthy when it passed; it never raises,
 so a student notebook with an unfinished exercise still runs to the end and shows
@@ -8,15 +9,16 @@ than its printed line (no ``Out[n]: True`` under it).
 
 from __future__ import annotations
 
+import contextlib
 import traceback
 
 import torch
 
 
 class CheckResult:
-    """What a check returns: ``bool(result)`` is whether it passed; ``result.name`` says which check.
-    Compares equal to ``True``/``False``. In a notebook it displays nothing: the check has already
-    printed its ``[PASS]``/``[FAIL]`` line."""
+    """What a check returns: ``bool(result)`` is whether it passed; ``result.name`` says which
+    check. Compares equal to ``True``/``False``. In a notebook it displays nothing: the check has
+    already printed its ``[PASS]``/``[FAIL]`` line."""
 
     __slots__ = ("passed", "name")
 
@@ -38,7 +40,8 @@ class CheckResult:
         return f"CheckResult({self.name!r}, passed={self.passed})"
 
     def _ipython_display_(self) -> None:
-        """IPython calls this instead of printing ``Out[n]: ...``: nothing to add to the line above."""
+        """IPython calls this instead of printing ``Out[n]: ...``: nothing to add to the line
+        above."""
 
 
 def _report(ok: bool, name: str, detail: str = "", hint: str = "") -> CheckResult:
@@ -73,12 +76,51 @@ def check_close(
     return _report(ok, name, f"max abs error {err:.2e}", hint)
 
 
-def run_check(name: str, fn, hint: str = "") -> CheckResult:
+class _NotYours(AssertionError):
+    """Raised when a check finds the exercise calling the library's own answer."""
+
+
+@contextlib.contextmanager
+def forbid(*targets):
+    """While the block runs, each ``(module, "name")`` in ``targets`` is replaced by a function that
+    fails the check: an exercise that only calls the course's own implementation does not pass.
+    (The check computes what it compares with before the block, or keeps the original function in
+    a variable.)"""
+    saved = []
+    try:
+        for module, name in targets:
+            original = getattr(module, name)
+            label = f"{module.__name__.rsplit('.', 1)[-1]}.{name}"
+
+            def refuse(*args, _label=label, **kwargs):
+                raise _NotYours(f"the exercise called the course's own {_label}: write it yourself")
+
+            saved.append((module, name, original))
+            setattr(module, name, refuse)
+        yield
+    finally:
+        for module, name, original in reversed(saved):
+            setattr(module, name, original)
+
+
+def yours_or_reference(result, yours, reference, what: str):
+    """After an exercise's check: ``yours`` when the check passed, else the course's ``reference``,
+    saying so in one visible line, so that a learner who is stuck can run the rest of the chapter
+    (and come back to the exercise later)."""
+    if result:
+        return yours
+    print(f"[....] the cells below use the course's {what} until this check passes")
+    return reference
+
+
+def run_check(name: str, fn, hint: str = "", forbid_calls=()) -> CheckResult:
     """Run ``fn()``, which asserts what must hold. An ``AssertionError`` or any other error is a
     ``[FAIL]`` (with the message); ``NotImplementedError`` says the exercise is not done yet. When
-    ``fn`` returns a string, the ``[PASS]`` line shows it (what was measured)."""
+    ``fn`` returns a string, the ``[PASS]`` line shows it (what was measured). ``forbid_calls``:
+    ``(module, "name")`` pairs the exercise may not call while ``fn`` runs (:func:`forbid`)."""
     try:
-        detail = fn()
+        with forbid(*forbid_calls):
+            detail = fn()
     except NotImplementedError:
         return _report(
             False, name, "not implemented yet (replace the `raise NotImplementedError`)", hint

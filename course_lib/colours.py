@@ -2,11 +2,11 @@
 
 matplotlib ships two tables of colour names with their RGB: the XKCD colour survey (949 names that
 people typed for colours they were shown, ``matplotlib.colors.XKCD_COLORS``) and the 148 CSS4 names.
-:func:`colour_names` reads both. :func:`colour_probe` measures world knowledge directly: a small head
-maps a frozen encoder's embedding of a colour *name* to its RGB, trained on some names and tested on
-held-out names, scored by the colour difference ΔE (CIE76: the distance in CIELAB, where 1 is about
-the smallest difference a person notices and 2-10 is "similar at a glance") against a baseline that
-predicts the mean colour of the training names.
+:func:`colour_names` reads both. :func:`colour_probe` measures world knowledge directly: a small
+head maps a frozen encoder's embedding of a colour *name* to its RGB, trained on some names and
+tested on held-out names, scored by the colour difference ΔE (CIE76: the distance in CIELAB, where 1
+is about the smallest difference a person notices and 2-10 is "similar at a glance") against a
+baseline that predicts the mean colour of the training names.
 
 The tables, the colour maths and the Shapes words (:func:`nearest_shapes_colour` names the Shapes
 colour nearest to any RGB in Lab, so colour names far from all six are the colours Shapes cannot
@@ -58,9 +58,9 @@ __all__ = [
 
 def hue_figure(exclude: tuple = (), marked: dict | None = None):
     """Every XKCD and CSS4 colour name on the CIELAB hue circle (angle: hue, radius: chroma), drawn
-    in its own colour: large where :func:`shapes_colour_of` takes it for a Shapes colour, small where
-    it does not. The six Shapes colours are the labelled stars. ``marked``: ``{word: rgb}`` drawn as
-    labelled crosses (the unseen colour words). Returns the matplotlib figure."""
+    in its own colour: large where :func:`shapes_colour_of` takes it for a Shapes colour, small
+    where it does not. The six Shapes colours are the labelled stars. ``marked``: ``{word: rgb}``
+    drawn as labelled crosses (the unseen colour words). Returns the matplotlib figure."""
     import matplotlib.pyplot as plt
 
     names = colour_names()
@@ -117,10 +117,10 @@ def hue_figure(exclude: tuple = (), marked: dict | None = None):
 def name_split(
     names: list[str], test_fraction: float = 0.3, seed: int = 0, how: str = "names"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, test) of a random split of ``names``. ``how="names"``: any name may be held out
-    ("dark red" held out while "red" trains); ``how="words"``: the test names are single words that
-    no training name contains (held out: "cerulean"; "cerulean blue" is then not trained on either),
-    so only what the encoder knows about the word itself can place it."""
+    """Indices (train, test) of a random split of ``names``. ``how="names"``: any name may be held
+    out ("dark red" held out while "red" trains); ``how="words"``: the test names are single words
+    that no training name contains (held out: "cerulean"; "cerulean blue" is then not trained on
+    either), so only what the encoder knows about the word itself can place it."""
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
     if how not in ("names", "words"):
@@ -163,8 +163,8 @@ def fit_colour_head(
     weight_decay: float = 1e-2,
     seed: int = 0,
 ) -> ColourHead:
-    """Train a :class:`ColourHead` on (features [n, d], rgb [n, 3]): squared error in RGB, full batch,
-    AdamW."""
+    """Train a :class:`ColourHead` on (features [n, d], rgb [n, 3]): squared error in RGB, full
+    batch, AdamW."""
     with runtime.seeded(seed):
         head = ColourHead(features.shape[1])
         opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
@@ -179,7 +179,8 @@ def fit_colour_head(
 
 @torch.no_grad()
 def name_features(encoder, names: list[str], template: str = "{}") -> torch.Tensor:
-    """One vector per colour name [n, d]: the encoder's pooled vector of ``template.format(name)``."""
+    """One vector per colour name [n, d]: the encoder's pooled vector of
+    ``template.format(name)``."""
     return encoder.encode([template.format(n) for n in names]).pooled.float()
 
 
@@ -194,10 +195,10 @@ def colour_probe(
 ) -> dict:
     """Predict held-out colour names' RGB from ``encoder``'s embedding of the name.
 
-    ``names``: ``[(name, rgb), ...]`` (default :func:`colour_names`). Returns ΔE on the held-out names
-    for the probe and for the mean-colour baseline (mean and median), the predictions and the split.
-    ``features`` (optional, [n, d]) replaces the encoder's embeddings (e.g. random vectors as a control).
-    ``how``: the split (:func:`name_split`)."""
+    ``names``: ``[(name, rgb), ...]`` (default :func:`colour_names`). Returns ΔE on the held-out
+    names for the probe and for the mean-colour baseline (mean and median), the predictions and the
+    split. ``features`` (optional, [n, d]) replaces the encoder's embeddings (e.g. random vectors as
+    a control). ``how``: the split (:func:`name_split`)."""
     names = colour_names() if names is None else list(names)
     words = [n for n, _ in names]
     rgb = torch.tensor(np.array([c for _, c in names]), dtype=torch.float32)

@@ -1,14 +1,14 @@
 """Typed configs: dataclasses that reject unknown keys and round-trip through a checkpoint's JSON.
 
 Every model family of the course describes itself with a :class:`Config` subclass (chapter 00 shows
-the pattern; chapter 05's :class:`~course_lib.models.text_to_image.TextToImageConfig` is the largest).
-A misspelt key is an error that names the allowed ones, never a silently ignored setting::
+the pattern; chapter 05's :class:`~course_lib.models.text_to_image.TextToImageConfig` is the
+largest). A misspelt key is an error that names the allowed ones, never a silently ignored setting::
 
     >>> TextToImageConfig.from_dict({"fodl": 4})
     ValueError: TextToImageConfig has no field 'fodl'; allowed: fold, text, unet, ...
 
-Nested configs are dataclass fields of their own :class:`Config` type; ``from_dict`` builds them from
-nested dicts and ``to_dict`` writes them back (lists stay lists, so the JSON in
+Nested configs are dataclass fields of their own :class:`Config` type; ``from_dict`` builds them
+from nested dicts and ``to_dict`` writes them back (lists stay lists, so the JSON in
 ``data/checkpoints/manifest.json`` reads back to an equal config).
 """
 

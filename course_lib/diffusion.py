@@ -59,7 +59,8 @@ DIFFUSERS_SCHEDULE_NAMES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
 
 @dataclass
 class NoiseSchedule:
-    """A discrete noise schedule: ``betas``, ``alphas``, ``alphas_cumprod`` (float64 tensors [T])."""
+    """A discrete noise schedule: ``betas``, ``alphas``, ``alphas_cumprod``
+    (float64 tensors [T])."""
 
     betas: torch.Tensor
     name: str = "custom"
@@ -129,7 +130,8 @@ def forward_chain(
     generator: torch.Generator | None = None,
     return_all: bool = False,
 ):
-    """The forward process run step by step: x_s = sqrt(1 - β_s) x_{s-1} + sqrt(β_s) ε_s for s = 0..t.
+    """The forward process run step by step: x_s = sqrt(1 - β_s) x_{s-1} + sqrt(β_s) ε_s
+    for s = 0..t.
 
     Returns x_t (or the list [x_0, x_1', ..., x_t] with ``return_all``); statistically the same as
     :func:`q_sample` at ``t``, which is what the notebook and the tests check.
@@ -199,8 +201,8 @@ def predicted_x0_and_eps(
 def min_snr_weight(
     t, alphas_cumprod: torch.Tensor, gamma: float = 5.0, prediction_type: str = "epsilon"
 ) -> torch.Tensor:
-    """Min-SNR-γ loss weights (Hang et al. 2023) for a per-picture MSE on ``prediction_type``'s target:
-    min(SNR, γ)/SNR for ε, min(SNR, γ) for x_0, min(SNR, γ)/(SNR + 1) for v."""
+    """Min-SNR-γ loss weights (Hang et al. 2023) for a per-picture MSE on ``prediction_type``'s
+    target: min(SNR, γ)/SNR for ε, min(SNR, γ) for x_0, min(SNR, γ)/(SNR + 1) for v."""
     a = alphas_cumprod[torch.as_tensor(t, device=alphas_cumprod.device)]
     snr = a / (1 - a)
     clipped = snr.clamp(max=gamma)
@@ -225,9 +227,10 @@ def diffusion_loss(
 ):
     """One Monte Carlo estimate of the denoising loss: draw t and ε, noise x_0 in closed form, ask
     ``model_fn(x_t, t)`` for ``prediction_type``'s target, return the (optionally Min-SNR-weighted)
-    mean squared error. ``"flow_prediction"`` is flow matching (:func:`course_lib.flow.flow_matching_loss`:
-    the straight path, times in [0, 1], no ``alphas_cumprod``; ``time_sampling`` "uniform" or
-    "logit-normal", :func:`course_lib.flow.sample_time`); the other types draw the step uniformly."""
+    mean squared error. ``"flow_prediction"`` is flow matching
+    (:func:`course_lib.flow.flow_matching_loss`: the straight path, times in [0, 1], no
+    ``alphas_cumprod``; ``time_sampling`` "uniform" or "logit-normal",
+    :func:`course_lib.flow.sample_time`); the other types draw the step uniformly."""
     if prediction_type == flow.PREDICTION_TYPE:
         return flow.flow_matching_loss(
             model_fn,
@@ -279,7 +282,8 @@ def ddpm_step(
     generator: torch.Generator | None = None,
     return_x0: bool = False,
 ):
-    """One ancestral DDPM step x_t -> x_{prev_t} (Ho et al. eq. 6-7; ``variance_type="fixed_small"``).
+    """One ancestral DDPM step x_t -> x_{prev_t} (Ho et al. eq. 6-7;
+    ``variance_type="fixed_small"``).
 
     1. x̂_0 from the network's output (clipped to [-1, 1] when ``clip_sample``);
     2. the mean of the posterior q(x_prev | x_t, x̂_0):
@@ -376,8 +380,8 @@ def sample_ddpm(
 ) -> torch.Tensor:
     """Ancestral sampling from pure noise with :func:`ddpm_step` (all T steps by default).
 
-    ``model_fn(x_t, t) -> output`` (``t`` a LongTensor[n]). ``callback(t, x_t, x0_hat)`` sees each step.
-    Returns x_0 in the model's range (for the course: [-1, 1]).
+    ``model_fn(x_t, t) -> output`` (``t`` a LongTensor[n]). ``callback(t, x_t, x0_hat)`` sees each
+    step. Returns x_0 in the model's range (for the course: [-1, 1]).
     """
     T = len(alphas_cumprod)
 
@@ -447,8 +451,9 @@ def sample_ddim(
 
 
 def _reverse_loop(model_fn, step, shape, steps, generator, device, callback) -> torch.Tensor:
-    """The loop both hand-written samplers share: pure noise, then ``step(out, t, x, prev_t) ->
-    (x_prev, x0_hat)`` at each timestep of ``steps`` (descending; the last step goes to index -1)."""
+    """The loop both hand-written samplers share: pure noise, then
+    ``step(out, t, x, prev_t) -> (x_prev, x0_hat)`` at each timestep of ``steps`` (descending; the
+    last step goes to index -1)."""
     device = device or "cpu"
     x = torch.randn(shape, generator=generator).to(device)  # [n, c, h, w]
     for i, t in enumerate(steps):

@@ -44,27 +44,31 @@ READING = re.compile(r"reading about (\d+) minutes")
 
 
 def reading_minutes(header: str) -> int | None:
-    """The reading time a header's Time line states ("reading about 40 minutes"), if it states one."""
+    """The reading time a header's Time line states ("reading about 40 minutes"), if it states
+    one."""
     m = TIME_LINE.search(header)
     r = READING.search(m.group(0)) if m else None
     return int(r.group(1)) if r else None
 
 
 def time_line(record: dict, quick_minutes: int | None = None, reading: int | None = None) -> str:
-    """The header's Time line, from a run's record ``{"wall_seconds", "cpu_seconds", "threads", ...}``
-    (``reading``: the minutes it takes to read the chapter, kept in front of the measured times)."""
+    """The header's Time line, from a run's record ``{"wall_seconds", "threads", ...}``
+    (``reading``: the minutes it takes to read the chapter, kept in front of the measured times).
+    It tells the learner what to expect; the run's full record (CPU time, machine) is in
+    ``docs/chapters.md``."""
     read = f"reading about {reading} minutes; running: " if reading is not None else ""
     full = minutes_up(record["wall_seconds"])
+    cores = record["threads"]
     line = (
-        f"**Time**: {read}full run about {full} minute{'s' if full != 1 else ''} (measured: "
-        f"{record['wall_seconds'] / 60:.1f} min wall, {record['cpu_seconds'] / 60:.1f} CPU-minutes, "
-        f"{record['threads']} torch thread{'s' if record['threads'] != 1 else ''}, {record['machine']}; "
-        f"`make execute NB={record['chapter']}`)"
+        f"**Time**: {read}full run about {full} minute{'s' if full != 1 else ''} on "
+        f"{cores} CPU core{'s' if cores != 1 else ''}"
     )
     if quick_minutes is not None:
-        line += f"; quick run (`COURSE_QUICK=1`) about {quick_minutes} minute{'s' if quick_minutes > 1 else ''}"
+        line += (
+            f"; quick run (`COURSE_QUICK=1`) about {quick_minutes} "
+            f"minute{'s' if quick_minutes > 1 else ''}"
+        )
     return line + "."
-
 
 def clean_stream(text: str) -> str:
     """What a terminal would show of text with carriage returns (progress bars redraw a line with

@@ -11,8 +11,8 @@ joined by the straight line
 whose velocity dx_t/dt = ε - x_0 does not depend on t. A network u(x_t, t) trained with the
 mean squared error to ε - x_0 learns the average velocity of all lines through x_t (flow matching);
 sampling integrates dx/dt = u(x, t) from t = 1 (pure noise) back to t = 0 with Euler steps
-x <- x + (t_next - t) u(x, t). diffusers calls t "sigma" and gives the network ``timestep = 1000 t``;
-so does this module.
+x <- x + (t_next - t) u(x, t). diffusers calls t "sigma" and gives the network
+``timestep = 1000 t``; so does this module.
 
 The other ways to parameterise a diffusion model are the same information (each formula is
 checked in ``tests/test_flow.py``): with x_t and t known,
@@ -21,9 +21,9 @@ checked in ``tests/test_flow.py``): with x_t and t known,
 
 and the variance-preserving point z = α x_0 + σ ε of chapter 04's DDPM (α² = ᾱ, σ² = 1 - ᾱ) is the
 flow point x_t = z / (α + σ) at t = σ / (α + σ): the same noisy picture, rescaled. A v-prediction
-network (v = α ε - σ x_0, Salimans & Ho 2022) therefore gives the velocity u = (α + σ) v + (σ - α) z.
-What differs between the recipes is which of these the network outputs, how the training times are
-spread, and how the sampler steps: not what can be learned.
+network (v = α ε - σ x_0, Salimans & Ho 2022) therefore gives the velocity
+u = (α + σ) v + (σ - α) z. What differs between the recipes is which of these the network outputs,
+how the training times are spread, and how the sampler steps: not what can be learned.
 
 Also here: :func:`shift_sigmas` (Esser et al. 2024's timestep shift) and :func:`reflow_pairs`.
 This module is the maths alone and imports nothing of the course above :mod:`course_lib.arguments`.
@@ -49,7 +49,8 @@ TIME_SAMPLINGS = ("uniform", "logit-normal")
 # The path and its velocity
 # --------------------------------------------------------------------------------------------
 def _per_sample(t, like: torch.Tensor) -> torch.Tensor:
-    """``t`` (a number or a tensor [n]) shaped [n, 1, ...] to broadcast against ``like`` [n, ...]."""
+    """``t`` (a number or a tensor [n]) shaped [n, 1, ...] to broadcast against ``like``
+    [n, ...]."""
     t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
     return t.reshape(-1, *([1] * (like.dim() - 1))) if t.dim() else t
 
@@ -72,8 +73,8 @@ def sample_time(
     mean: float = 0.0,
     std: float = 1.0,
 ) -> torch.Tensor:
-    """Training times t [n] in (0, 1): ``"uniform"``, or ``"logit-normal"`` (t = sigmoid(m + s z), Esser
-    et al. 2024: more training near t = 1/2, where predicting the velocity is hardest)."""
+    """Training times t [n] in (0, 1): ``"uniform"``, or ``"logit-normal"`` (t = sigmoid(m + s z),
+    Esser et al. 2024: more training near t = 1/2, where predicting the velocity is hardest)."""
     arguments.choice(time_sampling, TIME_SAMPLINGS, "time_sampling")
     if time_sampling == "uniform":
         return torch.rand(n, generator=generator)
@@ -146,7 +147,8 @@ def velocity_from_v(v: torch.Tensor, z: torch.Tensor, alpha_prod) -> torch.Tenso
 
 def v_from_velocity(velocity: torch.Tensor, x_t: torch.Tensor, t) -> torch.Tensor:
     """The v-prediction target α ε - σ x_0 at the flow point (x_t, t), with α = (1 - t)/r,
-    σ = t/r, r = sqrt((1 - t)² + t²) (the variance-preserving point with the same signal-to-noise)."""
+    σ = t/r, r = sqrt((1 - t)² + t²) (the variance-preserving point with the same
+    signal-to-noise)."""
     tt = _per_sample(t, x_t)
     r = ((1 - tt) ** 2 + tt**2).sqrt()
     x0, eps = x0_and_noise(velocity, x_t, t)
@@ -157,8 +159,8 @@ def v_from_velocity(velocity: torch.Tensor, x_t: torch.Tensor, t) -> torch.Tenso
 # The Euler sampler, written by hand (tests compare it with FlowMatchEulerDiscreteScheduler)
 # --------------------------------------------------------------------------------------------
 def shift_sigmas(sigmas, shift: float = 1.0) -> torch.Tensor:
-    """Esser et al. 2024's timestep shift t' = s t / (1 + (s - 1) t): s > 1 spends more of the steps at
-    high noise (where the picture's layout is decided), s = 1 changes nothing."""
+    """Esser et al. 2024's timestep shift t' = s t / (1 + (s - 1) t): s > 1 spends more of the steps
+    at high noise (where the picture's layout is decided), s = 1 changes nothing."""
     shift = arguments.real(shift, "shift", minimum=1e-6)
     s = torch.as_tensor(sigmas, dtype=torch.float64)
     return shift * s / (1 + (shift - 1) * s)
@@ -197,8 +199,8 @@ def sample_euler(
 ):
     """Integrate dx/dt = u(x, t) from ``noise`` at t = 1 to t = 0 with Euler steps.
 
-    ``model_fn(x, timesteps) -> velocity`` gets ``timesteps = num_train_timesteps * t`` (a float tensor
-    [n]). ``sigmas``: the times to visit, ending at 0 (default :func:`euler_sigmas`).
+    ``model_fn(x, timesteps) -> velocity`` gets ``timesteps = num_train_timesteps * t`` (a float
+    tensor [n]). ``sigmas``: the times to visit, ending at 0 (default :func:`euler_sigmas`).
     ``callback(i, t, x)`` sees each new x. Returns x_0 (with ``return_trajectory``: also the list of
     every x, [steps + 1] tensors like ``noise``).
     """
@@ -226,7 +228,7 @@ def reflow_pairs(
 ) -> torch.Tensor:
     """Rectified flow's second round (Liu et al. 2023): the model's own outputs x̂_0 for ``noise``
     (Euler, ``num_inference_steps``). ``(x̂_0, noise)`` are the coupled pairs that
-    :func:`flow_matching_loss` then trains on (``noise=``): the lines between them no longer cross, so
-    the new flow is straighter and takes fewer steps (chapter 08 does the same with a text-to-image
-    pipeline: its pictures for given starting noise)."""
+    :func:`flow_matching_loss` then trains on (``noise=``): the lines between them no longer cross,
+    so the new flow is straighter and takes fewer steps (chapter 08 does the same with a
+    text-to-image pipeline: its pictures for given starting noise)."""
     return sample_euler(model_fn, noise, num_inference_steps, **kw)

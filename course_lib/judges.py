@@ -156,8 +156,9 @@ def score_digits(
 ) -> dict:
     """The judge's view of generated digits ([n, 1, 28, 28] in [0, 1]).
 
-    ``mean_top_prob`` (how confidently each looks like some digit), ``histogram`` of predicted classes,
-    ``hist_entropy`` (nats; ln 10 = 2.303 is perfectly balanced) and, with ``labels``, ``accuracy``.
+    ``mean_top_prob`` (how confidently each looks like some digit), ``histogram`` of predicted
+    classes, ``hist_entropy`` (nats; ln 10 = 2.303 is perfectly balanced) and, with ``labels``,
+    ``accuracy``.
     """
     judge = judge if judge is not None else load_mnist_classifier()
     p = judge.eval().probs(images)  # [n, 10]

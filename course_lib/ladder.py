@@ -2,10 +2,10 @@
 of growing size, trained and measured the same way.
 
 The rungs: chapter 05's learned word table (``shapes-t2i``), frozen all-MiniLM-L6-v2
-(``shapes-t2i-minilm``) and frozen all-mpnet-base-v2 (``shapes-t2i-mpnet``). The two frozen rungs are
-chapter 05's :class:`~course_lib.models.text_to_image.TextToImageModel` with ``text.kind`` "minilm" or
-"mpnet" (:func:`ladder_config`), trained with chapter 05's loop on text like the real world's: each
-training caption kept canonical or reworded in the seen vocabulary
+(``shapes-t2i-minilm``) and frozen all-mpnet-base-v2 (``shapes-t2i-mpnet``). The two frozen rungs
+are chapter 05's :class:`~course_lib.models.text_to_image.TextToImageModel` with ``text.kind``
+"minilm" or "mpnet" (:func:`ladder_config`), trained with chapter 05's loop on text like the real
+world's: each training caption kept canonical or reworded in the seen vocabulary
 (:func:`course_lib.data.wordings.training_captions`). The frozen states of every training text are
 computed once (:meth:`course_lib.text_encoders.FrozenConditioner.precompute`).
 
@@ -76,8 +76,9 @@ def generate(pipe, prompts: list[str], seed: int = 0, batch_size: int = 90, **kw
 
 
 def judge_set(images: torch.Tensor, targets: list[str], judge=None) -> dict:
-    """Per-attribute and all-five accuracy of pictures against the canonical captions they should show,
-    each with its 95% interval: ``{"size": (acc, lo, hi), ..., "all": (...), "n": n, "correct": [n, 5]}``."""
+    """Per-attribute and all-five accuracy of pictures against the canonical captions they should
+    show, each with its 95% interval:
+    ``{"size": (acc, lo, hi), ..., "all": (...), "n": n, "correct": [n, 5]}``."""
     from .judges import score_shapes
 
     res = score_shapes(images, targets, judge)
@@ -111,8 +112,8 @@ def measure(
 
 
 def subsample(sets: dict, n: int | None, seed: int = 0) -> dict:
-    """The same ``n`` prompts of every set of :func:`prompt_sets`, drawn at random (a prefix would be
-    lopsided: the captions are in attribute order); ``n`` None keeps them all."""
+    """The same ``n`` prompts of every set of :func:`prompt_sets`, drawn at random (a prefix would
+    be lopsided: the captions are in attribute order); ``n`` None keeps them all."""
     size = len(next(iter(sets.values()))[0])
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= size):
         raise ValueError(f"n must be None or an int from 1 to {size}, got {n!r}")
@@ -231,9 +232,9 @@ def train_ladder_model(
     progress: bool = True,
     **overrides,
 ):
-    """Chapter 05's recipe (:class:`~course_lib.models.text_to_image.TrainConfig`; ``overrides`` change
-    its fields) on a frozen ``kind`` encoder, with reworded training captions. Returns ``(ema_model,
-    history, settings)``."""
+    """Chapter 05's recipe (:class:`~course_lib.models.text_to_image.TrainConfig`; ``overrides``
+    change its fields) on a frozen ``kind`` encoder, with reworded training captions. Returns
+    ``(ema_model, history, settings)``."""
     hp = t2i.TrainConfig.from_dict(dict(overrides, steps=steps))
     with runtime.seeded(seed):
         model = t2i.TextToImageModel(ladder_config(kind))
@@ -255,8 +256,8 @@ def train_ladder_model(
 
 
 def evaluate_ladder_model(model) -> dict:
-    """The three prompt sets of :func:`prompt_sets` (270 prompts each), judged: accuracy per attribute
-    and all five, with the 95% interval of all five; and the sampling time per picture
+    """The three prompt sets of :func:`prompt_sets` (270 prompts each), judged: accuracy per
+    attribute and all five, with the 95% interval of all five; and the sampling time per picture
     (:func:`course_lib.training.ms_per_picture` of the one sampling call; judging is not timed)."""
     pipe = t2i.make_pipeline(model)
     q = {}
@@ -281,11 +282,11 @@ def _registered_trainer(kind: str):
 
         def notes(history, hp):
             return (
-                f"chapter 05's UNet and recipe ({history.steps} steps, batch {hp.batch_size}, EMA {hp.ema_decay}, "
-                f"caption dropout {hp.caption_dropout}) reading frozen {kind} token states (mean of the last "
-                f"4 layers) + pooled; {hp.n_train} training pictures, {P_CANONICAL:.0%} of their captions "
-                f"canonical, the rest one of 8 seen-vocabulary wordings per caption; the language model "
-                f"is not in this file"
+                f"chapter 05's UNet and recipe ({history.steps} steps, batch {hp.batch_size}, EMA "
+                f"{hp.ema_decay}, caption dropout {hp.caption_dropout}) reading frozen {kind} "
+                f"token states (mean of the last 4 layers) + pooled; {hp.n_train} training "
+                f"pictures, {P_CANONICAL:.0%} of their captions canonical, the rest one of 8 "
+                "seen-vocabulary wordings per caption; the language model is not in this file"
             )
 
         return run_recipe(
@@ -307,5 +308,7 @@ for _name, _kind in LADDER_MODELS.items():
         evaluate=evaluate_ladder_model,
         finalize=t2i.make_pipeline,
         chapter="06",
-        description=f"chapter 05's text-to-image UNet reading frozen {_kind} token states (ShapesPipeline)",
+        description=(
+            f"chapter 05's text-to-image UNet reading frozen {_kind} token states (ShapesPipeline)"
+        ),
     )

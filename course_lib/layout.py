@@ -88,7 +88,8 @@ def renderer(seed: int = 0):
 
 
 def pipeline_generator(pipe, seed: int = 0, **kw):
-    """``generate(captions) -> images`` from a course pipeline (chapter 05's generate: no progress bar)."""
+    """``generate(captions) -> images`` from a course pipeline (chapter 05's generate: no progress
+    bar)."""
     from .models.text_to_image import generate as generate_pictures
 
     def generate(captions):
@@ -100,7 +101,8 @@ def pipeline_generator(pipe, seed: int = 0, **kw):
 @torch.no_grad()
 def judge_scenes(images: torch.Tensor, plans: list, judge=None) -> dict:
     """Judge each object of each picture in its own cell box (the rest blacked out) with the
-    shapes-judge: per-object attribute accuracies and ``scene`` (every attribute of every object right)."""
+    shapes-judge: per-object attribute accuracies and ``scene`` (every attribute of every object
+    right)."""
     from .judges import score_shapes
 
     specs = [as_specs(p) for p in plans]

@@ -56,7 +56,8 @@ def psnr(x, y, data_range: float = 1.0, per_image: bool = False):
 
     By default the whole tensor is one signal (as ``skimage.metrics.peak_signal_noise_ratio`` and
     ``torchmetrics.functional.peak_signal_noise_ratio`` do); ``per_image=True`` returns a
-    ``FloatTensor[n]`` with one value per picture of ``[n, ...]`` inputs. Identical inputs give ``inf``.
+    ``FloatTensor[n]`` with one value per picture of ``[n, ...]`` inputs. Identical inputs give
+    ``inf``.
     """
     x, y = _f64(x), _f64(y)
     if x.shape != y.shape:
@@ -100,8 +101,8 @@ def ssim(
 
     ``border`` is where the two reference libraries differ:
 
-    * ``"valid"`` (default, Wang et al.'s code and scikit-image): only windows that lie wholly inside
-      the picture. Equals ``skimage.metrics.structural_similarity(..., gaussian_weights=True,
+    * ``"valid"`` (default, Wang et al.'s code and scikit-image): only windows that lie wholly
+      inside the picture. Equals ``skimage.metrics.structural_similarity(..., gaussian_weights=True,
       sigma=1.5, use_sample_covariance=False, data_range=L)``.
     * ``"reflect"``: pad the picture by reflection and average over every pixel, as
       ``torchmetrics.functional.structural_similarity_index_measure`` does.
@@ -162,13 +163,13 @@ def inception_score(probs, splits: int = 1, return_std: bool = False):
     """Inception Score (Salimans et al., 2016): ``IS = exp( E_x KL( p(y|x) || p(y) ) )``.
 
     ``probs``: ``[n, K]``, row ``i`` the classifier's ``p(y | x_i)``; ``p(y)`` is their mean (the
-    label distribution of the whole sample). Equivalently ``IS = exp( H(y) - E_x H(y|x) )``: high when
-    each picture is classified confidently (low ``H(y|x)``) *and* the labels are spread (high
+    label distribution of the whole sample). Equivalently ``IS = exp( H(y) - E_x H(y|x) )``: high
+    when each picture is classified confidently (low ``H(y|x)``) *and* the labels are spread (high
     ``H(y)``). It ranges from 1 to K.
 
-    ``splits``: the sample is cut into that many consecutive chunks (shuffle first if it is ordered),
-    each scored with its own ``p(y)``; returns their mean (and, with ``return_std``, their standard
-    deviation, as in the original code: ``np.std``, ``ddof=0``). ``0 log 0`` counts as 0.
+    ``splits``: the sample is cut into that many consecutive chunks (shuffle first if it is
+    ordered), each scored with its own ``p(y)``; returns their mean (and, with ``return_std``, their
+    standard deviation, as in the original code: ``np.std``, ``ddof=0``). ``0 log 0`` counts as 0.
     """
     p = _check_probs(probs)
     if not 1 <= splits <= len(p):
@@ -204,7 +205,8 @@ def inception_score_from_logits(logits, splits: int = 1, return_std: bool = Fals
 # Frechet distance (FID) and kernel distance (KID) on features
 # =============================================================================================
 def gaussian_stats(feats) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean ``[d]`` and unbiased covariance ``[d, d]`` (divided by ``n - 1``) of features ``[n, d]``."""
+    """Mean ``[d]`` and unbiased covariance ``[d, d]`` (divided by ``n - 1``) of features
+    ``[n, d]``."""
     f = _f64(feats)
     if f.dim() != 2 or len(f) < 2:
         raise ValueError(f"features must be [n >= 2, d], got shape {tuple(f.shape)}")
@@ -214,7 +216,8 @@ def gaussian_stats(feats) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _sqrtm_psd(a: torch.Tensor) -> torch.Tensor:
-    """Symmetric square root of a symmetric positive semi-definite matrix (eigenvalues clamped at 0)."""
+    """Symmetric square root of a symmetric positive semi-definite matrix (eigenvalues clamped at
+    0)."""
     vals, vecs = torch.linalg.eigh((a + a.T) / 2)
     return (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
 
@@ -224,8 +227,9 @@ def frechet_distance_gaussians(mu1, cov1, mu2, cov2) -> float:
 
         d^2 = ||mu1 - mu2||^2 + Tr(cov1 + cov2 - 2 (cov1^(1/2) cov2 cov1^(1/2))^(1/2))
 
-    The trace of ``(cov1 cov2)^(1/2)`` equals that of the symmetric ``(cov1^(1/2) cov2 cov1^(1/2))^(1/2)``
-    (same eigenvalues), which is what is computed: no complex numbers, no ``sqrtm`` round-off.
+    The trace of ``(cov1 cov2)^(1/2)`` equals that of the symmetric
+    ``(cov1^(1/2) cov2 cov1^(1/2))^(1/2)`` (same eigenvalues), which is what is computed: no complex
+    numbers, no ``sqrtm`` round-off.
     """
     mu1, mu2, cov1, cov2 = (_f64(t) for t in (mu1, mu2, cov1, cov2))
     mu1, mu2 = mu1.reshape(-1), mu2.reshape(-1)
@@ -254,8 +258,8 @@ def polynomial_kernel(
 
 def mmd2_unbiased(a: torch.Tensor, b: torch.Tensor, **kernel) -> float:
     """Unbiased estimate of the squared maximum mean discrepancy between samples ``a`` and ``b``
-    of equal size ``m``: mean of ``k(a_i, a_j)`` and ``k(b_i, b_j)`` over ``i != j``, minus twice the
-    mean of ``k(a_i, b_j)`` over all pairs (as Binkowski et al. and torchmetrics)."""
+    of equal size ``m``: mean of ``k(a_i, a_j)`` and ``k(b_i, b_j)`` over ``i != j``, minus twice
+    the mean of ``k(a_i, b_j)`` over all pairs (as Binkowski et al. and torchmetrics)."""
     m = len(a)
     kaa, kbb, kab = (
         polynomial_kernel(a, a, **kernel),
@@ -267,21 +271,23 @@ def mmd2_unbiased(a: torch.Tensor, b: torch.Tensor, **kernel) -> float:
 
 
 def paired_kernel_distance(feats_real, feats_fake, standardise: bool = True) -> float:
-    """KID's squared MMD (cubic kernel) for two sets whose rows are **paired**: row i of both was asked
-    for the same caption or label (chapter 07's Shapes scoreboard, chapter 08's sampler sweep).
+    """KID's squared MMD (cubic kernel) for two sets whose rows are **paired**: row i of both was
+    asked for the same caption or label (chapter 07's Shapes scoreboard, chapter 08's sampler
+    sweep).
 
     The plain unbiased KID counts the cross pairs (i, i) too; a matched pair is more alike than two
-    random draws, so on two stratified samples of one distribution it is biased *below* 0 (we measured
-    about -7.8e6 for real against real Shapes on raw judge features). Here every mean leaves out the
-    pairs (i, i), so the expectation is 0 when both come from the same conditional distribution.
-    ``standardise``: scale both by the real set's per-feature mean and spread first (a fixed affine
-    map, so still a distance between the two sets); the judges' ReLU features are unbounded and the
-    cubic kernel would otherwise be ruled by a few large ones.
+    random draws, so on two stratified samples of one distribution it is biased *below* 0 (we
+    measured about -7.8e6 for real against real Shapes on raw judge features). Here every mean
+    leaves out the pairs (i, i), so the expectation is 0 when both come from the same conditional
+    distribution. ``standardise``: scale both by the real set's per-feature mean and spread first (a
+    fixed affine map, so still a distance between the two sets); the judges' ReLU features are
+    unbounded and the cubic kernel would otherwise be ruled by a few large ones.
     """
     a, b = _f64(feats_real), _f64(feats_fake)
     if a.shape != b.shape or len(a) < 2:
         raise ValueError(
-            f"paired sets need the same shape [n >= 2, d], got {tuple(a.shape)} and {tuple(b.shape)}"
+            f"paired sets need the same shape [n >= 2, d], got {tuple(a.shape)} and "
+            f"{tuple(b.shape)}"
         )
     if standardise:
         mu, sd = a.mean(0), a.std(0) + 1e-6
@@ -361,7 +367,8 @@ def _device_of(net: nn.Module) -> torch.device:
 
 
 def domain_input_shape(net: nn.Module) -> tuple[int, int, int]:
-    """``(C, H, W)`` a course judge reads: ``(1, 28, 28)`` for digits, ``(3, 32, 32)`` for Shapes."""
+    """``(C, H, W)`` a course judge reads: ``(1, 28, 28)`` for digits, ``(3, 32, 32)`` for
+    Shapes."""
     first = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
     return (1, 28, 28) if first.in_channels == 1 else (3, 32, 32)
 
@@ -455,8 +462,8 @@ def inception_fid(
     ``torch-fidelity`` and downloads the FID Inception weights (~100 MB) on first use.
 
     Runs only when :func:`online_allowed` (``COURSE_ONLINE=1``); otherwise raises
-    :class:`MetricUnavailable` before touching the network. Grey pictures are repeated to 3 channels;
-    torchmetrics resizes to 299x299.
+    :class:`MetricUnavailable` before touching the network. Grey pictures are repeated to 3
+    channels; torchmetrics resizes to 299x299.
     """
     if not online_allowed():
         raise MetricUnavailable(
@@ -587,10 +594,10 @@ def clip_score(images: torch.Tensor, captions, model=None) -> float:
     CLIP-S with a weight of 2.5 instead of 100 (``2.5 * max(cos, 0)``): the same ranking, on a
     different scale, so say which one a number uses.
 
-    ``model`` needs ``encode_images(images) -> [n, d]`` and ``encode_texts(list[str]) -> [n, d]`` (as
-    chapter 06's ``TinyCLIP``; ``encode_image``/``encode_text`` or ``get_image_features``/
-    ``get_text_features`` work too). Without ``model``, ``shapes-clip`` is loaded if
-    shipped; otherwise :class:`MetricUnavailable` says so.
+    ``model`` needs ``encode_images(images) -> [n, d]`` and ``encode_texts(list[str]) -> [n, d]``
+    (as chapter 06's ``TinyCLIP``; ``encode_image``/``encode_text`` or ``get_image_features``/
+    ``get_text_features`` work too). Without ``model``, ``shapes-clip`` is loaded if shipped;
+    otherwise :class:`MetricUnavailable` says so.
     """
     model = model if model is not None else _load_optional("shapes-clip", "06")
     captions = [captions] if isinstance(captions, str) else list(captions)

@@ -1,18 +1,19 @@
-"""What every pipeline of the course shares (chapter 05 introduces it; chapters 06, 08 and 09 reuse it).
+"""What every pipeline of the course shares (chapter 05 introduces it; chapters 06, 08 and 09 reuse
+it).
 
 :class:`CoursePipeline` is a ``diffusers.DiffusionPipeline`` with the course's conventions:
 
-* the call is checked at the door (:meth:`CoursePipeline.check_prompts`): prompts must be a string or
-  a non-empty list of strings, ``num_images_per_prompt`` a positive integer, ``negative_prompt`` a
-  string or one per prompt, ``generator`` a ``torch.Generator``; each wrong argument raises a
+* the call is checked at the door (:meth:`CoursePipeline.check_prompts`): prompts must be a string
+  or a non-empty list of strings, ``num_images_per_prompt`` a positive integer, ``negative_prompt``
+  a string or one per prompt, ``generator`` a ``torch.Generator``; each wrong argument raises a
   ``TypeError``/``ValueError`` that names what is allowed (:mod:`course_lib.arguments`);
 * pictures come back as diffusers returns them (:meth:`CoursePipeline.format_output`):
   ``output_type="pil"`` (PIL images), ``"np"`` ([n, H, W, 3] in [0, 1]) or ``"pt"``
   ([n, 3, H, W] in [0, 1]), in an object with ``.images``;
-* ``save_pretrained(folder)`` writes a folder that both ``type(pipe).from_pretrained(folder)`` and the
-  generic ``diffusers.DiffusionPipeline.from_pretrained(folder)`` load: each course pipeline class is
-  made known to diffusers by name when its module is imported (diffusers looks a pipeline's class up
-  by the name stored in ``model_index.json``);
+* ``save_pretrained(folder)`` writes a folder that both ``type(pipe).from_pretrained(folder)`` and
+  the generic ``diffusers.DiffusionPipeline.from_pretrained(folder)`` load: each course pipeline
+  class is made known to diffusers by name when its module is imported (diffusers looks a pipeline's
+  class up by the name stored in ``model_index.json``);
 * :func:`quiet` silences a pipeline's progress bar for code that calls it many times.
 """
 
@@ -48,8 +49,8 @@ class CoursePipeline(DiffusionPipeline):
     @staticmethod
     def check_prompts(prompt, negative_prompt=None, num_images_per_prompt: int = 1):
         """``(prompts, negative_prompts)`` as lists of equal length, each prompt repeated
-        ``num_images_per_prompt`` times in a row (diffusers' order); ``negative_prompts`` is None when
-        none was given."""
+        ``num_images_per_prompt`` times in a row (diffusers' order); ``negative_prompts`` is None
+        when none was given."""
         prompts = arguments.prompts(prompt)
         k = arguments.positive_int(num_images_per_prompt, "num_images_per_prompt")
         negatives = None
@@ -77,8 +78,8 @@ class CoursePipeline(DiffusionPipeline):
 
     # ---- the result -------------------------------------------------------------------------
     def format_output(self, images: torch.Tensor, output_type: str, return_dict: bool = True):
-        """Pictures [n, 3, H, W] in [0, 1] as ``output_type``: "pt" (the tensor), "np" ([n, H, W, 3])
-        or "pil"; an extra output type (e.g. "latent") passes the tensor through."""
+        """Pictures [n, 3, H, W] in [0, 1] as ``output_type``: "pt" (the tensor), "np"
+        ([n, H, W, 3]) or "pil"; an extra output type (e.g. "latent") passes the tensor through."""
         output_type = self.check_output_type(output_type)
         if output_type == "np":
             images = images.permute(0, 2, 3, 1).numpy()
@@ -90,9 +91,9 @@ class CoursePipeline(DiffusionPipeline):
 
 
 def _make_known_to_diffusers(cls) -> None:
-    """Let ``diffusers.DiffusionPipeline.from_pretrained(folder)`` find ``cls`` by its name (diffusers
-    resolves ``model_index.json``'s ``_class_name`` as an attribute of the ``diffusers`` module).
-    Never shadows a class diffusers itself defines."""
+    """Let ``diffusers.DiffusionPipeline.from_pretrained(folder)`` find ``cls`` by its name
+    (diffusers resolves ``model_index.json``'s ``_class_name`` as an attribute of the ``diffusers``
+    module). Never shadows a class diffusers itself defines."""
     import diffusers
 
     try:

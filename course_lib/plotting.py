@@ -46,8 +46,8 @@ def show_images(
     """Show a batch of pictures ([n, C, H, W] in [0, 1]) as a grid, each with its caption.
 
     At most ``ncols`` columns, balanced by :func:`grid_shape`. Captions wrap at ``wrap`` characters
-    (default: what fits ``size`` inches at ``fontsize``). Returns the matplotlib figure (pass ``fig``
-    to redraw into an existing one, e.g. a live grid).
+    (default: what fits ``size`` inches at ``fontsize``). Returns the matplotlib figure (pass
+    ``fig`` to redraw into an existing one, e.g. a live grid).
     """
     images = list(images)
     n = len(images)
@@ -124,7 +124,8 @@ def plot_losses(
 
 
 class LiveGrid:
-    """A sample grid that redraws in place while a model trains (in Jupyter; prints nothing headless).
+    """A sample grid that redraws in place while a model trains (in Jupyter; prints nothing
+    headless).
 
     ``live = LiveGrid(); live.update(images, captions, title=f"step {s}")``.
     """

@@ -8,8 +8,10 @@ Command line::
 
     python -m course_lib.pretrained list
     python -m course_lib.pretrained verify            # every hash (add --quality to re-measure)
-    python -m course_lib.pretrained train NAME [--seed 0]   # reproduce one entry, update the manifest
-    python -m course_lib.pretrained train NAME --quick --out DIR   # the quick-mode stand-in, elsewhere
+    # reproduce one entry, update the manifest
+    python -m course_lib.pretrained train NAME [--seed 0]
+    # the quick-mode stand-in, elsewhere
+    python -m course_lib.pretrained train NAME --quick --out DIR
 """
 
 from __future__ import annotations
@@ -106,7 +108,8 @@ def register(
 ) -> None:
     """Declare a shippable model (called at import time by the module that defines it; that module
     must be listed in :data:`ENTRY_MODULES`). ``role``: one of :data:`ROLES`; ``domain``: one of
-    :data:`DOMAINS`. The scoreboard and the manifest read both, so no caller guesses what a model is."""
+    :data:`DOMAINS`. The scoreboard and the manifest read both, so no caller guesses what a model
+    is."""
     if role not in ROLES:
         raise ValueError(f"role of {name!r} must be one of {ROLES}, got {role!r}")
     if domain not in DOMAINS:
@@ -151,7 +154,8 @@ def _import_entry_modules() -> None:
 
 
 def checkpoint_dir() -> Path:
-    """``data/checkpoints`` of the checkout, or ``$COURSE_CHECKPOINTS`` (:func:`runtime.checkpoint_dir`)."""
+    """``data/checkpoints`` of the checkout, or ``$COURSE_CHECKPOINTS``
+    (:func:`runtime.checkpoint_dir`)."""
     return runtime.checkpoint_dir()
 
 
@@ -189,7 +193,8 @@ def known() -> list[str]:
 
 def _entry(name: str) -> Entry:
     if name not in _REGISTRY:
-        # data/checkpoints/manifest.json names the module that registers each shipped model: import that one
+        # data/checkpoints/manifest.json names the module that registers each shipped model: import
+        # that one
         module = read_manifest()["models"].get(name, {}).get("module")
         if module in ENTRY_MODULES:
             importlib.import_module(module)
@@ -223,9 +228,9 @@ def verify(name: str) -> dict:
     digest = sha256(path)
     if digest != rec["sha256"]:
         raise CheckpointError(
-            f"sha256 mismatch for {name!r}: the file {path.name} has {digest[:16]}..., the manifest "
-            f"records {rec['sha256'][:16]}.... The file is corrupt or was changed; restore it "
-            f"(git checkout -- {path.name}) or reproduce it with: {rec['command']}"
+            f"sha256 mismatch for {name!r}: the file {path.name} has {digest[:16]}..., the "
+            f"manifest records {rec['sha256'][:16]}.... The file is corrupt or was changed; "
+            f"restore it (git checkout -- {path.name}) or reproduce it with: {rec['command']}"
         )
     return rec
 
@@ -325,8 +330,9 @@ def run_recipe(
 def train(
     name: str, seed: int = 0, quick: bool = False, directory: "str | Path | None" = None
 ) -> dict:
-    """Reproduce a registered model: train it with its full recipe (``quick=True``: the short stand-in
-    budget that quick mode uses), measure it, save it and record it, with its budget, in the manifest.
+    """Reproduce a registered model: train it with its full recipe (``quick=True``: the short
+    stand-in budget that quick mode uses), measure it, save it and record it, with its budget, in
+    the manifest.
 
     Quick mode refuses to replace a checkpoint trained with the full recipe: give a scratch
     ``directory`` (or ``COURSE_CHECKPOINTS``) instead.
@@ -336,9 +342,10 @@ def train(
     existing = read_manifest(directory)["models"].get(name)
     if quick and existing is not None and existing.get("budget", "full") == "full":
         raise CheckpointError(
-            f"quick mode trains {name!r} on a short stand-in budget, and {directory} holds its full-recipe "
-            f"checkpoint, which quick mode does not replace. Train into a scratch folder (--out DIR or "
-            f"COURSE_CHECKPOINTS=DIR), or without quick mode (unset COURSE_QUICK) for the full recipe."
+            f"quick mode trains {name!r} on a short stand-in budget, and {directory} holds its "
+            "full-recipe checkpoint, which quick mode does not replace. Train into a scratch "
+            "folder (--out DIR or COURSE_CHECKPOINTS=DIR), or without quick mode (unset "
+            "COURSE_QUICK) for the full recipe."
         )
     t0 = time.perf_counter()
     with seeded(seed):  # reproducible, and the caller's random streams stay as they were

@@ -1,9 +1,9 @@
 """Probes: what a frozen text encoder's output carries (chapter 06).
 
 :func:`conditioning_probe` trains small heads to read one object's five attributes off a frozen
-encoder's token states (learned queries cross-attending, as a UNet's cross-attention does) or off its
-single pooled vector (as a timestep-embedding input does), on requests in the seen wording, and tests
-them on the unseen wording.
+encoder's token states (learned queries cross-attending, as a UNet's cross-attention does) or off
+its single pooled vector (as a timestep-embedding input does), on requests in the seen wording, and
+tests them on the unseen wording.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from .text_encoders import MINILM_DIM, FrozenTextEncoder
 
 
 class PooledHeads(nn.Module):
-    """One vector per request (the pooled MiniLM sentence vector) -> one object's five attributes."""
+    """One vector per request (the pooled MiniLM sentence vector) -> one object's five
+    attributes."""
 
     def __init__(self, d_text: int = MINILM_DIM, hidden: int = 128, dropout: float = 0.1):
         super().__init__()
@@ -48,8 +49,8 @@ def conditioning_probe(
     device=None,
     encoded: dict | None = None,
 ) -> dict:
-    """Train small heads to read one object's attributes off a frozen encoder's output, on requests in
-    the seen wording, and test them on unseen wording (``wordings.paraphrase(..., "unseen")``).
+    """Train small heads to read one object's attributes off a frozen encoder's output, on requests
+    in the seen wording, and test them on unseen wording (``wordings.paraphrase(..., "unseen")``).
     ``how="tokens"``: learned queries cross-attend to the token states (:class:`PlannerHeads`);
     ``how="pooled"``: an MLP on the single pooled vector (:class:`PooledHeads`). ``encoded``: a dict
     that keeps the encoder's output between calls (pass the same one for both ``how``). Returns

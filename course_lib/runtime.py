@@ -61,7 +61,8 @@ def online() -> bool:
     return _truthy(_env("COURSE_ONLINE")) and not _truthy(_env("HF_HUB_OFFLINE"))
 
 
-#: The repository root when the course is used from a checkout (``data/``, ``notebooks/`` live there).
+#: The repository root when the course is used from a checkout (``data/``, ``notebooks/`` live
+#: there).
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Where shipped checkpoints live unless ``COURSE_CHECKPOINTS`` says otherwise.
 CHECKPOINT_DIR = REPO_ROOT / "data" / "checkpoints"
@@ -74,7 +75,8 @@ def checkpoint_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    """A per-user folder for things built on first use: ``$COURSE_CACHE`` or ``~/.cache/course_lib``."""
+    """A per-user folder for things built on first use: ``$COURSE_CACHE`` or
+    ``~/.cache/course_lib``."""
     return Path(_env("COURSE_CACHE") or Path.home() / ".cache" / "course_lib").expanduser()
 
 
@@ -203,7 +205,8 @@ def _rss_now_bytes() -> int | None:
 
 def _release_free_memory() -> None:
     """Ask glibc to give freed heap memory back to the OS (Linux), so that resident memory counts
-    only what is in use: otherwise a block can reuse pages freed earlier and seem to need nothing."""
+    only what is in use: otherwise a block can reuse pages freed earlier and seem to need
+    nothing."""
     try:
         import ctypes
 
@@ -221,8 +224,8 @@ def peak_memory(device: torch.device | str | None = None, interval_s: float = 0.
     after a reset, minus what was allocated before). On the CPU (Linux): a background thread samples
     the process's resident set size every ``interval_s`` and reports the peak above its level when
     the block began (freed heap memory is first returned to the OS with ``malloc_trim``, so pages
-    the process freed earlier cannot hide what the block needs). Elsewhere: the growth of the process's lifetime peak RSS (only rises when the
-    block needs more than the process ever had).
+    the process freed earlier cannot hide what the block needs). Elsewhere: the growth of the
+    process's lifetime peak RSS (only rises when the block needs more than the process ever had).
     """
     device = torch.device(device) if device is not None else get_device()
     out: dict = {}

@@ -53,10 +53,10 @@ def reference_set(model, targets, per_target: int = 8, seed: int = 1234) -> torc
 def quality(model, images: torch.Tensor, targets, reference: torch.Tensor | None = None) -> dict:
     """``{"accuracy", "kid"}``: the judge's accuracy (Shapes: all five attributes right; digits: the
     asked-for digit) and KID x 1000 between the judge's penultimate features of ``images`` and of
-    ``reference`` (real pictures; KID is unbiased at small n, unlike FID, so a few dozen pictures per
-    point are enough to compare samplers). Features are standardised with the reference's per-feature
-    mean and standard deviation first (a fixed affine map, so KID stays a distance between the two
-    sets)."""
+    ``reference`` (real pictures; KID is unbiased at small n, unlike FID, so a few dozen pictures
+    per point are enough to compare samplers). Features are standardised with the reference's
+    per-feature mean and standard deviation first (a fixed affine map, so KID stays a distance
+    between the two sets)."""
     captions = len(targets) > 0 and isinstance(
         targets[0], str
     )  # Shapes captions, else digit labels
@@ -70,13 +70,14 @@ def quality(model, images: torch.Tensor, targets, reference: torch.Tensor | None
     if reference is not None:
         fa, fb = metrics.extract_features(images, judge), metrics.extract_features(reference, judge)
         # standardise both with the real pictures' per-feature mean and spread: the judge's ReLU
-        # features are unbounded, and KID's cubic kernel would otherwise be ruled by a few large ones
+        # features are unbounded, and KID's cubic kernel would otherwise be ruled by a few large
+        # ones
         mu, sd = fb.mean(0), fb.std(0) + 1e-6
         fa, fb = ((fa - mu) / sd).double(), ((fb - mu) / sd).double()
         n = len(fa)
         if len(fb) % n == 0:
-            # the reference holds whole copies of the targets (reference_set): compare like with like,
-            # one copy at a time, with the paired estimator (metrics.paired_kernel_distance)
+            # the reference holds whole copies of the targets (reference_set): compare like with
+            # like, one copy at a time, with the paired estimator (metrics.paired_kernel_distance)
             vals = [
                 metrics.paired_kernel_distance(fb[j : j + n], fa, standardise=False)
                 for j in range(0, len(fb), n)

@@ -1,8 +1,8 @@
 """Fast sampling, measured (chapter 08): what each of the field's samplers costs and what it gives.
 
 The samplers themselves are diffusers schedulers built by the course's one factory,
-:func:`course_lib.sampling.make_scheduler` (DDPM, DDIM, DPM-Solver++, UniPC, Euler and the stochastic
-Euler ancestral and DPM-Solver++ SDE), and they all run in the course's one loop,
+:func:`course_lib.sampling.make_scheduler` (DDPM, DDIM, DPM-Solver++, UniPC, Euler and the
+stochastic Euler ancestral and DPM-Solver++ SDE), and they all run in the course's one loop,
 :func:`course_lib.sampling.denoise_loop` (see its module for why every sampler starts at t = T - 1).
 
 * :func:`sample_shapes` is a Shapes pipeline's own call with another scheduler and with the two
@@ -96,7 +96,8 @@ def generate(
     cfg: str = "batched",
     scheduler=None,
 ) -> torch.Tensor:
-    """Pictures from ``model`` (a ShapesPipeline: ``targets`` are captions; a DigitDenoiser: labels)."""
+    """Pictures from ``model`` (a ShapesPipeline: ``targets`` are captions; a DigitDenoiser:
+    labels)."""
     scheduler = scheduler if scheduler is not None else sampling.make_scheduler(sampler, model)
     if is_pipeline(model):
         return sample_shapes(model, list(targets), scheduler, steps, guidance_scale, seed, cfg)
@@ -114,9 +115,10 @@ def generate(
 def timed_generate(
     model, targets, sampler: str, steps: int, repeats: int = 3, repeat_below_s: float = 3.0, **kw
 ) -> tuple[torch.Tensor, dict]:
-    """Generate once (timed); if that took under ``repeat_below_s`` seconds, time ``repeats - 1`` more
-    identical runs and report the median. Returns ``(images, {"ms_per_picture", "runs", "seconds"})``.
-    Warm-up (first-call costs) is the caller's job: :func:`sweep` does one tiny run per sampler first."""
+    """Generate once (timed); if that took under ``repeat_below_s`` seconds, time ``repeats - 1``
+    more identical runs and report the median. Returns
+    ``(images, {"ms_per_picture", "runs", "seconds"})``. Warm-up (first-call costs) is the caller's
+    job: :func:`sweep` does one tiny run per sampler first."""
     sched = sampling.make_scheduler(sampler, model)
     times = []
     t0 = time.perf_counter()
@@ -204,8 +206,9 @@ def with_ratios(rows: list[dict], baseline: tuple = ("ddpm", 1000)) -> list[dict
 
 
 def fastest_within(rows: list[dict], points: float = 2.0, baseline: tuple = ("ddpm", 1000)) -> dict:
-    """The fastest row (lowest ms per picture, baseline excluded) whose accuracy is at most ``points``
-    percentage points below the baseline's, with its ``speedup``; None if no row qualifies."""
+    """The fastest row (lowest ms per picture, baseline excluded) whose accuracy is at most
+    ``points`` percentage points below the baseline's, with its ``speedup``; None if no row
+    qualifies."""
     rows = with_ratios(rows, baseline)
     ok = [
         r
@@ -225,8 +228,9 @@ def format_table(rows: list[dict], baseline: tuple = ("ddpm", 1000)) -> str:
     for r in rows:
         kid = f"{r['kid']:.1f}" if "kid" in r else "-"
         lines.append(
-            f"{sampling.LABELS.get(r['sampler'], r['sampler']):<18}{r['steps']:>6}{100 * r['accuracy']:>9.1f}%"
-            f"{r['delta_points']:>+10.1f}{kid:>11}{r['ms_per_picture']:>12.2f}{r['speedup']:>9.1f}x"
+            f"{sampling.LABELS.get(r['sampler'], r['sampler']):<18}{r['steps']:>6}"
+            f"{100 * r['accuracy']:>9.1f}%{r['delta_points']:>+10.1f}{kid:>11}"
+            f"{r['ms_per_picture']:>12.2f}{r['speedup']:>9.1f}x"
         )
     return "\n".join(lines)
 
@@ -240,9 +244,9 @@ def cfg_cost(
     guidance_scale: float | None = None,
     seed: int = 0,
 ) -> list[dict]:
-    """Classifier-free guidance's price on ``shapes-t2i``: ms per picture with guidance off (one pass),
-    the two passes batched as 2n, and the two passes one after the other, measured round-robin in
-    one run (median of ``repeats`` each), with the judge's accuracy of each. Rows
+    """Classifier-free guidance's price on ``shapes-t2i``: ms per picture with guidance off
+    (one pass), the two passes batched as 2n, and the two passes one after the other, measured
+    round-robin in one run (median of ``repeats`` each), with the judge's accuracy of each. Rows
     ``{"cfg", "ms_per_picture", "accuracy", "ratio_to_off"}``."""
     sched = sampling.make_scheduler(sampler, pipe)
     kw = dict(scheduler=sched, num_inference_steps=steps, guidance_scale=guidance_scale, seed=seed)

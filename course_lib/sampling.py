@@ -2,9 +2,9 @@
 
 Every pipeline that samples a diffusion or flow model (chapter 05's :class:`ShapesPipeline`, the
 latent, distilled and Transformer pipelines of chapters 05 and 08, the language-model-conditioned
-ones of chapter 06) and every measurement of chapter 08 runs :func:`denoise_loop`; none writes a loop
-of its own. Chapter 04 writes DDPM and DDIM by hand (:mod:`course_lib.diffusion`) to teach them; its
-tests check them against the schedulers used here.
+ones of chapter 06) and every measurement of chapter 08 runs :func:`denoise_loop`; none writes a
+loop of its own. Chapter 04 writes DDPM and DDIM by hand (:mod:`course_lib.diffusion`) to teach
+them; its tests check them against the schedulers used here.
 
 * :func:`guide` is classifier-free guidance (Ho & Salimans 2022), the line chapter 05's exercise
   writes: ``uncond + w * (cond - uncond)``.
@@ -15,13 +15,13 @@ tests check them against the schedulers used here.
 
 Timestep spacing (why ``"trailing"``): a sampler with n steps visits n of the T = 1000 training
 timesteps. diffusers' DDIMScheduler defaults to "leading" spacing, ``0, k, 2k, ..., (n-1)k`` with
-``k = T // n``: with 1 step it asks the network to denoise at t = 0, a nearly clean picture, although
-it starts from pure noise; with 4 steps it starts at t = 750, where the training pictures still had a
-visible signal. "Trailing" spacing counts back from t = T - 1 (``999, 999 - k, ...``), so the first
-step always starts where pure noise is what the network was trained on (Lin et al. 2024, "Common
-diffusion noise schedules and sample steps are flawed", table 2). (DPM-Solver and Euler default to
-other spacings; the course passes "trailing" to every sampler.) At 50+ steps the spacings hardly
-differ; at 1-8 steps trailing is what makes them work.
+``k = T // n``: with 1 step it asks the network to denoise at t = 0, a nearly clean picture,
+although it starts from pure noise; with 4 steps it starts at t = 750, where the training pictures
+still had a visible signal. "Trailing" spacing counts back from t = T - 1 (``999, 999 - k, ...``),
+so the first step always starts where pure noise is what the network was trained on (Lin et al.
+2024, "Common diffusion noise schedules and sample steps are flawed", table 2). (DPM-Solver and
+Euler default to other spacings; the course passes "trailing" to every sampler.) At 50+ steps the
+spacings hardly differ; at 1-8 steps trailing is what makes them work.
 """
 
 from __future__ import annotations
@@ -69,11 +69,11 @@ GUIDANCE_MODES = ("batched", "sequential", "off")
 def guide(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance: ``uncond + scale * (cond - uncond)``.
 
-    ``scale`` 1 gives the conditional prediction, 0 the unconditional one, above 1 it pushes past the
-    conditional prediction, away from the unconditional one (or from a negative prompt). Ho & Salimans
-    (2022) write the same thing as ``(1 + w') cond - w' uncond``: their ``w'`` is ``scale - 1``. The
-    algebra is the same whatever the network predicts (ε, v, x_0 or a flow velocity), because each is
-    an affine function of the others at a fixed x_t and t.
+    ``scale`` 1 gives the conditional prediction, 0 the unconditional one, above 1 it pushes past
+    the conditional prediction, away from the unconditional one (or from a negative prompt). Ho &
+    Salimans (2022) write the same thing as ``(1 + w') cond - w' uncond``: their ``w'`` is
+    ``scale - 1``. The algebra is the same whatever the network predicts (ε, v, x_0 or a flow
+    velocity), because each is an affine function of the others at a fixed x_t and t.
     """
     return uncond + scale * (cond - uncond)
 
@@ -90,7 +90,8 @@ def concat_conditions(a, b):
     if isinstance(a, dict):
         return {k: concat_conditions(a[k], b[k]) for k in a}
     raise TypeError(
-        f"a conditioning must be a tensor, a tuple/list or a dict of tensors, got {type(a).__name__}"
+        "a conditioning must be a tensor, a tuple/list or a dict of tensors, got "
+        f"{type(a).__name__}"
     )
 
 
@@ -101,9 +102,9 @@ def guided(
 
     ``net(x, t, conditioning)`` is the network. Unguided (``mode="off"``, ``scale == 1`` or no
     ``uncond``): one call on ``cond``. Otherwise :func:`guide` of the unconditional and conditional
-    predictions, computed as one call on a batch of 2n (``"batched"``: [uncond, cond]) or as two calls
-    of n (``"sequential"``: the same numbers up to float rounding, half the peak memory). ``t`` is a
-    scalar tensor or one timestep per row [n] (then doubled for the batch of 2n).
+    predictions, computed as one call on a batch of 2n (``"batched"``: [uncond, cond]) or as two
+    calls of n (``"sequential"``: the same numbers up to float rounding, half the peak memory).
+    ``t`` is a scalar tensor or one timestep per row [n] (then doubled for the batch of 2n).
     """
     arguments.choice(mode, GUIDANCE_MODES, "mode")
     if mode == "off" or uncond is None or scale == 1.0:
@@ -137,8 +138,8 @@ def denoise_loop(
     """The sampling loop every diffusers pipeline runs, once for the whole course.
 
     ``latents``: the starting noise [n, ...] (unit variance; scaled here by the scheduler's
-    ``init_noise_sigma``). Each step: the scheduler's input scaling, the (guided) network prediction,
-    ``scheduler.step``. Stochastic schedulers draw their fresh noise from ``generator``.
+    ``init_noise_sigma``). Each step: the scheduler's input scaling, the (guided) network
+    prediction, ``scheduler.step``. Stochastic schedulers draw their fresh noise from ``generator``.
     ``callback_on_step_end(pipe, i, t, {"latents": x})`` runs after every step, as in diffusers; the
     dict it returns may replace ``"latents"``. ``progress_bar``: a factory like a pipeline's
     ``progress_bar(total=...)`` (None: no bar). Returns the final sample [n, ...].
@@ -170,8 +171,8 @@ def denoise_loop(
 # --------------------------------------------------------------------------------------------
 def schedule_of(model) -> dict:
     """``{"schedule", "num_train_timesteps", "prediction_type"}`` of a model: a config (a
-    :class:`course_lib.config.Config` or a dict), a module with a ``config``, or a pipeline (read off
-    its scheduler)."""
+    :class:`course_lib.config.Config` or a dict), a module with a ``config``, or a pipeline (read
+    off its scheduler)."""
     if hasattr(model, "scheduler") and hasattr(model.scheduler, "config"):  # a pipeline
         sc = model.scheduler.config
         if "beta_schedule" not in sc:  # a flow-matching scheduler
@@ -204,8 +205,8 @@ def make_scheduler(name: str, model, spacing: str = "trailing", shift: float = 1
 
     * ``"ddpm"``: ancestral sampling (Ho et al. 2020); x̂_0 clipped to [-1, 1] only for an ε-network
       (as chapter 04's sampler; a v-network's x̂_0 must not be clipped).
-    * ``"ddim"``: η = 0, deterministic (Song et al. 2021), a first-order solver of the probability-flow
-      ODE; ``clip_sample=False`` (the default ``True`` ruins v-prediction samples).
+    * ``"ddim"``: η = 0, deterministic (Song et al. 2021), a first-order solver of the
+      probability-flow ODE; ``clip_sample=False`` (the default ``True`` ruins v-prediction samples).
     * ``"dpm++"``: DPM-Solver++ 2nd-order multistep (Lu et al. 2022), first order on the last step.
     * ``"unipc"``: UniPC, bh2 predictor-corrector on x̂_0 (Zhao et al. 2023).
     * ``"euler"``: Euler's method on the probability-flow ODE in σ (Karras et al. 2022).
@@ -216,7 +217,8 @@ def make_scheduler(name: str, model, spacing: str = "trailing", shift: float = 1
     * ``"flow-euler"``: Euler on a flow-matching model's velocity (chapter 04; diffusers'
       ``FlowMatchEulerDiscreteScheduler``, ``shift`` as in Stable Diffusion 3).
 
-    ``spacing="trailing"`` (the default; see the module docstring) starts every sampler at t = T - 1.
+    ``spacing="trailing"`` (the default; see the module docstring) starts every sampler at
+    t = T - 1.
     """
     allowed = SAMPLERS + STOCHASTIC_SAMPLERS + FLOW_SAMPLERS
     arguments.choice(name, allowed, "sampler")

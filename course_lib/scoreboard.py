@@ -6,8 +6,8 @@ measures, with :mod:`course_lib.metrics`:
 * **quality and diversity**: domain FID and KID against held-out real pictures (features: the
   ``mnist-classifier`` for digits, the ``shapes-judge`` for Shapes), precision and recall (k=3);
 * **alignment**: for class-conditional digit models, how often the classifier reads the asked-for
-  digit; for text-to-image, the Shapes judge's caption accuracy (all five attributes right), the tiny
-  CLIP's score and the captioner round trip when those models are shipped; for unconditional
+  digit; for text-to-image, the Shapes judge's caption accuracy (all five attributes right), the
+  tiny CLIP's score and the captioner round trip when those models are shipped; for unconditional
   models the Inception Score on the classifier and the balance of the classes;
 * **efficiency**: latency per picture (median of repeated batches, warm-up excluded), peak memory
   while sampling, parameters, size on disk, and the recorded training time.
@@ -295,8 +295,8 @@ def reference_row(ref: Reference, n: int, seed: int = 0) -> dict:
             **_digit_judgement(x[idx], None, ref),
         }
     else:
-        # The captions the generators are asked for (the reference's own), drawn afresh: new jitter of
-        # size, place and color. Independently drawn captions would compare two different caption
+        # The captions the generators are asked for (the reference's own), drawn afresh: new jitter
+        # of size, place and color. Independently drawn captions would compare two different caption
         # mixes, and on 128 pictures that alone costs more FID than a good generator does.
         x = real_shapes_for(ref.captions[:n], seed=seed + 1)
         row = {
@@ -602,7 +602,8 @@ def plot(board: Scoreboard, fig=None):
     ax.set_xlabel("size on disk (MB)")
     ax.set_ylabel("ms per picture (log scale)")
     fig.suptitle(
-        "The course's scoreboard (blue: digits, orange: Shapes; FID comparable within a domain only)"
+        "The course's scoreboard (blue: digits, orange: Shapes; "
+        "FID comparable within a domain only)"
     )
     fig.tight_layout()
     return fig

@@ -4,16 +4,17 @@
 Variants (:data:`VARIANTS`):
 
 * ``"fp32"``: the baseline, unchanged.
-* ``"bf16-autocast"``: ``torch.autocast(device, dtype=torch.bfloat16)`` around sampling: convolutions
-  and matrix products in bfloat16, the rest in float32. Fast only where the hardware has bf16 units
-  (recent x86 CPUs with AVX512-BF16/AMX, GPUs); elsewhere the conversions cost more than they save.
+* ``"bf16-autocast"``: ``torch.autocast(device, dtype=torch.bfloat16)`` around sampling:
+  convolutions and matrix products in bfloat16, the rest in float32. Fast only where the hardware
+  has bf16 units (recent x86 CPUs with AVX512-BF16/AMX, GPUs); elsewhere the conversions cost more
+  than they save.
 * ``"channels-last"``: the UNet's weights in NHWC memory order (``module.to(memory_format=
   torch.channels_last)``), which some convolution kernels (oneDNN, cuDNN) prefer.
 * ``"compile"``: ``torch.compile`` of the UNet (TorchInductor generates fused C++ / Triton kernels).
   On a CPU it needs a C++ compiler and minutes of compile time; a failure is caught and reported.
-* ``"int8-dynamic"``: ``torch.ao.quantization.quantize_dynamic`` of every ``nn.Linear`` (int8 weights,
-  activations quantised on the fly). CPU only. This UNet spends most of its time in convolutions,
-  which dynamic quantisation leaves alone.
+* ``"int8-dynamic"``: ``torch.ao.quantization.quantize_dynamic`` of every ``nn.Linear`` (int8
+  weights, activations quantised on the fly). CPU only. This UNet spends most of its time in
+  convolutions, which dynamic quantisation leaves alone.
 * ``"prune-50%"``: L1 unstructured pruning of half of every convolution's and linear layer's weights
   (``torch.nn.utils.prune``), made permanent. The tensors stay dense, so the same dense kernels run
   on zeros: unstructured sparsity saves no time; it shows what pruning costs in quality.
@@ -41,7 +42,8 @@ VARIANTS = ("fp32", "bf16-autocast", "channels-last", "compile", "int8-dynamic",
 
 def prune_l1(module: nn.Module, amount: float = 0.5) -> float:
     """Zero the ``amount`` smallest-magnitude weights of every Conv2d and Linear layer in place
-    (``prune.l1_unstructured`` then ``prune.remove``). Returns the fraction of those weights now zero."""
+    (``prune.l1_unstructured`` then ``prune.remove``). Returns the fraction of those weights now
+    zero."""
     from torch.nn.utils import prune
 
     layers = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -85,8 +87,9 @@ def apply_variant(pipe, name: str, amount: float = 0.5):
     elif name == "int8-dynamic":
         if dev.type != "cpu":
             raise RuntimeError("dynamic int8 quantisation runs on the CPU only")
-        quantize_linear_int8(p.unet)  # not the text encoder: it runs once per call, and
-        # nn.TransformerEncoderLayer's fast path reads `linear1.weight`, a method on a quantised Linear
+        # not the text encoder: it runs once per call, and nn.TransformerEncoderLayer's fast path
+        # reads `linear1.weight`, a method on a quantised Linear
+        quantize_linear_int8(p.unet)
         n = sum(
             1
             for m in p.unet.modules()
@@ -111,12 +114,12 @@ def measure_variants(
     seed: int = 0,
     progress: bool = True,
 ) -> list[dict]:
-    """Apply each variant to a copy of ``pipe``, warm it up (for ``"compile"``: compile it), then time
-    ``repeats`` rounds round-robin over the variants sampling ``captions`` with ``sampler`` and
+    """Apply each variant to a copy of ``pipe``, warm it up (for ``"compile"``: compile it), then
+    time ``repeats`` rounds round-robin over the variants sampling ``captions`` with ``sampler`` and
     ``steps``. Rows ``{"variant", "ms_per_picture", "speedup", "accuracy", "delta_points",
     "max_pixel_change", "setup_s", "note", "error"}``; ``speedup`` and the deltas are against the
-    ``"fp32"`` row (measured in the same rounds). A variant that fails (e.g. ``torch.compile`` without
-    a C++ compiler) keeps its row, with the reason in ``error`` and no numbers."""
+    ``"fp32"`` row (measured in the same rounds). A variant that fails (e.g. ``torch.compile``
+    without a C++ compiler) keeps its row, with the reason in ``error`` and no numbers."""
 
     from .judges import score_shapes
     from .sampling import make_scheduler
@@ -182,12 +185,14 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         if r.get("error"):
             lines.append(
-                f"{r['variant']:<15}{'-':>11}{'-':>10}{'-':>10}{'-':>10}{'-':>11}  FAILED: {r['error']}"
+                f"{r['variant']:<15}{'-':>11}{'-':>10}{'-':>10}{'-':>10}{'-':>11}"
+                f"  FAILED: {r['error']}"
             )
             continue
         note = r["note"] + (f"; set-up {r['setup_s']:.0f} s" if r["variant"] == "compile" else "")
         lines.append(
-            f"{r['variant']:<15}{r['ms_per_picture']:>11.2f}{r['speedup']:>9.2f}x{100 * r['accuracy']:>9.1f}%"
+            f"{r['variant']:<15}{r['ms_per_picture']:>11.2f}{r['speedup']:>9.2f}x"
+            f"{100 * r['accuracy']:>9.1f}%"
             f"{r['delta_points']:>+10.1f}{r['max_pixel_change']:>11.3f}  {note}"
         )
     return "\n".join(lines)
@@ -208,7 +213,8 @@ def other_model_rows(
 ) -> list[dict]:
     """Rows for the chapter's other fast models (distilled, latent) at their own default settings,
     for those ``course_lib.pretrained`` can load; a name it does not know, or knows but has not
-    shipped, gets a row with ``error`` saying so. Timing: one warm-up call, median of ``repeats``."""
+    shipped, gets a row with ``error`` saying so. Timing: one warm-up call, median of
+    ``repeats``."""
     from . import pretrained
     from .samplers import quality
 
@@ -245,7 +251,10 @@ def other_model_rows(
                 "name": name,
                 "ms_per_picture": ms,
                 **q,
-                "note": f"its defaults: {steps} steps, guidance {getattr(pipe, 'default_guidance_scale', '?')}",
+                "note": (
+                    f"its defaults: {steps} steps, guidance "
+                    f"{getattr(pipe, 'default_guidance_scale', '?')}"
+                ),
             }
         )
     return rows
@@ -259,9 +268,10 @@ def combined_rows(
     other_rows=(),
     variant_label: str = "DPM++",
 ) -> list[dict]:
-    """Everything measured, as rows ``{"name", "ms_per_picture", "speedup", "accuracy", "kid", "note"}``
-    with ``speedup`` = baseline ms / row ms (all measured in the same run). ``baseline`` is the
-    DDPM-1000 fp32 row of :func:`course_lib.samplers.sweep`."""
+    """Everything measured, as rows
+    ``{"name", "ms_per_picture", "speedup", "accuracy", "kid", "note"}`` with ``speedup`` = baseline
+    ms / row ms (all measured in the same run). ``baseline`` is the DDPM-1000 fp32 row of
+    :func:`course_lib.samplers.sweep`."""
     from .sampling import LABELS
 
     base_ms = baseline["ms_per_picture"]
@@ -322,6 +332,7 @@ def format_combined(rows: list[dict]) -> str:
         acc = f"{100 * r['accuracy']:.1f}%" if "accuracy" in r else "-"
         kid = f"{r['kid']:.0f}" if "kid" in r else "-"
         lines.append(
-            f"{r['name']:<34}{r['ms_per_picture']:>11.2f}{r['speedup']:>9.1f}x{acc:>10}{kid:>11}  {r['note']}"
+            f"{r['name']:<34}{r['ms_per_picture']:>11.2f}{r['speedup']:>9.1f}x{acc:>10}{kid:>11}"
+            f"  {r['note']}"
         )
     return "\n".join(lines)

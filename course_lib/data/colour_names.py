@@ -110,8 +110,8 @@ def _css_words(name: str) -> str:
 
 
 def colour_names(sources: tuple = ("xkcd", "css4")) -> list[tuple[str, tuple[float, float, float]]]:
-    """``[(name, (r, g, b)), ...]`` from matplotlib's XKCD survey and CSS4 tables, names lower-case with
-    single spaces (CSS4's run-together names split at common prefixes), one entry per name."""
+    """``[(name, (r, g, b)), ...]`` from matplotlib's XKCD survey and CSS4 tables, names lower-case
+    with single spaces (CSS4's run-together names split at common prefixes), one entry per name."""
     import matplotlib.colors as mcolors
 
     allowed = ("xkcd", "css4")
@@ -146,11 +146,12 @@ def nearest_shapes_colour(rgb) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------------------------
 # Which colour names are Shapes colours
 # --------------------------------------------------------------------------------------------
-#: Words for colours Shapes does not draw (also with -ish or -y: "brownish", "pinky"). A name with one
-#: of them is never taken for a Shapes colour, whatever its hue ("brown" is a dark orange by hue).
+#: Words for colours Shapes does not draw (also with -ish or -y: "brownish", "pinky"). A name with
+#: one of them is never taken for a Shapes colour, whatever its hue ("brown" is a dark orange by
+#: hue).
 OTHER_COLOUR_WORDS = frozenset(
-    "pink brown grey gray black white teal turquoise cyan aqua beige khaki tan cream creme ecru silver "
-    "magenta maroon burgundy olive mauve taupe puce".split()
+    "pink brown grey gray black white teal turquoise cyan aqua beige khaki tan cream creme ecru "
+    "silver magenta maroon burgundy olive mauve taupe puce".split()
 )
 #: Below this chroma a red is a pink and a yellow a beige (:func:`shapes_colour_of`).
 PALE_CHROMA = 50.0
@@ -190,8 +191,8 @@ def shapes_colour_of(
     """The Shapes colour a colour name means, or ``None`` where that is not clear.
 
     Colour names name a hue, and the six Shapes colours are six hues (CIELAB hue angle: red 37°,
-    orange 64°, yellow 99°, green 138°, blue 299°, purple 318°). A name counts as Shapes colour ``c``
-    when its colour is chromatic (chroma at least ``min_chroma``: no greys), its hue is within
+    orange 64°, yellow 99°, green 138°, blue 299°, purple 318°). A name counts as Shapes colour
+    ``c`` when its colour is chromatic (chroma at least ``min_chroma``: no greys), its hue is within
     ``max_hue_gap`` degrees of ``c``'s and at least ``min_margin`` degrees nearer to it than to any
     other Shapes colour, and the name has no word of another colour: none of
     :data:`OTHER_COLOUR_WORDS` ("brownish red"), and no other Shapes colour ("orange red").
@@ -230,8 +231,8 @@ def shapes_colour_of(
 
 def shapes_colour_names(exclude: tuple | set | frozenset = ()) -> dict[str, list[str]]:
     """``{Shapes colour: [colour names]}``: every XKCD and CSS4 name (:func:`colour_names`) that
-    :func:`shapes_colour_of` maps to one of the six, except names with a word that contains a word of
-    ``exclude`` (excluding "butter" drops "butterscotch" too)."""
+    :func:`shapes_colour_of` maps to one of the six, except names with a word that contains a word
+    of ``exclude`` (excluding "butter" drops "butterscotch" too)."""
     exclude = tuple(exclude)
     out = {c: [] for c in shapes.ATTRIBUTE_VALUES["color"]}
     for name, rgb in colour_names():
@@ -246,8 +247,9 @@ def shapes_colour_names(exclude: tuple | set | frozenset = ()) -> dict[str, list
 def other_colour_names(exclude: tuple | set | frozenset = ()) -> list[str]:
     """XKCD and CSS4 names of colours Shapes does not draw: names with a word of
     :data:`OTHER_COLOUR_WORDS` ("salmon pink", "dark taupe", "battleship grey") and no Shapes colour
-    word ("brownish red" is left out: half a Shapes colour is not a lesson in refusing), except names
-    with a word that contains a word of ``exclude``. Chapter 06's planner learns to refuse them."""
+    word ("brownish red" is left out: half a Shapes colour is not a lesson in refusing), except
+    names with a word that contains a word of ``exclude``. Chapter 06's planner learns to refuse
+    them."""
     exclude, palette_names = tuple(exclude), shapes.ATTRIBUTE_VALUES["color"]
     out = []
     for name, _ in colour_names():

@@ -5,7 +5,8 @@ Introduced in chapter 00; the text-to-image chapters (03, 05, 06, 08) train on i
 
 One picture: 32x32 RGB in [0, 1], black background, one object (circle, square or isosceles
 triangle with its apex up) of one of six colors, small (side 6-7 px) or large (11-12 px), centred on
-a 3x3 grid cell with +-1 px jitter. Its canonical caption reads ``a {size} {color} {shape} {where}``.
+a 3x3 grid cell with +-1 px jitter. Its canonical caption reads
+``a {size} {color} {shape} {where}``.
 """
 
 from __future__ import annotations
@@ -228,14 +229,16 @@ def render(
 
 
 def sample_specs(n: int, seed: int = 0, split: str = "train") -> list[ShapeSpec]:
-    """``n`` specs drawn uniformly from the distinct specs of ``split``, reproducibly from ``seed``."""
+    """``n`` specs drawn uniformly from the distinct specs of ``split``, reproducibly from
+    ``seed``."""
     pool = all_specs(split)
     rng = np.random.default_rng([seed, 0])
     return [pool[i] for i in rng.integers(0, len(pool), size=n)]
 
 
 def sample(n: int, seed: int = 0, split: str = "train", return_specs: bool = False):
-    """``n`` pictures and their canonical captions: ``(FloatTensor[n, 3, 32, 32] in [0, 1], list[str])``.
+    """``n`` pictures and their canonical captions:
+    ``(FloatTensor[n, 3, 32, 32] in [0, 1], list[str])``.
 
     The same (n, seed, split) gives the same pictures and captions on every machine. With
     ``return_specs=True`` a third item, the list of :class:`ShapeSpec`, is returned too.
@@ -437,7 +440,8 @@ def with_article(text: str) -> str:
 def paraphrase(
     spec: ShapeSpec | str, rng: np.random.Generator | int | None = None, vocab: str = "seen"
 ) -> str:
-    """A free wording of a spec (or of a canonical caption) from the ``seen`` or ``unseen`` vocabulary."""
+    """A free wording of a spec (or of a canonical caption) from the ``seen`` or ``unseen``
+    vocabulary."""
     if isinstance(spec, str):
         spec = parse_caption(spec)
     if vocab not in PARAPHRASE_WORDS:
@@ -474,7 +478,8 @@ def paraphrase_vocabulary(vocab: str = "seen") -> list[str]:
 # --------------------------------------------------------------------------------------------
 # Version 2: two objects (chapter 06: relations and layout planning)
 # --------------------------------------------------------------------------------------------
-#: Words for where the first object is relative to the second, by (sign of row diff, sign of col diff).
+#: Words for where the first object is relative to the second, by (sign of row diff, sign of col
+#: diff).
 RELATIONS = {
     (0, -1): "to the left of",
     (0, 1): "to the right of",
@@ -517,7 +522,8 @@ def scene_is_valid(a: ShapeSpec, b: ShapeSpec) -> bool:
 
 
 def relation(a: ShapeSpec, b: ShapeSpec) -> str:
-    """Where ``a`` is relative to ``b``: 'to the left of', 'above', 'below and to the right of', ..."""
+    """Where ``a`` is relative to ``b``: 'to the left of', 'above', 'below and to the right of',
+    ..."""
     sr = int(np.sign(ROWS.index(a.row) - ROWS.index(b.row)))
     sc = int(np.sign(COLS.index(a.col) - COLS.index(b.col)))
     return RELATIONS[(sr, sc)]
@@ -545,7 +551,8 @@ def all_scene_pairs(split: str = "all") -> list[SceneSpec]:
 
 def sample_scenes(n: int, seed: int = 0, split: str = "train", return_specs: bool = False):
     """``n`` two-object pictures with relation captions: ``(FloatTensor[n, 3, 32, 32], list[str])``
-    (and the :class:`SceneSpec` list with ``return_specs=True``). Deterministic in (n, seed, split)."""
+    (and the :class:`SceneSpec` list with ``return_specs=True``). Deterministic in
+    (n, seed, split)."""
     pool = all_specs(split)
     rng = np.random.default_rng([seed, 2])
     scenes = []

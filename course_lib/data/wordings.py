@@ -1,5 +1,5 @@
-"""Free wordings of Shapes requests (chapter 06): text like the real world's, for training and testing
-the text encoders, the text-to-image models and the planner.
+"""Free wordings of Shapes requests (chapter 06): text like the real world's, for training and
+testing the text encoders, the text-to-image models and the planner.
 
 Real text-to-image models learn from millions of phrasings. Here a request is drawn from one of two
 vocabularies that share no content word:
@@ -8,12 +8,12 @@ vocabularies that share no content word:
   sentence forms, the canonical caption among them ("a small red circle in the top left", "in the
   upper left corner, a tiny crimson ball", "please show me a little scarlet disc near the top
   edge, on the left"), and every colour name of the XKCD survey and CSS4 that is clearly one of the
-  six Shapes colours (:func:`course_lib.data.colour_names.shapes_colour_names`: "fire engine red", "kelly
-  green", "navy", "lemon", "bright violet", "tangerine", ... about 370 names);
+  six Shapes colours (:func:`course_lib.data.colour_names.shapes_colour_names`: "fire engine red",
+  "kelly green", "navy", "lemon", "bright violet", "tangerine", ... about 370 names);
 * ``"unseen"``, for testing only: rarer synonyms ("vermilion", "orb", "in the top-left quadrant",
   "at twelve o'clock") and new sentence forms ("could you paint ..."). Each unseen colour word that
-  is an XKCD or CSS4 name is checked the same way (:data:`UNSEEN_COLOUR_CHECKED`), and no seen colour
-  name contains one.
+  is an XKCD or CSS4 name is checked the same way (:data:`UNSEEN_COLOUR_CHECKED`), and no seen
+  colour name contains one.
 
 Only :data:`FUNCTION_WORDS` (articles, prepositions, pronouns, auxiliaries, "please") and the
 directions every place phrase is built from (:data:`SIDE_WORDS`: left, right, top, bottom, up, down)
@@ -50,8 +50,8 @@ VOCABULARIES = ("seen", "unseen")
 
 #: Words both vocabularies may use: they carry grammar or politeness, not what to draw.
 FUNCTION_WORDS = frozenset(
-    "a an the of in on at to and with is are there that this it i you me would could one by from for "
-    "some near please , ? ' o".split()
+    "a an the of in on at to and with is are there that this it i you me would could one by from "
+    "for some near please , ? ' o".split()
 )
 #: The directions every place phrase is built from; shared by both vocabularies.
 SIDE_WORDS = frozenset(("left", "right", "top", "bottom", "up", "down"))
@@ -212,8 +212,8 @@ UNSEEN_PLACES = _mirror(
 
 #: Unseen colour words: rarer, but each clearly one Shapes colour (checked by
 #: :func:`course_lib.data.colour_names.shapes_colour_of` where it is an XKCD or CSS4 name, see
-#: :data:`UNSEEN_COLOUR_CHECKED`; cardinal, clover, lapis, daffodil, papaya, persimmon and clementine
-#: are not names there).
+#: :data:`UNSEEN_COLOUR_CHECKED`; cardinal, clover, lapis, daffodil, papaya, persimmon and
+#: clementine are not names there).
 UNSEEN_COLOURS = {
     "red": ["vermilion", "carmine", "cardinal", "cranberry"],
     "green": ["mint", "shamrock", "clover", "fern"],
@@ -222,14 +222,15 @@ UNSEEN_COLOURS = {
     "purple": ["orchid", "grape", "eggplant", "wisteria"],
     "orange": ["mango", "papaya", "persimmon", "clementine"],
 }
-#: Unseen colour words as the XKCD survey spells them ("vermillion"), for the check and the exclusion.
+#: Unseen colour words as the XKCD survey spells them ("vermillion"), for the check and the
+#: exclusion.
 _UNSEEN_SPELLINGS = {"vermilion": "vermillion", "periwinkle": "perrywinkle"}
 _UNSEEN_EXCLUDE = tuple(w for ws in UNSEEN_COLOURS.values() for w in ws) + tuple(
     _UNSEEN_SPELLINGS.values()
 )
-#: Hand-written seen colour words, the six canonical ones first. Each one that is an XKCD or CSS4 name
-#: passes :func:`course_lib.data.colour_names.shapes_colour_of` (a test checks it); "carrot" and "mandarin" are
-#: not names there.
+#: Hand-written seen colour words, the six canonical ones first. Each one that is an XKCD or CSS4
+#: name passes :func:`course_lib.data.colour_names.shapes_colour_of` (a test checks it); "carrot"
+#: and "mandarin" are not names there.
 SEEN_CORE_COLOURS = {
     "red": ["red", "scarlet", "crimson", "cherry", "ruby", "blood red", "tomato", "strawberry"],
     "green": [
@@ -262,7 +263,8 @@ SEEN_CORE_COLOURS = {
     ],
     "orange": ["orange", "tangerine", "apricot", "pumpkin", "carrot", "mandarin", "peach"],
 }
-#: Every XKCD and CSS4 name that is clearly one Shapes colour, minus those containing an unseen word.
+#: Every XKCD and CSS4 name that is clearly one Shapes colour, minus those containing an unseen
+#: word.
 SEEN_COLOUR_NAMES = colour_names.shapes_colour_names(exclude=_UNSEEN_EXCLUDE)
 
 
@@ -585,15 +587,17 @@ WORDS = {
         ],
     },
 }
-#: Unseen words a seen colour name must not contain ("bubble gum pink" has the unseen shape "bubble").
+#: Unseen words a seen colour name must not contain ("bubble gum pink" has the unseen shape
+#: "bubble").
 _UNSEEN_NAMING = (
     _UNSEEN_EXCLUDE
     + tuple(WORDS["unseen"]["not_colors"] + WORDS["unseen"]["not_nouns"])
     + tuple(w for key in ("size", "shape") for ws in WORDS["unseen"][key].values() for w in ws)
 )
-#: Colours Shapes does not draw, in the seen wording: the hand-written ones, then every XKCD and CSS4 name
-#: of another colour (:func:`course_lib.data.colour_names.other_colour_names`: "salmon pink", "dark taupe") with no
-#: word that contains an unseen word. The planner learns to refuse them.
+#: Colours Shapes does not draw, in the seen wording: the hand-written ones, then every XKCD and
+#: CSS4 name of another colour (:func:`course_lib.data.colour_names.other_colour_names`:
+#: "salmon pink", "dark taupe") with no word that contains an unseen word. The planner learns to
+#: refuse them.
 WORDS["seen"]["not_colors"] = list(
     dict.fromkeys(
         WORDS["seen"]["not_colors"]
@@ -621,13 +625,15 @@ _VALUE_KEYS = ("size", "color", "shape", "where", "relations")
 
 
 def _check_vocab(vocab) -> dict:
-    """The table of a vocabulary: ``"seen"``, ``"unseen"``, or a table from :func:`split_vocabulary`."""
+    """The table of a vocabulary: ``"seen"``, ``"unseen"``, or a table from
+    :func:`split_vocabulary`."""
     if isinstance(vocab, dict) and set(_VALUE_KEYS + _LIST_KEYS) <= set(vocab):
         return vocab
     if isinstance(vocab, str) and vocab in WORDS:
         return WORDS[vocab]
     raise ValueError(
-        f"vocab must be one of {VOCABULARIES} or a table from split_vocabulary, got {str(vocab)[:60]!r}"
+        f"vocab must be one of {VOCABULARIES} or a table from split_vocabulary, "
+        f"got {str(vocab)[:60]!r}"
     )
 
 
@@ -744,8 +750,8 @@ def split_vocabulary(
 def paraphrase(
     spec: shapes.ShapeSpec | str, rng: np.random.Generator | int | None = None, vocab="seen"
 ) -> str:
-    """A free wording of one object (a spec or a canonical caption) from ``vocab``; all five attributes
-    are said."""
+    """A free wording of one object (a spec or a canonical caption) from ``vocab``; all five
+    attributes are said."""
     t = _check_vocab(vocab)
     spec = shapes.parse_caption(spec) if isinstance(spec, str) else spec
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
@@ -780,8 +786,8 @@ REQUEST_KINDS = ("one", "one-noplace", "relation", "absolute", "none")
 
 
 def _not_a_scene(rng, t: dict) -> str:
-    """A request that is not a Shapes scene: chat, a question, three objects, a thing Shapes does not
-    draw, or a colour it does not have."""
+    """A request that is not a Shapes scene: chat, a question, three objects, a thing Shapes does
+    not draw, or a colour it does not have."""
     specs = shapes.all_specs("all")
     spec = _pick(rng, specs)
     where = _pick(rng, t["where"][(spec.row, spec.col)])
@@ -873,8 +879,8 @@ def make_requests(n: int, seed: int = 0, vocab="seen", kind: str | None = None, 
 
 
 def paraphrase_prompts(split: str = "train", vocab: str = "unseen", seed: int = 30_000):
-    """One free wording (:func:`paraphrase`) of every canonical caption of ``split``, and the canonical
-    captions they mean (what the judge checks)."""
+    """One free wording (:func:`paraphrase`) of every canonical caption of ``split``, and the
+    canonical captions they mean (what the judge checks)."""
     rng = np.random.default_rng([seed, 64])
     specs = shapes.all_specs(split)
     return [paraphrase(s, rng, vocab) for s in specs], [shapes.caption(s) for s in specs]
@@ -884,9 +890,9 @@ def training_captions(
     captions: list[str], rng: np.random.Generator, p_canonical: float = 0.25, per_caption: int = 8
 ) -> list[str]:
     """Training text for a text-to-image model: each canonical caption kept with probability
-    ``p_canonical``, otherwise replaced by one of ``per_caption`` free wordings of it drawn once from
-    the seen vocabulary (a bank per caption: a frozen encoder then encodes a few thousand distinct
-    texts, not one per training picture)."""
+    ``p_canonical``, otherwise replaced by one of ``per_caption`` free wordings of it drawn once
+    from the seen vocabulary (a bank per caption: a frozen encoder then encodes a few thousand
+    distinct texts, not one per training picture)."""
     if not 0 <= p_canonical <= 1:
         raise ValueError(f"p_canonical must be between 0 and 1, got {p_canonical}")
     bank = {

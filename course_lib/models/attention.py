@@ -3,7 +3,8 @@
 Everything here is checked against PyTorch's own kernels in ``tests/test_attention.py``:
 :func:`scaled_dot_product_attention` against ``torch.nn.functional.scaled_dot_product_attention``
 (same inputs, same masks, same outputs) and :class:`MultiHeadAttention` against
-``torch.nn.MultiheadAttention`` after copying its weights (:meth:`MultiHeadAttention.load_from_torch`).
+``torch.nn.MultiheadAttention`` after copying its weights
+(:meth:`MultiHeadAttention.load_from_torch`).
 
 Mask conventions (they differ between libraries, so every function says which it takes):
 
@@ -35,11 +36,12 @@ import torch.nn.functional as F
 # Masks
 # --------------------------------------------------------------------------------------------
 def causal_mask(length: int, key_length: int | None = None, device=None) -> torch.Tensor:
-    """BoolTensor[length, key_length]: ``True`` where query ``i`` may attend to key ``j``, i.e. ``j <= i``.
+    """BoolTensor[length, key_length]: ``True`` where query ``i`` may attend to key ``j``, i.e.
+    ``j <= i``.
 
     With ``key_length > length`` the queries are the *last* ``length`` positions (as when
-    generating with a cache); ``F.scaled_dot_product_attention(is_causal=True)`` instead aligns them to
-    the first positions (top-left), so compare the two only on square masks.
+    generating with a cache); ``F.scaled_dot_product_attention(is_causal=True)`` instead aligns them
+    to the first positions (top-left), so compare the two only on square masks.
     """
     key_length = length if key_length is None else key_length
     i = torch.arange(length, device=device).view(-1, 1) + (key_length - length)  # [Lq, 1]
@@ -48,8 +50,8 @@ def causal_mask(length: int, key_length: int | None = None, device=None) -> torc
 
 
 def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """From a tokenizer's ``attention_mask`` (LongTensor[n, L], 1 for a real token, 0 for padding) to
-    an allowed mask BoolTensor[n, 1, 1, L] that broadcasts over heads and queries."""
+    """From a tokenizer's ``attention_mask`` (LongTensor[n, L], 1 for a real token, 0 for padding)
+    to an allowed mask BoolTensor[n, 1, 1, L] that broadcasts over heads and queries."""
     return attention_mask.bool()[:, None, None, :]
 
 
@@ -119,9 +121,9 @@ def scaled_dot_product_attention(
 def wrong_masked_attention(q, k, v, mask: torch.Tensor, how: str = "multiply"):
     """Two classic WRONG ways to mask, kept to be shown next to the right one (chapter 03).
 
-    ``how="multiply"``: ``softmax(scores * mask)``: masked scores become 0, and ``exp(0)`` still gets
-    weight, so padding leaks in. ``how="after"``: ``softmax(scores) * mask``: masked weights are zero
-    but the rows no longer sum to one. ``mask``: boolean allowed mask.
+    ``how="multiply"``: ``softmax(scores * mask)``: masked scores become 0, and ``exp(0)`` still
+    gets weight, so padding leaks in. ``how="after"``: ``softmax(scores) * mask``: masked weights
+    are zero but the rows no longer sum to one. ``mask``: boolean allowed mask.
     """
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
     m = mask.to(scores.dtype)
@@ -195,10 +197,10 @@ class MultiHeadAttention(nn.Module):
     ):
         """Returns ``(output [n, Lq, d_model], weights [n, h, Lq, Lk] or None)``.
 
-        ``key_padding_mask``: BoolTensor[n, Lk], ``True`` at padding keys (``nn.MultiheadAttention``'s
-        convention). ``attn_mask``: boolean *allowed* mask or float additive mask, broadcastable to
-        [n, h, Lq, Lk]. ``is_causal``: forbid later keys. ``keep_weights``: store the weights in
-        ``self.last_weights`` (for attention-map figures).
+        ``key_padding_mask``: BoolTensor[n, Lk], ``True`` at padding keys
+        (``nn.MultiheadAttention``'s convention). ``attn_mask``: boolean *allowed* mask or float
+        additive mask, broadcastable to [n, h, Lq, Lk]. ``is_causal``: forbid later keys.
+        ``keep_weights``: store the weights in ``self.last_weights`` (for attention-map figures).
         """
         key = query if key is None else key
         value = key if value is None else value
@@ -227,7 +229,8 @@ class MultiHeadAttention(nn.Module):
 
     @torch.no_grad()
     def load_from_torch(self, mha: nn.MultiheadAttention) -> "MultiHeadAttention":
-        """Copy the weights of a ``torch.nn.MultiheadAttention`` (``batch_first`` or not) into this one."""
+        """Copy the weights of a ``torch.nn.MultiheadAttention`` (``batch_first`` or not) into this
+        one."""
         if mha.embed_dim != self.d_model or mha.num_heads != self.n_heads:
             raise ValueError("embed_dim and num_heads must match")
         if mha._qkv_same_embed_dim:
@@ -247,10 +250,11 @@ class MultiHeadAttention(nn.Module):
 
 class CrossAttention(MultiHeadAttention):
     """Queries from one sequence (text tokens, or a picture's pixels in chapter 05), keys and values
-    from another (image regions, or a caption's token states): ``forward(x, context, context_mask)``.
+    from another (image regions, or a caption's token states):
+    ``forward(x, context, context_mask)``.
 
-    x: [n, Lq, d_model]; context: [n, Lc, d_context]; ``context_mask``: LongTensor/BoolTensor[n, Lc],
-    1/True for a real context token (a tokenizer's ``attention_mask``).
+    x: [n, Lq, d_model]; context: [n, Lc, d_context]; ``context_mask``: LongTensor/BoolTensor[n,
+    Lc], 1/True for a real context token (a tokenizer's ``attention_mask``).
     """
 
     def __init__(
@@ -315,8 +319,8 @@ class LearnedPositions(nn.Module):
 
 
 def sinusoidal_positions_2d(height: int, width: int, dim: int) -> torch.Tensor:
-    """FloatTensor[height * width, dim] for a grid read row by row: half the channels encode the row,
-    half the column (how an image's regions get positions before a Transformer sees them)."""
+    """FloatTensor[height * width, dim] for a grid read row by row: half the channels encode the
+    row, half the column (how an image's regions get positions before a Transformer sees them)."""
     if dim % 4:
         raise ValueError("dim must be a multiple of 4")
     rows = sinusoidal_positions(height, dim // 2)  # [H, d/2]
@@ -336,9 +340,10 @@ class TransformerBlock(nn.Module):
     x: [n, L, d_model] -> [n, L, d_model].
 
     Without cross-attention it computes what ``nn.TransformerEncoderLayer(d_model, n_heads,
-    mlp_ratio * d_model, activation="gelu", norm_first=True, batch_first=True)`` computes (checked in
-    ``tests/test_attention.py`` after :func:`load_encoder_layer` copies the weights); note the mask
-    conventions: ``attn_mask`` here is an *allowed* mask, torch's ``src_mask`` a *forbidden* one.
+    mlp_ratio * d_model, activation="gelu", norm_first=True, batch_first=True)`` computes (checked
+    in ``tests/test_attention.py`` after :func:`load_encoder_layer` copies the weights); note the
+    mask conventions: ``attn_mask`` here is an *allowed* mask, torch's ``src_mask`` a *forbidden*
+    one.
     """
 
     def __init__(
@@ -391,8 +396,9 @@ class TransformerBlock(nn.Module):
 @torch.no_grad()
 def load_encoder_layer(block: nn.Module, layer: nn.TransformerEncoderLayer) -> nn.Module:
     """Copy a ``torch.nn.TransformerEncoderLayer``'s weights into a pre-norm block with the parts
-    ``ln1``, ``attn`` (a :class:`MultiHeadAttention`), ``ln2`` and ``mlp`` (Linear, GELU, Linear, ...):
-    :class:`TransformerBlock`, or the block the learner writes in chapter 03. Returns ``block``."""
+    ``ln1``, ``attn`` (a :class:`MultiHeadAttention`), ``ln2`` and ``mlp`` (Linear, GELU, Linear,
+    ...): :class:`TransformerBlock`, or the block the learner writes in chapter 03. Returns
+    ``block``."""
     if not isinstance(layer, nn.TransformerEncoderLayer):
         raise TypeError(
             f"layer must be a torch.nn.TransformerEncoderLayer, got {type(layer).__name__}"

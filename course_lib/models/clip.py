@@ -1,8 +1,8 @@
 """A tiny CLIP on Shapes (chapter 06; its score is reused by chapter 07).
 
-:class:`TinyCLIP`: an image tower (a small CNN) and a text tower (chapter 03's Transformer block over
-the canonical Shapes words) trained with the symmetric InfoNCE loss (:func:`info_nce_loss`) so that
-a picture and its caption land close together in one 64-d space. Text-to-image retrieval
+:class:`TinyCLIP`: an image tower (a small CNN) and a text tower (chapter 03's Transformer block
+over the canonical Shapes words) trained with the symmetric InfoNCE loss (:func:`info_nce_loss`) so
+that a picture and its caption land close together in one 64-d space. Text-to-image retrieval
 (:func:`retrieval_accuracy`, :func:`retrieve`) and the CLIP score (:func:`clip_score`, Hessel et al.
 2021) come with it. Shipped as ``shapes-clip``.
 """
@@ -124,7 +124,8 @@ class TinyCLIP(nn.Module):
         return F.normalize(torch.cat(out), dim=-1)
 
     def encode_texts(self, texts) -> torch.Tensor:
-        """L2-normalised caption embeddings [n, dim] (canonical Shapes words; others raise ValueError)."""
+        """L2-normalised caption embeddings [n, dim] (canonical Shapes words; others raise
+        ValueError)."""
         ids, mask = self.tokenize(texts)
         return F.normalize(self.text_tower(ids, mask), dim=-1)
 

@@ -1,4 +1,5 @@
-"""The digit denoisers of chapter 04 (chapters 07 and 08 reuse them): ``ddpm-mnist`` and ``flow-mnist``.
+"""The digit denoisers of chapter 04 (chapters 07 and 08 reuse them): ``ddpm-mnist`` and
+``flow-mnist``.
 
 A diffusers ``UNet2DModel`` on MNIST-5k digits scaled to [-1, 1]. ``ddpm-mnist`` predicts the noise
 ε (the ε-prediction loss of Ho et al. 2020; linear schedule, T = 1000); ``flow-mnist`` is the same
@@ -43,7 +44,8 @@ FLOW_CONFIG = {"prediction_type": flow.PREDICTION_TYPE}
 
 @dataclass
 class DDPMConfig(Config):
-    """The digit denoiser: a ``UNet2DModel`` (28 -> 14 -> 7, self-attention at 7x7) and its noise process."""
+    """The digit denoiser: a ``UNet2DModel`` (28 -> 14 -> 7, self-attention at 7x7) and its noise
+    process."""
 
     block_out_channels: list = field(default_factory=lambda: [32, 64, 64])
     down_block_types: list = field(
@@ -195,7 +197,8 @@ def sample_digits(
     cfg: str = "batched",
     callback=None,
 ) -> torch.Tensor:
-    """Digits [n, 1, 28, 28] in [0, 1] from a :class:`DigitDenoiser`: the course's one digit sampler.
+    """Digits [n, 1, 28, 28] in [0, 1] from a :class:`DigitDenoiser`: the course's one digit
+    sampler.
 
     ``labels``: one digit each (then ``n = len(labels)``), with classifier-free guidance
     ``guidance_scale`` (1: none); None: ``n`` unconditional digits. The starting noise is
@@ -342,13 +345,14 @@ def train_ddpm(
     save_every: int = 100,
     **overrides,
 ):
-    """Train a :class:`DigitDenoiser` with the loss of ``config``'s prediction type (ε by default) on
-    MNIST-5k train digits. ``overrides``: fields of :class:`DDPMTrainConfig`.
+    """Train a :class:`DigitDenoiser` with the loss of ``config``'s prediction type (ε by default)
+    on MNIST-5k train digits. ``overrides``: fields of :class:`DDPMTrainConfig`.
 
-    ``state_file``: a file to save the whole run to every ``save_every`` steps (weights, EMA, optimiser,
-    learning-rate schedule, random generators, history) and to resume from when it exists. A run that
-    was stopped (a time limit, Ctrl-C) then continues where it stopped when called again with the same
-    arguments, and ends with the same weights as one uninterrupted run; the file is deleted at the end.
+    ``state_file``: a file to save the whole run to every ``save_every`` steps (weights, EMA,
+    optimiser, learning-rate schedule, random generators, history) and to resume from when it
+    exists. A run that was stopped (a time limit, Ctrl-C) then continues where it stopped when
+    called again with the same arguments, and ends with the same weights as one uninterrupted run;
+    the file is deleted at the end.
 
     ``loss(model_fn, x0, alphas_cumprod, generator) -> scalar`` is the training step's loss (draw t,
     draw ε, noise x0, compare); default :func:`course_lib.diffusion.diffusion_loss`, which chapter
@@ -450,7 +454,8 @@ def _save_state(path, parts: dict, generator: torch.Generator, history: History,
 
 
 def _load_state(path, parts: dict, generator: torch.Generator, run: dict) -> History:
-    """Restore :func:`_save_state`'s file into ``parts`` and ``generator``; refuse a file from another run."""
+    """Restore :func:`_save_state`'s file into ``parts`` and ``generator``; refuse a file from
+    another run."""
     state = torch.load(path, map_location="cpu", weights_only=False)
     if state["run"] != run:
         raise ValueError(

@@ -7,19 +7,19 @@ The backbone is diffusers' ``SD3Transformer2DModel``, the MMDiT of Stable Diffus
 * **patches**: the picture is folded 2x2 into channels as in chapter 05 (3x32x32 -> 12x16x16), then
   cut into 2x2 patches of that grid: 64 tokens, each a 4x4-pixel patch (Peebles & Xie 2023's
   "patchify"), with fixed 2-D sine-cosine positions;
-* **conditioning by adaLN-Zero**: the timestep and the pooled caption vector are embedded and summed,
-  and every block turns that sum into a shift, a scale and a gate for its LayerNorms and residual
-  branches. The gates start at zero (:func:`init_adaln_zero`), so every block starts as the identity
-  and the untrained network outputs 0 (Peebles & Xie 2023, sec. 3.2);
+* **conditioning by adaLN-Zero**: the timestep and the pooled caption vector are embedded and
+  summed, and every block turns that sum into a shift, a scale and a gate for its LayerNorms and
+  residual branches. The gates start at zero (:func:`init_adaln_zero`), so every block starts as the
+  identity and the untrained network outputs 0 (Peebles & Xie 2023, sec. 3.2);
 * **joint attention**: the caption's word states (chapter 05's text encoder) are a second stream of
-  tokens with weights of their own; picture and word tokens attend to each other in one attention over
-  both (SD3's MMDiT), where the U-Net's pictures cross-attend to the words.
+  tokens with weights of their own; picture and word tokens attend to each other in one attention
+  over both (SD3's MMDiT), where the U-Net's pictures cross-attend to the words.
 
-Training: chapter 05's training loop (:func:`course_lib.models.text_to_image.train_on`: caption dropout,
-AdamW, warm-up and cosine decay, EMA) on the flow-matching loss of :mod:`course_lib.flow`
+Training: chapter 05's training loop (:func:`course_lib.models.text_to_image.train_on`: caption
+dropout, AdamW, warm-up and cosine decay, EMA) on the flow-matching loss of :mod:`course_lib.flow`
 (``prediction_type="flow_prediction"``), or v-prediction for the comparison with the U-Net's recipe.
-Sampling: :class:`ShapesDiTPipeline`, chapter 05's pipeline with ``pipe.transformer`` as its backbone and
-``FlowMatchEulerDiscreteScheduler`` as its sampler, through the course's one loop.
+Sampling: :class:`ShapesDiTPipeline`, chapter 05's pipeline with ``pipe.transformer`` as its
+backbone and ``FlowMatchEulerDiscreteScheduler`` as its sampler, through the course's one loop.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ class DiTConfig(Config):
         arguments.choice(self.sampler, allowed, f"sampler (of a {self.prediction_type} model)")
         if shapes.IMAGE_SIZE % (self.fold * self.patch_size):
             raise ValueError(
-                f"fold x patch_size must divide {shapes.IMAGE_SIZE}, got {self.fold} x {self.patch_size}"
+                f"fold x patch_size must divide {shapes.IMAGE_SIZE}, "
+                f"got {self.fold} x {self.patch_size}"
             )
 
     @property
@@ -100,9 +101,9 @@ def build_transformer(config: DiTConfig) -> SD3Transformer2DModel:
 
 
 def init_adaln_zero(net: SD3Transformer2DModel) -> SD3Transformer2DModel:
-    """DiT's initialisation: every adaptive LayerNorm's modulation layer (shift, scale, gate) and the
-    final projection start at zero. Each block then adds gate x branch = 0 to its input: the network
-    starts as the identity on its tokens, and outputs 0."""
+    """DiT's initialisation: every adaptive LayerNorm's modulation layer (shift, scale, gate) and
+    the final projection start at zero. Each block then adds gate x branch = 0 to its input: the
+    network starts as the identity on its tokens, and outputs 0."""
     for block in net.transformer_blocks:
         for norm in (block.norm1, block.norm1_context):
             nn.init.zeros_(norm.linear.weight)
@@ -120,8 +121,9 @@ def denoise(
     states: torch.Tensor,
     pooled: torch.Tensor,
 ) -> torch.Tensor:
-    """The transformer's output on the folded grid ``z`` [n, 3 f², 32/f, 32/f] at timesteps ``t`` ([n] or
-    one number: 1000 x the flow time, or the DDPM timestep), word states [n, L, d], pooled captions [n, d]."""
+    """The transformer's output on the folded grid ``z`` [n, 3 f², 32/f, 32/f] at timesteps ``t``
+    ([n] or one number: 1000 x the flow time, or the DDPM timestep), word states [n, L, d], pooled
+    captions [n, d]."""
     t = torch.as_tensor(t, device=z.device)
     t = t.expand(len(z)) if t.dim() == 0 else t  # [n]
     return transformer(
@@ -130,10 +132,11 @@ def denoise(
 
 
 class DiTModel(t2i.TextToImageModel):
-    """Text encoder + Diffusion Transformer (what the checkpoint holds): chapter 05's model with another
-    backbone, so the same interface (``encode(ids, mask) -> (states, pooled)``, ``denoise(x_t, t,
-    states, pooled)`` on pictures [n, 3, 32, 32], ``forward(x_t, t, ids, mask)``) and the same training
-    loop. ``config``: a :class:`DiTConfig` or a dict of its fields (unknown keys refused)."""
+    """Text encoder + Diffusion Transformer (what the checkpoint holds): chapter 05's model with
+    another backbone, so the same interface (``encode(ids, mask) -> (states, pooled)``,
+    ``denoise(x_t, t, states, pooled)`` on pictures [n, 3, 32, 32], ``forward(x_t, t, ids, mask)``)
+    and the same training loop. ``config``: a :class:`DiTConfig` or a dict of its fields (unknown
+    keys refused)."""
 
     def __init__(self, config: "DiTConfig | dict | None" = None):
         nn.Module.__init__(self)
@@ -154,8 +157,8 @@ class ShapesDiTPipeline(t2i.ShapesPipeline):
     """Chapter 05's pipeline around a Diffusion Transformer: the same call (``pipe(prompts,
     num_inference_steps=, guidance_scale=, negative_prompt=, generator=, output_type=, ...)`` ->
     ``.images``), ``save_pretrained`` / ``from_pretrained``; ``pipe.transformer`` is the backbone
-    (an ``SD3Transformer2DModel``), ``pipe.scheduler`` the sampler (``FlowMatchEulerDiscreteScheduler``
-    for a flow-matching model)."""
+    (an ``SD3Transformer2DModel``), ``pipe.scheduler`` the sampler
+    (``FlowMatchEulerDiscreteScheduler`` for a flow-matching model)."""
 
     def __init__(
         self,
@@ -190,8 +193,8 @@ def make_pipeline(
     guidance_scale: float | None = None,
     sampler: str | None = None,
 ) -> t2i.ShapesPipeline:
-    """The pipeline of a trained chapter 05 model: a :class:`ShapesDiTPipeline` for a :class:`DiTModel`
-    (shares its weights), chapter 05's ``ShapesPipeline`` for its U-Net model."""
+    """The pipeline of a trained chapter 05 model: a :class:`ShapesDiTPipeline` for a
+    :class:`DiTModel` (shares its weights), chapter 05's ``ShapesPipeline`` for its U-Net model."""
     cfg = model.config
     if not isinstance(model, DiTModel):
         return t2i.make_pipeline(model, num_inference_steps, guidance_scale, sampler)
@@ -224,9 +227,9 @@ def build_backbone(backbone: str, prediction_type: str, config: dict | None = No
 
 
 def train_config(prediction_type: str = flow.PREDICTION_TYPE, **overrides) -> t2i.TrainConfig:
-    """Chapter 05's :class:`~course_lib.models.text_to_image.TrainConfig` with :data:`RECIPE` for a model
-    trained on ``prediction_type`` (the recipe's logit-normal times are flow matching's: a v-prediction
-    model draws its discrete steps uniformly)."""
+    """Chapter 05's :class:`~course_lib.models.text_to_image.TrainConfig` with :data:`RECIPE` for a
+    model trained on ``prediction_type`` (the recipe's logit-normal times are flow matching's: a
+    v-prediction model draws its discrete steps uniformly)."""
     arguments.choice(prediction_type, PREDICTION_TYPES, "prediction_type")
     recipe = (
         RECIPE
@@ -245,8 +248,9 @@ def train_dit(
     progress: bool = False,
     **overrides,
 ):
-    """Train ``model`` (default: a new :class:`DiTModel`) with chapter 05's loop on Shapes (train split)
-    and :func:`train_config` (``overrides`` change its fields). Returns ``(ema_model, history, settings)``."""
+    """Train ``model`` (default: a new :class:`DiTModel`) with chapter 05's loop on Shapes (train
+    split) and :func:`train_config` (``overrides`` change its fields). Returns
+    ``(ema_model, history, settings)``."""
     hp = train_config(
         model.config.prediction_type if model is not None else flow.PREDICTION_TYPE, **overrides
     )
@@ -302,8 +306,8 @@ def ms_per_picture(pipe, n: int = 32, **kw) -> float:
 
 
 def evaluate(model: DiTModel) -> dict:
-    """Judged accuracy (270 train captions at the default steps and at 1 to 8, and with two other noise
-    seeds; 54 held-out ones), sampling time per picture (batch 32)."""
+    """Judged accuracy (270 train captions at the default steps and at 1 to 8, and with two other
+    noise seeds; 54 held-out ones), sampling time per picture (batch 32)."""
     pipe = make_pipeline(model)
     q = {
         "train_captions": t2i.judge_pipeline(pipe, "train"),
@@ -325,12 +329,12 @@ def evaluate(model: DiTModel) -> dict:
 TABLE_CPU_MINUTES = 10.0
 TABLE_NOTE = (
     "{U-Net, DiT} x {v-prediction, flow matching}, chapter 05's training loop and recipe for each: "
-    "CPU seconds per training step and sampling ms per picture (batch 32, 20 steps, guidance 3) measured "
-    "with one torch thread, the machine's other core busy with other work (`python -m "
+    "CPU seconds per training step and sampling ms per picture (batch 32, 20 steps, guidance 3) "
+    "measured with one torch thread, the machine's other core busy with other work (`python -m "
     "course_lib.models.dit time`); each "
     "cell then trained for the same CPU time (steps = that time / its seconds per step; `python -m "
-    "course_lib.models.dit table BACKBONE PREDICTION_TYPE`) and judged on the 270 train and 54 held-out "
-    "captions at 20 steps, guidance 3 (v-prediction: DPM-Solver++, flow matching: Euler)"
+    "course_lib.models.dit table BACKBONE PREDICTION_TYPE`) and judged on the 270 train and 54 "
+    "held-out captions at 20 steps, guidance 3 (v-prediction: DPM-Solver++, flow matching: Euler)"
 )
 
 
@@ -342,9 +346,9 @@ def cells() -> list[tuple[str, str]]:
 def time_cell(
     backbone: str, prediction_type: str, seed: int = 0, sampling_only: bool = False, **overrides
 ) -> dict:
-    """Parameters, CPU seconds per training step (:func:`seconds_per_step`) and sampling ms per picture
-    (:func:`ms_per_picture`) of one cell, on untrained networks (the cost does not depend on the weights).
-    ``sampling_only``: only the ms per picture."""
+    """Parameters, CPU seconds per training step (:func:`seconds_per_step`) and sampling ms per
+    picture (:func:`ms_per_picture`) of one cell, on untrained networks (the cost does not depend on
+    the weights). ``sampling_only``: only the ms per picture."""
     with runtime.seeded(seed):
         model = build_backbone(backbone, prediction_type)
         row = {"sampling_ms_per_picture": ms_per_picture(make_pipeline(model.eval()))}
@@ -363,9 +367,10 @@ def table_cell(
     seed: int = 0,
     **overrides,
 ) -> dict:
-    """One cell of the table: ``backbone`` ("unet" or "dit") trained on ``prediction_type`` with chapter 05's
-    loop for ``cpu_seconds / seconds_per_step_`` steps, then judged (270 train and 54 held-out captions,
-    20 steps, guidance 3). ``overrides``: fields of :func:`train_config` (``steps`` is set here)."""
+    """One cell of the table: ``backbone`` ("unet" or "dit") trained on ``prediction_type`` with
+    chapter 05's loop for ``cpu_seconds / seconds_per_step_`` steps, then judged (270 train and 54
+    held-out captions, 20 steps, guidance 3). ``overrides``: fields of :func:`train_config`
+    (``steps`` is set here)."""
     overrides.pop("steps", None)
     steps = max(1, int(cpu_seconds / seconds_per_step_))
     model, hist, _ = train_dit(build_backbone(backbone, prediction_type), steps, seed, **overrides)
@@ -420,16 +425,17 @@ def record_table_cell(
     quick: bool = False,
     minutes: float = TABLE_CPU_MINUTES,
 ) -> dict:
-    """Train and judge one cell (:func:`table_cell`) for ``minutes`` of CPU time at the seconds per step
-    that :func:`record_timings` recorded, and record it beside them. ``quick``: 3 steps on 64 pictures,
-    not recorded."""
+    """Train and judge one cell (:func:`table_cell`) for ``minutes`` of CPU time at the seconds per
+    step that :func:`record_timings` recorded, and record it beside them. ``quick``: 3 steps on 64
+    pictures, not recorded."""
     if quick:
         return table_cell(backbone, prediction_type, 3.0, 1.0, seed, n_train=64)
     key = f"{backbone} {prediction_type}"
     timed = pretrained.info(NAME)["quality"].get("backbone_table", {}).get(key, {})
     if "cpu_seconds_per_step" not in timed:
         raise ValueError(
-            f"no recorded seconds per step for {key!r}: run `python -m course_lib.models.dit time` first"
+            f"no recorded seconds per step for {key!r}: run "
+            "`python -m course_lib.models.dit time` first"
         )
     row = table_cell(backbone, prediction_type, 60 * minutes, timed["cpu_seconds_per_step"], seed)
     row["trained_on"] = _machine()
@@ -443,8 +449,9 @@ def train_registered(seed: int = 0, quick: bool = False) -> pretrained.TrainResu
 
     def notes(hist, hp):
         return (
-            f"{hist.steps} steps, batch {hp.batch_size}, AdamW lr {hp.lr} with warm-up and cosine decay, EMA "
-            f"{hp.ema_decay}, caption dropout {hp.caption_dropout}, flow matching ({hp.time_sampling} t), "
+            f"{hist.steps} steps, batch {hp.batch_size}, AdamW lr {hp.lr} with warm-up and cosine "
+            f"decay, EMA {hp.ema_decay}, caption dropout {hp.caption_dropout}, flow matching "
+            f"({hp.time_sampling} t), "
             f"SD3Transformer2DModel on 2x2 patches of the 2x2-folded picture"
         )
 

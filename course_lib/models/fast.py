@@ -4,18 +4,20 @@ The teacher (chapter 05's ``shapes-t2i``) samples with DPM-Solver++ in 20 steps 
 guidance, i.e. two UNet passes per step: 40 UNet evaluations per picture. The student here makes a
 picture in 1 to 4 UNet evaluations:
 
-* **Guidance folded in** (Meng et al. 2023, "On Distillation of Guided Diffusion Models"): the student
-  (initialised from the teacher) learns to produce, from one pass on the caption alone, what the
-  *guided* teacher ``v_u + w (v_c - v_u)`` produces. Either in a stage of its own (``steps_guided > 0``:
-  regress the guided output, Meng et al.'s stage one) or, the shipped recipe, by making the guided
-  teacher the teacher of the first progressive round (``steps_guided=0``), which saves a stage.
+* **Guidance folded in** (Meng et al. 2023, "On Distillation of Guided Diffusion Models"): the
+  student (initialised from the teacher) learns to produce, from one pass on the caption alone, what
+  the *guided* teacher ``v_u + w (v_c - v_u)`` produces. Either in a stage of its own
+  (``steps_guided > 0``: regress the guided output, Meng et al.'s stage one) or, the shipped recipe,
+  by making the guided teacher the teacher of the first progressive round (``steps_guided=0``),
+  which saves a stage.
 * **Progressive distillation** (Salimans & Ho 2022): rounds that halve the number of DDIM steps
   (4 -> 2 -> 1). In a round the frozen student of the round before is the teacher; the new student
   learns to do in *one* DDIM step what the teacher does in *two*. :func:`distillation_target` is the
-  x0 that makes this happen (the chapter's exercise). Half of each batch "holds" the other timesteps of
-  the 4-step grid at the frozen teacher's own one-pass output, so the final one-step student still
-  samples well with 2 and 4 steps. (In the first round that is the teacher's *unguided* output: at 749
-  and 249, used only by 4-step sampling, the student keeps the teacher's conditional prediction.)
+  x0 that makes this happen (the chapter's exercise). Half of each batch "holds" the other timesteps
+  of the 4-step grid at the frozen teacher's own one-pass output, so the final one-step student
+  still samples well with 2 and 4 steps. (In the first round that is the teacher's *unguided*
+  output: at 749 and 249, used only by 4-step sampling, the student keeps the teacher's conditional
+  prediction.)
 
 Notation (Salimans & Ho, variance preserving): ``z_t = α_t x + σ_t ε`` with ``α_t = sqrt(ᾱ_t)``,
 ``σ_t = sqrt(1 - ᾱ_t)``. The network predicts ``v = α_t ε - σ_t x``, so ``x̂ = α_t z_t - σ_t v̂``
@@ -24,10 +26,10 @@ and ``ε̂ = σ_t z_t + α_t v̂``. A deterministic DDIM step from t to s is
 of sampling (α = 1, σ = 0), as diffusers' ``DDIMScheduler(set_alpha_to_one=True)`` does.
 
 The sampler is diffusers' ``DDIMScheduler`` with ``timestep_spacing="trailing"``: n steps visit
-``999, 999 - 1000/n, ...`` and every coarser grid (1, 2 steps) is a subset of the 4-step grid, so the
-rounds nest. The alternative, consistency / latent consistency distillation (Song et al. 2023,
-Luo et al. 2023), trains a student to map any point of the teacher's ODE path straight to its end and
-samples with diffusers' ``LCMScheduler``; the notebook discusses it.
+``999, 999 - 1000/n, ...`` and every coarser grid (1, 2 steps) is a subset of the 4-step grid, so
+the rounds nest. The alternative, consistency / latent consistency distillation (Song et al. 2023,
+Luo et al. 2023), trains a student to map any point of the teacher's ODE path straight to its end
+and samples with diffusers' ``LCMScheduler``; the notebook discusses it.
 """
 
 from __future__ import annotations
@@ -104,7 +106,8 @@ def distillation_target(z_t, z_s, alpha_t, sigma_t, alpha_s, sigma_s):
 # Timestep grids (diffusers' DDIM with trailing spacing)
 # --------------------------------------------------------------------------------------------
 def trailing_grid(num_steps: int, num_train_timesteps: int = 1000) -> list[int]:
-    """The timesteps DDIM visits in ``num_steps`` steps with trailing spacing, e.g. 2 -> [999, 499]."""
+    """The timesteps DDIM visits in ``num_steps`` steps with trailing spacing, e.g. 2 ->
+    [999, 499]."""
     k = num_train_timesteps / num_steps
     return [int(round(num_train_timesteps - i * k)) - 1 for i in range(num_steps)]
 
@@ -118,8 +121,9 @@ def make_scheduler(config) -> DDIMScheduler:
 # Teachers as functions (z_t, t, states, pooled) -> v
 # --------------------------------------------------------------------------------------------
 class Denoiser:
-    """A frozen :class:`text_to_image.TextToImageModel` as a v-predictor, optionally with classifier-free
-    guidance ``w`` (:func:`course_lib.sampling.guided`: one batched call of 2n, empty caption and caption)."""
+    """A frozen :class:`text_to_image.TextToImageModel` as a v-predictor, optionally with
+    classifier-free guidance ``w`` (:func:`course_lib.sampling.guided`: one batched call of 2n,
+    empty caption and caption)."""
 
     def __init__(self, model: t2i.TextToImageModel, guidance_scale: float = 1.0):
         self.model = model.eval().requires_grad_(False)
@@ -390,8 +394,9 @@ def measure(
     seed: int = 0,
     kid_reference: torch.Tensor | None = None,
 ) -> dict:
-    """One row of the chapter's table: judged accuracy on the train captions (first ``n_train`` of 270)
-    and held-out captions, FID on the judge's features (train-caption pictures), ms per picture.
+    """One row of the chapter's table: judged accuracy on the train captions (first ``n_train``
+    of 270) and held-out captions, FID on the judge's features (train-caption pictures), ms per
+    picture.
     With ``kid_reference`` (:func:`course_lib.sample_quality.reference_set` of those train
     captions), also KID x 1000 on the same features (``judge_kid``): unbiased at the few pictures
     where FID is not."""
@@ -423,7 +428,8 @@ def measure(
 
 
 def teacher_pipelines(teacher: t2i.TextToImageModel) -> dict:
-    """The teacher with its default sampler (DPM-Solver++) and with DDIM trailing (the student's sampler)."""
+    """The teacher with its default sampler (DPM-Solver++) and with DDIM trailing (the student's
+    sampler)."""
     ddim = t2i.ShapesPipeline(
         unet=teacher.unet,
         text_encoder=teacher.text_encoder,
@@ -451,9 +457,9 @@ def evaluate(
     n_train: int | None = None,
     n_heldout: int | None = None,
 ) -> dict:
-    """Judged accuracy (270 train + 54 held-out captions, seed 0) of the student at 1, 2, 4 steps and
-    of the teacher at 1 and 50 DDIM steps and at its default (DPM-Solver++ 20), FID on the judge's
-    features, ms per picture (batch 32, this machine, same run)."""
+    """Judged accuracy (270 train + 54 held-out captions, seed 0) of the student at 1, 2, 4 steps
+    and of the teacher at 1 and 50 DDIM steps and at its default (DPM-Solver++ 20), FID on the
+    judge's features, ms per picture (batch 32, this machine, same run)."""
     from .. import pretrained
 
     teacher = teacher if teacher is not None else pretrained.load_module(TEACHER, device="cpu")
@@ -521,12 +527,16 @@ def train_registered(seed: int = 0, quick: bool = False) -> TrainResult:
         f"stage A: guidance w={hp['guidance_scale']} folded in, {hp['steps_guided']} steps at the "
         f"{hp['grid_steps']}-step grid; "
         if hp["steps_guided"]
-        else f"guidance w={hp['guidance_scale']} folded into the first round (its teacher: the guided teacher); "
+        else (
+            f"guidance w={hp['guidance_scale']} folded into the first round (its teacher: the "
+            "guided teacher); "
+        )
     )
     notes = (
-        f"from {TEACHER}; {stage_a}progressive rounds to {hp['rounds']} DDIM steps, {hp['steps_per_round']} "
-        f"optimiser steps (hold {hp['hold']} at the {hp['hold_steps']}-step grid); batch {hp['batch_size']}, "
-        f"Adam lr {hp['lr']} cosine to x{hp['final_lr_frac']}, v-MSE; distillation took {secs:.0f} s"
+        f"from {TEACHER}; {stage_a}progressive rounds to {hp['rounds']} DDIM steps, "
+        f"{hp['steps_per_round']} optimiser steps (hold {hp['hold']} at the "
+        f"{hp['hold_steps']}-step grid); batch {hp['batch_size']}, Adam lr {hp['lr']} cosine to "
+        f"x{hp['final_lr_frac']}, v-MSE; distillation took {secs:.0f} s"
     )
     return TrainResult(student, student.config, quality, notes)
 

@@ -2,7 +2,8 @@
 pair, a DCGAN and a class-conditional DCGAN for 28x28 digits, and the registered checkpoints
 ``dcgan-mnist`` and ``cgan-mnist``. Chapter 07 scores these generators.
 
-The game (Goodfellow et al., 2014). A discriminator ``D(x) = sigmoid(l(x))`` and a generator ``G(z)``:
+The game (Goodfellow et al., 2014). A discriminator ``D(x) = sigmoid(l(x))`` and a generator
+``G(z)``:
 
     min_G max_D  V(D, G) = E_x[log D(x)] + E_z[log(1 - D(G(z)))]
 
@@ -15,8 +16,9 @@ The game (Goodfellow et al., 2014). A discriminator ``D(x) = sigmoid(l(x))`` and
 For a fixed G the best discriminator is ``D*(x) = p_data(x) / (p_data(x) + p_g(x))``
 (:func:`optimal_discriminator`), and at that D the minimax value is ``2 JS(p_data || p_g) - log 4``.
 
-Generators expose ``generate(n, labels=None, generator=None) -> FloatTensor[n, 1, 28, 28]`` in [0, 1]
-(on the CPU), with noise drawn on the CPU from ``generator`` so samples do not depend on the device.
+Generators expose ``generate(n, labels=None, generator=None) -> FloatTensor[n, 1, 28, 28]`` in
+[0, 1] (on the CPU), with noise drawn on the CPU from ``generator`` so samples do not depend on the
+device.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ N_CLASSES = 10
 # log D = -softplus(-l),  log(1 - D) = -softplus(l): numerically safe forms of the same thing.
 # --------------------------------------------------------------------------------------------
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """``-E[log D(x)] - E[log(1 - D(G(z)))]``: D's loss, the negative of the value V it maximises."""
+    """``-E[log D(x)] - E[log(1 - D(G(z)))]``: D's loss, the negative of the value V it
+    maximises."""
     return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
 
 
@@ -97,7 +100,8 @@ def to_signed(x: torch.Tensor) -> torch.Tensor:
 
 
 class _GeneratorMixin:
-    """``generate`` for every generator: noise on the CPU from ``generator``, pictures back on the CPU."""
+    """``generate`` for every generator: noise on the CPU from ``generator``, pictures back on the
+    CPU."""
 
     z_dim: int
     n_classes: int
@@ -185,10 +189,11 @@ class MLPDiscriminator(nn.Module):
 
 
 class DCGenerator(_GeneratorMixin, nn.Module):
-    """DCGAN generator for 28x28: noise (and, if ``n_classes``, a label embedding) -> 7x7 -> 14 -> 28.
+    """DCGAN generator for 28x28: noise (and, if ``n_classes``, a label embedding) -> 7x7 -> 14 ->
+    28.
 
-    ``z [n, z_dim]`` -> Linear -> ``[n, 2w, 7, 7]`` -> ConvT -> ``[n, w, 14, 14]`` -> ConvT -> ``[n, 1, 28, 28]``,
-    batch norm and ReLU between, tanh at the end.
+    ``z [n, z_dim]`` -> Linear -> ``[n, 2w, 7, 7]`` -> ConvT -> ``[n, w, 14, 14]`` -> ConvT ->
+    ``[n, 1, 28, 28]``, batch norm and ReLU between, tanh at the end.
     """
 
     def __init__(self, z_dim: int = 64, width: int = 64, n_classes: int = 0, embed_dim: int = 16):
@@ -279,8 +284,8 @@ class DCDiscriminator(nn.Module):
 
 class GAN(nn.Module):
     """A generator and its discriminator in one module (one checkpoint). ``generate`` is the
-    generator's; ``g_ema`` (when present) is the exponential moving average of the generator's weights,
-    the one that samples."""
+    generator's; ``g_ema`` (when present) is the exponential moving average of the generator's
+    weights, the one that samples."""
 
     def __init__(
         self,
@@ -328,8 +333,8 @@ class GAN(nn.Module):
 class WarmEMA:
     """Exponential moving average of a generator's weights whose decay warms up,
     ``min(decay, (1 + t) / (10 + t))``, so the average does not drag the untrained start along for
-    thousands of steps (``course_lib.training.EMA`` has a fixed decay). Buffers (batch-norm statistics)
-    are copied, then recomputed at the end by :func:`recalibrate_batchnorm`."""
+    thousands of steps (``course_lib.training.EMA`` has a fixed decay). Buffers (batch-norm
+    statistics) are copied, then recomputed at the end by :func:`recalibrate_batchnorm`."""
 
     def __init__(self, model: nn.Module, decay: float = 0.999, target: nn.Module | None = None):
         self.module = target if target is not None else copy.deepcopy(model)
@@ -363,8 +368,10 @@ def gan_step(
 ) -> dict:
     """One round of the game on a batch, in place.
 
-    ``real``: [n, 1, 28, 28] in [-1, 1] (what D sees); ``z``: [n, z_dim] noise on the models' device;
-    ``labels``: [n] for conditional models (the fakes are asked for the real batch's labels), else None.
+    ``real``: [n, 1, 28, 28] in [-1, 1] (what D sees); ``z``: [n, z_dim] noise on the models'
+    device;
+    ``labels``: [n] for conditional models (the fakes are asked for the real batch's labels), else
+    None.
 
     1. ``fake = G(z)``, once.
     2. Discriminator: ``d_loss_fn(D(real), D(fake.detach()))``; ``detach`` stops this loss at the
@@ -372,7 +379,8 @@ def gan_step(
     3. Generator: ``g_loss_fn(D(fake))`` through the *just updated* D, not detached. Step ``opt_g``
        only (the gradients this leaves in D are cleared by D's next ``zero_grad``).
 
-    Returns ``{"d_loss", "g_loss", "d_real": mean D(x), "d_fake": mean D(G(z))}`` (D before its update).
+    Returns ``{"d_loss", "g_loss", "d_real": mean D(x), "d_fake": mean D(G(z))}`` (D before its
+    update).
     """
     fake = G(z, labels)  # [n, 1, 28, 28]
     real_logits, fake_logits = D(real, labels), D(fake.detach(), labels)  # [n], [n]
@@ -513,9 +521,9 @@ def train_gan(
 ):
     """Train ``gan`` in place on MNIST-5k train (or ``data=(x, y)``); returns the :class:`History`.
 
-    ``update``, ``d_loss``, ``g_loss``: the step of the game and its losses (default :func:`gan_step`
-    with the library's losses; see :func:`make_gan_step`). ``callback(step, gan)`` every
-    ``callback_every`` steps (a live sample grid)."""
+    ``update``, ``d_loss``, ``g_loss``: the step of the game and its losses (default
+    :func:`gan_step` with the library's losses; see :func:`make_gan_step`). ``callback(step, gan)``
+    every ``callback_every`` steps (a live sample grid)."""
     device = next(gan.parameters()).device
     x, y = data if data is not None else mnist.load_mnist("train")
     loader = infinite_loader(torch.utils.data.TensorDataset(x, y), batch_size, seed=seed)
@@ -557,8 +565,8 @@ def _sync_ema(gan: GAN, ema: WarmEMA | None) -> None:
 # Quality (the judge) and the shipped checkpoints
 # --------------------------------------------------------------------------------------------
 def evaluate_unconditional(model, n: int = 1000, seed: int = 1234) -> dict:
-    """The judge on ``n`` samples: mean top-class probability, class-histogram entropy (nats; ln 10 =
-    2.303 is perfectly balanced), the histogram itself."""
+    """The judge on ``n`` samples: mean top-class probability, class-histogram entropy (nats;
+    ln 10 = 2.303 is perfectly balanced), the histogram itself."""
     from ..judges import score_digits
 
     s = score_digits(model.generate(n, generator=torch.Generator().manual_seed(seed)))
@@ -573,7 +581,8 @@ def evaluate_unconditional(model, n: int = 1000, seed: int = 1234) -> dict:
 
 
 def evaluate_conditional(model, n_per_class: int = 100, seed: int = 1234) -> dict:
-    """The judge on ``n_per_class`` samples of each digit: how often it reads the requested digit."""
+    """The judge on ``n_per_class`` samples of each digit: how often it reads the requested
+    digit."""
     from ..judges import score_digits
 
     labels = torch.arange(N_CLASSES).repeat_interleave(n_per_class)
@@ -591,7 +600,8 @@ def evaluate_conditional(model, n_per_class: int = 100, seed: int = 1234) -> dic
 
 
 def evaluate_gan(model) -> dict:
-    """Judge a generator (or a :class:`GAN`): conditional ones by accuracy, others by confidence and balance."""
+    """Judge a generator (or a :class:`GAN`): conditional ones by accuracy, others by confidence and
+    balance."""
     return evaluate_conditional(model) if model.n_classes else evaluate_unconditional(model)
 
 
@@ -649,7 +659,8 @@ def _train_registered(name: str, seed: int = 0, quick: bool = False) -> TrainRes
 
 
 class _Truncated:
-    """A generator seen through ``generate(..., truncation=t)`` (for measuring the truncation trick)."""
+    """A generator seen through ``generate(..., truncation=t)`` (for measuring the truncation
+    trick)."""
 
     def __init__(self, G, truncation: float):
         self.G, self.truncation, self.n_classes = G, truncation, G.n_classes

@@ -14,8 +14,8 @@ read (picture first)  ``<read> i1 .. i64 <text> w1 .. wC``
 
 One vocabulary holds both kinds of token (:class:`TokenLayout`): the course's caption words, five
 special tokens, then the ``codebook_size`` image codes. A token's position embedding depends on its
-*slot* (which caption word, which grid cell), not on where it sits in the sequence, so an image token
-means the same cell in both orders.
+*slot* (which caption word, which grid cell), not on where it sits in the sequence, so an image
+token means the same cell in both orders.
 
 The same class with ``causal=False`` is chapter 09's masked model (MaskGIT, Chang et al. 2022):
 every token sees every other, image tokens are hidden behind ``<mask>`` and predicted all at once
@@ -90,7 +90,8 @@ class ImageGPTConfig(Config):
 
     @property
     def length(self) -> int:
-        """Tokens in one sequence: the direction token, the caption slots, a separator, the image."""
+        """Tokens in one sequence: the direction token, the caption slots, a separator, the
+        image."""
         return 2 + self.caption_slots + self.image_tokens
 
 
@@ -99,8 +100,9 @@ class TokenLayout:
 
     Ids: the caption words of :func:`course_lib.data.shapes.canonical_vocabulary` with the word
     tokenizer's ``<pad>``, ``<bos>``, ``<eos>``, ``<unk>`` (0 .. W-1), then :data:`SPECIALS`
-    (W .. W+4), then the image codes (``image_offset`` + code). Position slots (:meth:`slots`): 0 for
-    the direction token, 1 .. C for caption slots, C + 1 for the separator, C + 2 .. for grid cells.
+    (W .. W+4), then the image codes (``image_offset`` + code). Position slots (:meth:`slots`): 0
+    for the direction token, 1 .. C for caption slots, C + 1 for the separator, C + 2 .. for grid
+    cells.
     """
 
     def __init__(self, config: ImageGPTConfig):
@@ -116,8 +118,9 @@ class TokenLayout:
 
     # ---- captions -------------------------------------------------------------------------
     def encode_captions(self, prompts: list[str]) -> torch.Tensor:
-        """Normalised prompts -> LongTensor [n, C]: word ids, ``<eos>``, then ``<pad>``. A word outside
-        the vocabulary, or more than C - 1 words, raise ``ValueError`` naming what is allowed."""
+        """Normalised prompts -> LongTensor [n, C]: word ids, ``<eos>``, then ``<pad>``. A word
+        outside the vocabulary, or more than C - 1 words, raise ``ValueError`` naming what is
+        allowed."""
         c = self.config.caption_slots
         rows = []
         for p in prompts:
@@ -149,7 +152,8 @@ class TokenLayout:
         raise ValueError(f"direction must be 'draw' or 'read', got {direction!r}")
 
     def sequence(self, direction: str, captions: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """Captions [n, C] (word ids) and image codes [n, G] (0 .. K-1) -> one sequence [n, length]."""
+        """Captions [n, C] (word ids) and image codes [n, G] (0 .. K-1) -> one sequence
+        [n, length]."""
         n = captions.shape[0]
         image = codes.reshape(n, -1) + self.image_offset  # [n, G]
         col = lambda t: torch.full((n, 1), t, dtype=torch.long, device=captions.device)  # noqa: E731
@@ -164,8 +168,8 @@ class TokenLayout:
         return logits[..., self.image_offset :]
 
     def word_logits_only(self, logits: torch.Tensor) -> torch.Tensor:
-        """[..., vocab] -> [..., W]: the caption words' logits, ``<pad>``, ``<bos>`` and ``<unk>`` at
-        -inf (what reading picks from)."""
+        """[..., vocab] -> [..., W]: the caption words' logits, ``<pad>``, ``<bos>`` and ``<unk>``
+        at -inf (what reading picks from)."""
         out = logits[..., : self.text_words].clone()
         tok = self.tokenizer
         out[..., [tok.pad_id, tok.bos_id, tok.unk_id]] = float("-inf")
@@ -176,11 +180,11 @@ class TokenLayout:
 # The Transformer
 # --------------------------------------------------------------------------------------------
 def attend_with_cache(attn, x: torch.Tensor, cache: dict | None) -> torch.Tensor:
-    """Causal self-attention of new tokens ``x`` [n, l, d] given the keys and values of every earlier
-    token in ``cache`` (chapter 09's exercise). ``attn``: a
-    :class:`~course_lib.models.attention.MultiHeadAttention`. The new keys and values are appended to
-    ``cache["k"]``, ``cache["v"]`` ([n, h, L, dh]); ``cache=None`` keeps nothing. Returns [n, l, d]:
-    what the uncached layer gives for these positions."""
+    """Causal self-attention of new tokens ``x`` [n, l, d] given the keys and values of every
+    earlier token in ``cache`` (chapter 09's exercise). ``attn``: a
+    :class:`~course_lib.models.attention.MultiHeadAttention`. The new keys and values are appended
+    to ``cache["k"]``, ``cache["v"]`` ([n, h, L, dh]); ``cache=None`` keeps nothing. Returns
+    [n, l, d]: what the uncached layer gives for these positions."""
     q = split_heads(attn.q_proj(x), attn.n_heads)  # [n, h, l, dh]
     k = split_heads(attn.k_proj(x), attn.n_heads)
     v = split_heads(attn.v_proj(x), attn.n_heads)
@@ -231,10 +235,10 @@ class ImageGPT(nn.Module):
     def step(
         self, ids: torch.Tensor, slots: torch.Tensor, caches: list[dict], attend=None
     ) -> torch.Tensor:
-        """The next ``l`` tokens ids [n, l] at slots [l], given ``caches`` (one dict per layer, filled
-        by earlier calls; start with ``[{} for _ in model.blocks]``) -> logits [n, l, vocab].
-        ``attend``: the cached attention function (default :func:`attend_with_cache`; chapter 09 passes
-        the learner's)."""
+        """The next ``l`` tokens ids [n, l] at slots [l], given ``caches`` (one dict per layer,
+        filled by earlier calls; start with ``[{} for _ in model.blocks]``) -> logits [n, l, vocab].
+        ``attend``: the cached attention function (default :func:`attend_with_cache`; chapter 09
+        passes the learner's)."""
         attend = attend_with_cache if attend is None else attend
         if not self.config.causal:
             raise ValueError("a KV cache needs causal attention; this model is bidirectional")
@@ -255,7 +259,8 @@ def build_image_gpt(config: "ImageGPTConfig | dict | None" = None) -> ImageGPT:
 # --------------------------------------------------------------------------------------------
 def top_k_filter(logits: torch.Tensor, k: int | None) -> torch.Tensor:
     """Keep each row's ``k`` largest logits, set the rest to -inf (chapter 09's exercise).
-    logits [n, V] -> [n, V]; ``k=None`` or ``k >= V`` keeps everything. Ties at the k-th value are kept."""
+    logits [n, V] -> [n, V]; ``k=None`` or ``k >= V`` keeps everything. Ties at the k-th value are
+    kept."""
     if k is None or k >= logits.shape[-1]:
         return logits
     kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # [n, 1]
@@ -269,8 +274,8 @@ def sample_logits(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """One token per row of logits [n, V]: ``temperature=0`` takes the argmax; otherwise sample from
-    ``softmax(top_k_filter(logits) / temperature)``. Returns LongTensor [n] (drawn on the CPU, so the
-    same generator gives the same tokens on every device)."""
+    ``softmax(top_k_filter(logits) / temperature)``. Returns LongTensor [n] (drawn on the CPU, so
+    the same generator gives the same tokens on every device)."""
     logits = logits.float().cpu()
     if temperature == 0:
         return logits.argmax(-1)

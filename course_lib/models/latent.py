@@ -1,4 +1,5 @@
-"""Latent diffusion on Shapes (chapter 08): a small autoencoder, then text-to-image in its latent space.
+"""Latent diffusion on Shapes (chapter 08): a small autoencoder, then text-to-image in its latent
+space.
 
 Stable Diffusion does not denoise pixels: a VAE (diffusers ``AutoencoderKL``) compresses a
 512x512x3 picture 8x per side into a 64x64x4 latent grid (48x fewer numbers), the UNet denoises
@@ -7,16 +8,17 @@ course size:
 
 * ``shapes-autoencoder``: a tiny ``AutoencoderKL`` (32x32x3 -> 8x8x4, 12x fewer numbers), trained on
   Shapes train-split pictures with an L1 reconstruction loss plus a small KL term; its latents are
-  shifted and scaled to mean 0 / std 1 (Stable Diffusion's ``scaling_factor``, SD3's ``shift_factor``).
+  shifted and scaled to mean 0 / std 1 (Stable Diffusion's ``scaling_factor``, SD3's
+  ``shift_factor``).
 * ``shapes-t2i-latent``: chapter 05's text encoder + cross-attention ``UNet2DConditionModel`` (same
   blocks, same v-prediction cosine recipe) on the 8x8x4 latents, wrapped as
   :class:`LatentShapesPipeline` with ShapesPipeline's call convention.
 
 The checkpoint of ``shapes-t2i-latent`` holds the text encoder and the UNet only. Its config records
 the sha256 of the autoencoder it was trained on, and loading it loads the shipped
-``shapes-autoencoder`` and refuses a different one: a latent model is only meaningful with exactly the
-decoder whose latent space it learnt (as every Stable Diffusion UNet ships with its own VAE), and keeping
-the autoencoder in one file avoids storing it twice.
+``shapes-autoencoder`` and refuses a different one: a latent model is only meaningful with exactly
+the decoder whose latent space it learnt (as every Stable Diffusion UNet ships with its own VAE),
+and keeping the autoencoder in one file avoids storing it twice.
 """
 
 from __future__ import annotations
@@ -72,21 +74,23 @@ class AutoencoderTrainConfig(Config):
     warmup: int = 50
     final_lr_frac: float = 0.05
     # KL weight per latent number against the per-pixel reconstruction error: enough to keep the
-    # encoder's posterior a distribution of moderate scale (a plain autoencoder's latents can drift to
-    # any scale and grow holes the diffusion model would have to learn around), small enough that
-    # reconstructions stay sharp (weight 1 would be chapter 02's VAE, whose pictures the prior blurs).
+    # encoder's posterior a distribution of moderate scale (a plain autoencoder's latents can drift
+    # to any scale and grow holes the diffusion model would have to learn around), small enough that
+    # reconstructions stay sharp (weight 1 would be chapter 02's VAE, whose pictures the prior
+    # blurs).
     # Measured while choosing it: 1e-3 kept the posterior std near 0.7, an information bottleneck.
     kl_weight: float = 1e-4
     # L1 + squared error: on Shapes 85% of the pixels are flat black background, where L1's gradient
     # (a constant-size sign) is noise; the squared error's gradient grows with the error, so the
-    # object's wrong colour dominates it (L1 alone learnt colour slowly: 35% judged right after 783 steps).
+    # object's wrong colour dominates it (L1 alone learnt colour slowly: 35% judged right after 783
+    # steps).
     mse_weight: float = 1.0
     n_train: int = 12000
 
 
 def build_autoencoder(config: dict | None = None) -> AutoencoderKL:
-    """A tiny ``AutoencoderKL``: [n, 3, 32, 32] in [-1, 1] <-> [n, 4, 8, 8]. ``config`` changes keys of
-    :data:`AE_CONFIG` (an unknown key is an error naming the allowed ones)."""
+    """A tiny ``AutoencoderKL``: [n, 3, 32, 32] in [-1, 1] <-> [n, 4, 8, 8]. ``config`` changes keys
+    of :data:`AE_CONFIG` (an unknown key is an error naming the allowed ones)."""
     unknown = sorted(set(config or {}) - set(AE_CONFIG))
     if unknown:
         raise ValueError(
@@ -146,9 +150,10 @@ def train_autoencoder(
 ):
     """Train the tiny ``AutoencoderKL`` on Shapes train-split pictures.
 
-    Loss: mean |x̂ - x| + ``mse_weight`` * mean (x̂ - x)² + ``kl_weight`` * KL(q(z|x) || N(0, I)) per
-    latent number, with ``z`` sampled from the posterior (reparameterisation, chapter 02). Afterwards
-    the latents' mean and std over the training pictures set ``shift_factor`` and ``scaling_factor``.
+    Loss: mean |x̂ - x| + ``mse_weight`` * mean (x̂ - x)² + ``kl_weight`` * KL(q(z|x) || N(0, I))
+    per latent number, with ``z`` sampled from the posterior (reparameterisation, chapter 02).
+    Afterwards the latents' mean and std over the training pictures set ``shift_factor`` and
+    ``scaling_factor``.
     Returns ``(vae, history, settings)``.
     """
     hp = AutoencoderTrainConfig.from_dict(overrides)
@@ -204,8 +209,8 @@ def autoencoder_config(vae: AutoencoderKL) -> dict:
 @torch.no_grad()
 def evaluate_autoencoder(vae: AutoencoderKL, n: int = 1000, seed: int = 54321) -> dict:
     """Round trip on fresh pictures (a seed training never used): the shapes-judge's accuracy on the
-    originals and on the reconstructions (train and held-out combinations), PSNR, and encode / decode
-    milliseconds per picture at batch 250."""
+    originals and on the reconstructions (train and held-out combinations), PSNR, and encode /
+    decode milliseconds per picture at batch 250."""
     from ..judges import score_shapes
     from ..metrics import psnr
 
@@ -258,9 +263,10 @@ def build_latent_model(config=None) -> t2i.TextToImageModel:
 # --------------------------------------------------------------------------------------------
 class LatentShapesPipeline(t2i.ShapesPipeline):
     """Latent text to image on Shapes with ShapesPipeline's call convention:
-    ``pipe(prompts, num_inference_steps=, guidance_scale=, generator=, output_type="pil"|"np"|"pt")``
-    -> ``.images`` (``"pt"``: [n, 3, 32, 32] in [0, 1]; ``"latent"``: [n, 4, 8, 8]). Noise is drawn in
-    latent space; the same sampling loop denoises latents; the decoder runs once at the end.
+    ``pipe(prompts, num_inference_steps=, guidance_scale=, generator=,
+    output_type="pil"|"np"|"pt")`` -> ``.images`` (``"pt"``: [n, 3, 32, 32] in [0, 1]; ``"latent"``:
+    [n, 4, 8, 8]). Noise is drawn in latent space; the same sampling loop denoises latents; the
+    decoder runs once at the end.
     """
 
     def __init__(
@@ -294,7 +300,8 @@ def make_pipeline(
     num_inference_steps: int | None = None,
     guidance_scale: float | None = None,
 ) -> LatentShapesPipeline:
-    """Wrap a trained latent model and its autoencoder as a :class:`LatentShapesPipeline` (shares weights)."""
+    """Wrap a trained latent model and its autoencoder as a :class:`LatentShapesPipeline` (shares
+    weights)."""
     cfg = model.config
     return LatentShapesPipeline(
         vae=vae.to(next(model.parameters()).device).eval(),
@@ -315,8 +322,8 @@ def make_pipeline(
 def encode_dataset(
     vae: AutoencoderKL, images01: torch.Tensor, batch_size: int = 500
 ) -> torch.Tensor:
-    """Normalised latents [n, 4, 8, 8] of pictures [n, 3, 32, 32] in [0, 1] (posterior means; done once
-    before training, which is where latent diffusion saves the encoder's cost)."""
+    """Normalised latents [n, 4, 8, 8] of pictures [n, 3, 32, 32] in [0, 1] (posterior means; done
+    once before training, which is where latent diffusion saves the encoder's cost)."""
     vae.eval()
     return torch.cat(
         [encode(vae, diffusion.to_model_range(x)).cpu() for x in images01.split(batch_size)]
@@ -334,9 +341,9 @@ def train_latent_text_to_image(
     **overrides,
 ):
     """Chapter 05's recipe (:class:`t2i.TrainConfig`: AdamW, warmup + cosine, EMA, caption dropout,
-    v-prediction on the cosine schedule) and training loop (:func:`t2i.train_on`) on the autoencoder's
-    latents instead of folded pixels. Returns ``(ema_model, history, settings)``; ``settings`` adds
-    ``encode_seconds``, the one-off cost of encoding the training pictures."""
+    v-prediction on the cosine schedule) and training loop (:func:`t2i.train_on`) on the
+    autoencoder's latents instead of folded pixels. Returns ``(ema_model, history, settings)``;
+    ``settings`` adds ``encode_seconds``, the one-off cost of encoding the training pictures."""
     hp = t2i.TrainConfig.from_dict(overrides)
     if steps is None and minutes is None:
         steps = hp.steps
@@ -422,8 +429,9 @@ def compare_pixel_latent(
     judge: bool = True,
 ) -> dict:
     """One run measuring pixel space (chapter 05's ShapesPipeline) against latent space: parameters,
-    training ms per step (batch 32), sampling ms per picture (batch 32, ``steps`` steps, guidance of each
-    pipeline's default) and judged all-five accuracy on the 270 train and 54 held-out captions."""
+    training ms per step (batch 32), sampling ms per picture (batch 32, ``steps`` steps, guidance of
+    each pipeline's default) and judged all-five accuracy on the 270 train and 54 held-out
+    captions."""
     out = {}
     for name, pipe in (("pixel", pixel_pipe), ("latent", latent_pipe)):
         r = {
@@ -463,9 +471,9 @@ def _train_autoencoder_registered(seed: int = 0, quick: bool = False) -> TrainRe
 
     def notes(hist, hp):
         return (
-            f"{hist.steps} steps, batch {hp.batch_size}, AdamW lr {hp.lr} warmup + cosine; loss L1 + "
-            f"{hp.mse_weight} x MSE + {hp.kl_weight} x KL per latent number; shift/scaling factor = "
-            f"mean / (1/std) of the latents of 4000 train pictures"
+            f"{hist.steps} steps, batch {hp.batch_size}, AdamW lr {hp.lr} warmup + cosine; loss L1 "
+            f"+ {hp.mse_weight} x MSE + {hp.kl_weight} x KL per latent number; shift/scaling "
+            "factor = mean / (1/std) of the latents of 4000 train pictures"
         )
 
     result = run_recipe(
@@ -482,9 +490,9 @@ def _load_matching_autoencoder(config: t2i.TextToImageConfig, device=None) -> Au
     rec = pretrained.verify("shapes-autoencoder")
     if want is not None and rec["sha256"] != want:
         raise CheckpointError(
-            f"shapes-t2i-latent was trained on the autoencoder with sha256 {want[:16]}..., but the shipped "
-            f"shapes-autoencoder is {rec['sha256'][:16]}...; retrain it with: python -m course_lib.pretrained "
-            f"train shapes-t2i-latent"
+            f"shapes-t2i-latent was trained on the autoencoder with sha256 {want[:16]}..., but the "
+            f"shipped shapes-autoencoder is {rec['sha256'][:16]}...; retrain it with: "
+            "python -m course_lib.pretrained train shapes-t2i-latent"
         )
     return pretrained.load_module("shapes-autoencoder", device=device)
 
@@ -513,9 +521,10 @@ def _train_latent_registered(seed: int = 0, quick: bool = False) -> TrainResult:
 
     def notes(hist, hp):
         return (
-            f"{hist.steps} steps of chapter 05's recipe (batch {hp['batch_size']}, AdamW lr {hp['lr']}, EMA "
-            f"{hp['ema_decay']}, caption dropout {hp['caption_dropout']}, v-prediction, cosine) on the 8x8x4 "
-            f"latents of shapes-autoencoder (sha256 in config); the checkpoint holds text encoder + UNet only"
+            f"{hist.steps} steps of chapter 05's recipe (batch {hp['batch_size']}, AdamW lr "
+            f"{hp['lr']}, EMA {hp['ema_decay']}, caption dropout {hp['caption_dropout']}, "
+            "v-prediction, cosine) on the 8x8x4 latents of shapes-autoencoder (sha256 in config); "
+            "the checkpoint holds text encoder + UNet only"
         )
 
     settings = {}
@@ -555,6 +564,8 @@ register(
     evaluate=_evaluate_latent,
     finalize=_finalize_latent,
     chapter="08",
-    description="Latent text-to-image on Shapes: chapter 05's text encoder + UNet2DConditionModel on the "
-    "shapes-autoencoder's 8x8x4 latents, LatentShapesPipeline (diffusers)",
+    description=(
+        "Latent text-to-image on Shapes: chapter 05's text encoder + UNet2DConditionModel on the "
+        "shapes-autoencoder's 8x8x4 latents, LatentShapesPipeline (diffusers)"
+    ),
 )

@@ -4,8 +4,9 @@ An autoregressive model writes a picture's 64 tokens in 64 passes. MaskGIT (Chan
 after it) trains a *bidirectional* Transformer (:class:`~course_lib.models.image_gpt.ImageGPT` with
 ``causal=False``) to fill in hidden tokens:
 
-* **training** (:func:`masked_loss`): hide a random fraction ``r = cos(pi u / 2)`` (u uniform) of each
-  picture's tokens behind ``<mask>``, predict all of them at once, cross-entropy on the hidden ones;
+* **training** (:func:`masked_loss`): hide a random fraction ``r = cos(pi u / 2)`` (u uniform) of
+  each picture's tokens behind ``<mask>``, predict all of them at once, cross-entropy on the hidden
+  ones;
 * **decoding** (:func:`decode`): start with every token hidden; at each of a few steps predict all
   hidden tokens, sample them, *keep* the ones the model is most confident about and hide the rest
   again; the number still hidden after step ``s`` of ``S`` follows the same cosine,
@@ -14,7 +15,8 @@ after it) trains a *bidirectional* Transformer (:class:`~course_lib.models.image
 Confidence is the probability of the sampled token, plus Gumbel noise scaled by a temperature that
 falls to zero over the steps (the paper's "choice temperature"), so early choices are not all taken
 where the model is most certain (the background). Classifier-free guidance works as for the
-autoregressive model: the caption dropped to the empty caption in training, guided logits in decoding.
+autoregressive model: the caption dropped to the empty caption in training, guided logits in
+decoding.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from .image_gpt import ImageGPT, guide_logits, sample_logits, top_k_filter
 
 
 def mask_schedule(fraction_done: torch.Tensor | float) -> torch.Tensor:
-    """Fraction of image tokens hidden when ``fraction_done`` (0 .. 1) of decoding is done: the cosine
-    ``cos(pi/2 x)``: 1 at the start, 0 at the end. Training draws ``x`` uniformly."""
+    """Fraction of image tokens hidden when ``fraction_done`` (0 .. 1) of decoding is done: the
+    cosine ``cos(pi/2 x)``: 1 at the start, 0 at the end. Training draws ``x`` uniformly."""
     x = torch.as_tensor(fraction_done, dtype=torch.float32)
     return torch.cos(0.5 * math.pi * x)
 
@@ -85,7 +87,8 @@ def decode(
     generator: torch.Generator | None = None,
     callback=None,
 ) -> torch.Tensor:
-    """Draw image tokens for captions [n, C] in ``steps`` parallel steps -> codes LongTensor [n, g, g].
+    """Draw image tokens for captions [n, C] in ``steps`` parallel steps -> codes LongTensor
+    [n, g, g].
 
     ``callback(s, codes [n, G], hidden [n, G])`` runs after step ``s`` (the figure of the chapter
     shows which tokens each step commits)."""

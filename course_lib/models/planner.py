@@ -6,8 +6,9 @@ planner or an instruct LLM, :func:`parse_plan` checks it and refuses anything ou
 with a clear :class:`PlanError`: a language model's output is untrusted text.
 
 Offline the planner is a frozen pretrained text encoder (all-mpnet-base-v2) with small trainable
-heads (:class:`PlannerHeads`, shipped as ``shapes-planner``; ``pretrained.load("shapes-planner").plan(text)``);
-online a small instruct LLM with a prompt (:class:`LLMPlanner`), same interface.
+heads (:class:`PlannerHeads`, shipped as ``shapes-planner``;
+``pretrained.load("shapes-planner").plan(text)``); online a small instruct LLM with a prompt
+(:class:`LLMPlanner`), same interface.
 
 A planner that knows when it does not know: every plan has a confidence (the probability the heads
 give the whole plan, the product of the probabilities of every decision in it), and ``plan`` refuses
@@ -41,8 +42,8 @@ from .attention import TransformerBlock
 
 
 #: The shipped planner never reads this share of the seen words and sentence forms in training
-#: (:func:`course_lib.data.wordings.split_vocabulary`); its refusal threshold is calibrated on requests
-#: made of them, words new to it as the unseen ones are, at this precision.
+#: (:func:`course_lib.data.wordings.split_vocabulary`); its refusal threshold is calibrated on
+#: requests made of them, words new to it as the unseen ones are, at this precision.
 HELD_OUT_FRACTION = 0.25
 HELD_OUT_PRECISION = 0.9
 
@@ -134,12 +135,12 @@ class PlannerConfig(Config):
     """What builds a planner's heads, and the threshold its ``plan`` uses."""
 
     encoder: str = "mpnet"  # the frozen text encoder: "minilm" or "mpnet"
+    # hidden layers averaged (mpnet's last four; None: the last)
     encoder_layers: list | None = dataclasses.field(default_factory=lambda: [9, 10, 11, 12])
-    #                                          hidden layers averaged (mpnet's last four; None: the last)
     d_model: int = 128  # width of the heads
     n_heads: int = 4
     layers: int = 2  # cross-attention blocks the queries go through (0: one
-    #                                          attention pooling per decision, read by a linear head)
+    #                  attention pooling per decision, read by a linear head)
     dropout: float = 0.1
     threshold: float = 0.5  # plans less confident than this are refused
     target_precision: float = 0.98  # what calibration asks of accepted held-out seen-wording plans
@@ -149,11 +150,10 @@ class PlannerHeads(nn.Module):
     """Trainable part of the planner, on top of frozen token states [n, L, d].
 
     Learned queries read the request: one decides "how many objects" (none / one / two), and each
-    object slot has one query per attribute. With ``layers=0`` each query is one
-    attention pooling over the projected token states, read by a linear head: little capacity of its
-    own, so what it reads off an unseen word is what the frozen encoder knows about it. With
-    ``layers > 0`` the queries (one per slot) first go through Transformer blocks with cross-attention
-    (chapter 03's).
+    object slot has one query per attribute. With ``layers=0`` each query is one attention pooling
+    over the projected token states, read by a linear head: little capacity of its own, so what it
+    reads off an unseen word is what the frozen encoder knows about it. With ``layers > 0`` the
+    queries (one per slot) first go through Transformer blocks with cross-attention (chapter 03's).
     """
 
     def __init__(self, config: PlannerConfig | dict | None = None):
@@ -317,9 +317,9 @@ class Planner:
             )
         if p["confidence"] < self.threshold:
             raise PlanError(
-                f"not sure how to draw {text!r}: the plan's confidence {p['confidence']:.2f} is below "
-                f"{self.threshold:.2f}, least sure of the {p['weakest']} (p = {p['weakest_p']:.2f}); "
-                f"say it with the Shapes words ({allowed_words()})"
+                f"not sure how to draw {text!r}: the plan's confidence {p['confidence']:.2f} is "
+                f"below {self.threshold:.2f}, least sure of the {p['weakest']} (p = "
+                f"{p['weakest_p']:.2f}); say it with the Shapes words ({allowed_words()})"
             )
         plan = {"objects": p["objects"]}
         parse_plan(plan)
@@ -330,14 +330,15 @@ class Planner:
 
 
 def encode_requests(encoder: FrozenTextEncoder, texts: list[str], batch_size: int = 256):
-    """Frozen states of many requests, float16 to keep them small: (states [n, L, d], mask [n, L])."""
+    """Frozen states of many requests, float16 to keep them small: (states [n, L, d], mask
+    [n, L])."""
     enc = encoder.encode(texts, batch_size=batch_size)
     return enc.states.half(), enc.mask
 
 
 def scene_is_right(plan, scene) -> bool:
-    """Is a planner's answer right? A plan must equal the scene object for object; for a request that
-    is not a scene (``scene is None``) only a refusal is right."""
+    """Is a planner's answer right? A plan must equal the scene object for object; for a request
+    that is not a scene (``scene is None``) only a refusal is right."""
     if isinstance(plan, PlanError) or plan is None:
         return scene is None
     return scene is not None and plan["objects"] == [o.as_dict() for o in scene]
@@ -398,11 +399,11 @@ def train_planner(
     calibration_vocab="seen",
 ):
     """Train :class:`PlannerHeads` on ``n_train`` requests in the *seen* wording (the encoder is
-    frozen, so its states are computed once), then calibrate the refusal threshold on ``n_calibrate``
-    fresh requests. ``vocab`` / ``calibration_vocab``: the wordings of the two (``"seen"`` or the
-    tables of :func:`course_lib.data.wordings.split_vocabulary`: train on the kept words, calibrate
-    on the held-out ones). Returns ``(heads, history, calibration)`` with the threshold set in
-    ``heads.config``."""
+    frozen, so its states are computed once), then calibrate the refusal threshold on
+    ``n_calibrate`` fresh requests. ``vocab`` / ``calibration_vocab``: the wordings of the two
+    (``"seen"`` or the tables of :func:`course_lib.data.wordings.split_vocabulary`: train on the
+    kept words, calibrate on the held-out ones). Returns ``(heads, history, calibration)`` with the
+    threshold set in ``heads.config``."""
     cfg = PlannerConfig.from_dict(config)
     device = device or get_device()
     with runtime.seeded(seed):
@@ -457,11 +458,10 @@ def plan_scores(
     planner: Planner, texts: list[str], scenes: list, preds: list | None = None
 ) -> dict:
     """How the planner does on requests with known scenes: ``coverage`` (share of scene requests it
-    accepts), ``exact_among_accepted`` (share of those plans exactly right; None if it accepts none),
-    ``exact_match`` (share of all requests answered right: an exact plan, or a refusal of a
-    non-scene), ``refused``, and
-    per-attribute accuracy over accepted plans with the right number of objects. ``preds``: the
-    planner's :meth:`Planner.predict` of ``texts``, if already computed."""
+    accepts), ``exact_among_accepted`` (share of those plans exactly right; None if it accepts
+    none), ``exact_match`` (share of all requests answered right: an exact plan, or a refusal of a
+    non-scene), ``refused``, and per-attribute accuracy over accepted plans with the right number of
+    objects. ``preds``: the planner's :meth:`Planner.predict` of ``texts``, if already computed."""
     preds = preds if preds is not None else planner.predict(texts)
     answers = []
     for text, p in zip(texts, preds):
@@ -550,10 +550,11 @@ def _train_planner_registered(seed: int = 0, quick: bool = False) -> TrainResult
 
     def notes(history, calibration):
         return (
-            f"frozen all-mpnet-base-v2 (not in this file) + heads; {n_train} requests in the seen wording "
-            f"less a held-out {HELD_OUT_FRACTION:.0%} of its words and sentence forms, {history.steps} steps, "
-            f"batch 128; refusal threshold {calibration['threshold']:.3f} calibrated on {n_cal} requests in "
-            f"the held-out words at precision {cfg.target_precision}; tested on unseen wording"
+            f"frozen all-mpnet-base-v2 (not in this file) + heads; {n_train} requests in the seen "
+            f"wording less a held-out {HELD_OUT_FRACTION:.0%} of its words and sentence forms, "
+            f"{history.steps} steps, batch 128; refusal threshold {calibration['threshold']:.3f} "
+            f"calibrated on {n_cal} requests in the held-out words at precision "
+            f"{cfg.target_precision}; tested on unseen wording"
         )
 
     return run_recipe(
@@ -587,13 +588,15 @@ register(
 
 class LLMPlanner:
     """Online: a small instruct LLM (through transformers) writes the scene spec from a prompt; same
-    ``plan(text)`` interface, its output checked by :func:`parse_plan`. Needs the weights (internet)."""
+    ``plan(text)`` interface, its output checked by :func:`parse_plan`. Needs the weights
+    (internet)."""
 
     PROMPT = (
         "You turn drawing requests into JSON. Allowed values: "
         + allowed_words()
-        + '. Reply with JSON only, like {"objects": [{"size": "small", "color": "red", "shape": "circle", '
-        '"row": "top", "col": "left"}]}. At most two objects, in different cells. Request: '
+        + '. Reply with JSON only, like {"objects": [{"size": "small", "color": "red", '
+        '"shape": "circle", "row": "top", "col": "left"}]}. At most two objects, in different '
+        "cells. Request: "
     )
 
     def __init__(

@@ -7,8 +7,8 @@ Euler steps then cut the corners. Reflow changes the pairs, not the method:
 
 1. run the trained flow (chapter 05's ``shapes-t2i-dit``, 20 Euler steps, guidance 3) from noise
    ε to its picture x̂_0, for many noise draws and captions;
-2. train a copy of it with the same flow-matching loss on the pairs (x̂_0, ε): the lines between these
-   pairs no longer cross (each ε has its own picture), so the new flow is nearly straight, and
+2. train a copy of it with the same flow-matching loss on the pairs (x̂_0, ε): the lines between
+   these pairs no longer cross (each ε has its own picture), so the new flow is nearly straight, and
    Euler's first step already lands near where 20 steps went.
 
 Guidance is folded in for free: the pairs come from the guided flow, so the reflowed model samples
@@ -64,8 +64,9 @@ def make_pairs(
     seed: int = 0,
     batch_size: int = 270,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x̂_0, ε)`` [N, 3, 32, 32]: fresh noise for each caption and the teacher's picture for it (its
-    pipeline: Euler, ``steps`` steps, guidance ``guidance_scale``), in the model's range [-1, 1]."""
+    """``(x̂_0, ε)`` [N, 3, 32, 32]: fresh noise for each caption and the teacher's picture for it
+    (its pipeline: Euler, ``steps`` steps, guidance ``guidance_scale``), in the model's range
+    [-1, 1]."""
     pipe = dit.make_pipeline(teacher.eval())
     noise = torch.randn(
         (len(captions), 3, shapes.IMAGE_SIZE, shapes.IMAGE_SIZE),
@@ -94,11 +95,13 @@ def train_reflow(
     callback=None,
     **overrides,
 ):
-    """Reflow ``teacher`` (a flow-matching :class:`~course_lib.models.dit.DiTModel`): make the pairs, then
-    train a copy of it on them (:class:`ReflowConfig`; ``overrides`` change its fields). ``captions``: the
-    captions to pair (default: the 270 train captions, ``pairs_per_caption`` times each).
+    """Reflow ``teacher`` (a flow-matching :class:`~course_lib.models.dit.DiTModel`): make the
+    pairs, then train a copy of it on them (:class:`ReflowConfig`; ``overrides`` change its fields).
+    ``captions``: the captions to pair (default: the 270 train captions, ``pairs_per_caption`` times
+    each).
 
-    Returns ``(student, history, log)``; ``log`` has the CPU seconds of making the pairs and of training.
+    Returns ``(student, history, log)``; ``log`` has the CPU seconds of making the pairs and of
+    training.
     """
     hp = ReflowConfig.from_dict(overrides)
     arguments.choice(
@@ -168,8 +171,8 @@ def measure(
 ) -> dict:
     """One row of chapter 08's few-step table for any Shapes pipeline (``shapes-t2i-reflow``, its
     teacher, the distilled ``shapes-t2i-fast``): all-five accuracy on ``captions`` (default: the 270
-    train captions) and ``heldout`` (default: the 54 held-out ones), KID x 1000 on the judge's features
-    against ``reference`` (real renderings of ``captions``,
+    train captions) and ``heldout`` (default: the 54 held-out ones), KID x 1000 on the judge's
+    features against ``reference`` (real renderings of ``captions``,
     :func:`course_lib.sample_quality.reference_set`; chapter 08's paired KID), network passes and ms
     per picture (one batch of ``timing_captions``, median of 2, after a warm-up call)."""
     kw = {
@@ -223,7 +226,8 @@ def evaluate(model: dit.DiTModel, teacher: dit.DiTModel | None = None) -> dict:
 
 
 def train_registered(seed: int = 0, quick: bool = False) -> pretrained.TrainResult:
-    """``shapes-t2i-reflow`` from the shipped ``shapes-t2i-dit`` (:class:`ReflowConfig`; quick: 6 pairs, 3 steps)."""
+    """``shapes-t2i-reflow`` from the shipped ``shapes-t2i-dit`` (:class:`ReflowConfig`;
+    quick: 6 pairs, 3 steps)."""
     teacher = pretrained.load_module(TEACHER)
     over = {"steps": 3, "teacher_steps": 2} if quick else {}
     caps = shapes.all_captions("train")[:6] if quick else None
@@ -238,9 +242,10 @@ def train_registered(seed: int = 0, quick: bool = False) -> pretrained.TrainResu
     )
     hp = log["hp"]
     notes = (
-        f"from {TEACHER}: {log['pairs']} pairs (noise, the teacher's picture at {hp.teacher_steps} Euler "
-        f"steps, guidance {hp.teacher_guidance} folded in), then {hist.steps} steps of flow matching on them "
-        f"from the teacher's weights, batch {hp.batch_size}, AdamW lr {hp.lr} warm-up + cosine, EMA "
+        f"from {TEACHER}: {log['pairs']} pairs (noise, the teacher's picture at "
+        f"{hp.teacher_steps} Euler steps, guidance {hp.teacher_guidance} folded in), then "
+        f"{hist.steps} steps of flow matching on them from the teacher's weights, batch "
+        f"{hp.batch_size}, AdamW lr {hp.lr} warm-up + cosine, EMA "
         f"{hp.ema_decay}; pairs {log['pairs_cpu_seconds']:.0f} CPU s, training "
         f"{log['train_cpu_seconds']:.0f} CPU s"
     )

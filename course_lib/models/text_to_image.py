@@ -5,12 +5,12 @@
   (added to the timestep embedding, so every block knows the caption's global content at once).
 * a diffusers ``UNet2DConditionModel`` whose blocks cross-attend to the word states.
 * classifier-free guidance: captions dropped to the empty caption in training; at sampling the
-  guided prediction ``uncond + w (cond - uncond)`` (:func:`course_lib.sampling.guide`, on the network's
-  v output: the same algebra as on ε).
+  guided prediction ``uncond + w (cond - uncond)`` (:func:`course_lib.sampling.guide`, on the
+  network's v output: the same algebra as on ε).
 * :class:`ShapesPipeline`, a ``diffusers.DiffusionPipeline``: ``pipe(prompts, num_inference_steps=,
   guidance_scale=, negative_prompt=, num_images_per_prompt=, generator=, output_type=,
-  callback_on_step_end=)`` -> ``.images``; ``save_pretrained`` / ``from_pretrained`` on a local folder.
-  It samples with the course's one loop, :func:`course_lib.sampling.denoise_loop`.
+  callback_on_step_end=)`` -> ``.images``; ``save_pretrained`` / ``from_pretrained`` on a local
+  folder. It samples with the course's one loop, :func:`course_lib.sampling.denoise_loop`.
 * :class:`TextToImageConfig`: the typed config (a misspelt key is an error naming the allowed ones).
 
 Speed (the chapter's crux): the UNet works on the picture folded 2x2 into channels
@@ -116,8 +116,8 @@ class ShapesTextEncoder(ModelMixin, ConfigMixin):
 # --------------------------------------------------------------------------------------------
 # Typed configs
 # --------------------------------------------------------------------------------------------
-#: Text encoders chapter 05's model can read: its own learned one, or a frozen pretrained language model
-#: (chapter 06), with the width of that model's token states.
+#: Text encoders chapter 05's model can read: its own learned one, or a frozen pretrained language
+#: model (chapter 06), with the width of that model's token states.
 TEXT_ENCODER_KINDS = ("learned", "minilm", "mpnet")
 FROZEN_WIDTHS = {"minilm": 384, "mpnet": 768}
 
@@ -141,8 +141,8 @@ class TextEncoderConfig(Config):
 
 @dataclass
 class UNetConfig(Config):
-    """``UNet2DConditionModel`` blocks: the 16x16 level convolutions only, the 8x8 level and the middle
-    with cross-attention to the words."""
+    """``UNet2DConditionModel`` blocks: the 16x16 level convolutions only, the 8x8 level and the
+    middle with cross-attention to the words."""
 
     block_out_channels: list = field(default_factory=lambda: [32, 64])
     down_block_types: list = field(default_factory=lambda: ["DownBlock2D", "CrossAttnDownBlock2D"])
@@ -275,10 +275,11 @@ class TextToImageModel(nn.Module):
 class ShapesPipeline(CoursePipeline):
     """Text to image on Shapes, with the diffusers call convention.
 
-    ``pipe(prompts, num_inference_steps=20, guidance_scale=3.0, generator=torch.Generator().manual_seed(0),
-    output_type="pil"|"np"|"pt")`` returns ``.images``: PIL pictures, an array [n, 32, 32, 3] or a
-    tensor [n, 3, 32, 32] in [0, 1]. Defaults come from the trained model's config
-    (:attr:`default_num_inference_steps`, :attr:`default_guidance_scale`).
+    ``pipe(prompts, num_inference_steps=20, guidance_scale=3.0,
+    generator=torch.Generator().manual_seed(0), output_type="pil"|"np"|"pt")`` returns ``.images``:
+    PIL pictures, an array [n, 32, 32, 3] or a tensor [n, 3, 32, 32] in [0, 1]. Defaults come from
+    the trained model's config (:attr:`default_num_inference_steps`,
+    :attr:`default_guidance_scale`).
     """
 
     extra_output_types = ("latent",)
@@ -367,7 +368,8 @@ class ShapesPipeline(CoursePipeline):
         return diffusion.to_image_range(images).cpu()
 
     def network(self, x: torch.Tensor, t, cond) -> torch.Tensor:
-        """``net(x, t, (states, pooled))``: the backbone's prediction, what the sampling loop calls."""
+        """``net(x, t, (states, pooled))``: the backbone's prediction, what the sampling loop
+        calls."""
         states, pooled = cond
         kw = {"class_labels": pooled} if self.unet.config.class_embed_type == "projection" else {}
         return self.unet(x, t.to(self.unet.device), encoder_hidden_states=states, **kw).sample
@@ -450,7 +452,8 @@ def make_pipeline(
     guidance_scale: float | None = None,
     sampler: str | None = None,
 ) -> ShapesPipeline:
-    """Wrap a trained :class:`TextToImageModel` as a :class:`ShapesPipeline` (shares its weights)."""
+    """Wrap a trained :class:`TextToImageModel` as a :class:`ShapesPipeline` (shares its
+    weights)."""
     cfg = model.config
     return ShapesPipeline(
         unet=model.unet,
@@ -468,8 +471,8 @@ def make_pipeline(
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def generate(pipe, captions: list[str], seed: int = 0, batch_size: int | None = None, **kw):
-    """Pictures [n, 3, 32, 32] in [0, 1] for ``captions`` (one batch unless ``batch_size``), without a
-    progress bar."""
+    """Pictures [n, 3, 32, 32] in [0, 1] for ``captions`` (one batch unless ``batch_size``), without
+    a progress bar."""
     g = torch.Generator().manual_seed(seed)
     with quiet(pipe):
         if batch_size is None:
@@ -531,12 +534,13 @@ def make_train_step(
     minutes: float | None,
     caption_dropout_fn=drop_captions,
 ):
-    """Chapter 05's training step for any model with ``encode(ids, mask)`` and ``denoise(x, t, states,
-    pooled)`` (folded pixels here, latents in chapter 08): AdamW, warm-up + cosine decay over the
-    budget (``steps`` and/or ``minutes``), caption dropout to the empty caption, the diffusion loss of
-    ``cfg.prediction_type``, gradient clipping, EMA. Returns ``step_fn(batch, step)`` for
-    :func:`course_lib.training.fit`; a batch is ``(x0, input_ids, attention_mask)``.
-    ``caption_dropout_fn``: :func:`drop_captions` or a function with its signature."""
+    """Chapter 05's training step for any model with ``encode(ids, mask)`` and
+    ``denoise(x, t, states, pooled)`` (folded pixels here, latents in chapter 08): AdamW, warm-up +
+    cosine decay over the budget (``steps`` and/or ``minutes``), caption dropout to the empty
+    caption, the diffusion loss of ``cfg.prediction_type``, gradient clipping, EMA. Returns
+    ``step_fn(batch, step)`` for :func:`course_lib.training.fit`; a batch is
+    ``(x0, input_ids, attention_mask)``. ``caption_dropout_fn``: :func:`drop_captions` or a function
+    with its signature."""
     ac = diffusion.NoiseSchedule.make(cfg.schedule, cfg.num_train_timesteps).alphas_cumprod.to(
         device
     )
@@ -581,9 +585,10 @@ def train_on(
     desc: str = "shapes-t2i",
     caption_dropout_fn=drop_captions,
 ):
-    """Train ``model`` (in place, then its EMA copy returned) on ``data_x`` [N, C, S, S] in model range
-    with ``captions``: the loop shared by the pixel and the latent models. Returns ``(ema_model,
-    history)``; ``eval_fn(model, step) -> dict`` runs every ``eval_every`` steps on the EMA model."""
+    """Train ``model`` (in place, then its EMA copy returned) on ``data_x`` [N, C, S, S] in model
+    range with ``captions``: the loop shared by the pixel and the latent models. Returns
+    ``(ema_model, history)``; ``eval_fn(model, step) -> dict`` runs every ``eval_every`` steps on
+    the EMA model."""
     device = device or get_device()
     model = model.to(device)
     ema = EMA(model, decay=hp.ema_decay)
@@ -684,8 +689,8 @@ def evaluate(model: TextToImageModel) -> dict:
 def train_registered(
     seed: int = 0, quick: bool = False, eval_every: int | None = None
 ) -> TrainResult:
-    """The shipped recipe (``quick``: 20 steps). ``eval_every``: also record a learning curve (the judge
-    on the 270 train captions every N steps; does not change training)."""
+    """The shipped recipe (``quick``: 20 steps). ``eval_every``: also record a learning curve (the
+    judge on the 270 train captions every N steps; does not change training)."""
     steps = 20 if quick else TrainConfig().steps
     curve = []
 
@@ -696,9 +701,9 @@ def train_registered(
 
     def notes(hist, hp):
         return (
-            f"{hist.steps} steps, batch {hp.batch_size}, AdamW lr {hp.lr} with warmup and cosine decay, "
-            f"EMA {hp.ema_decay}, caption dropout {hp.caption_dropout}, v_prediction, cosine schedule, "
-            f"UNet on the 2x2-folded picture"
+            f"{hist.steps} steps, batch {hp.batch_size}, AdamW lr {hp.lr} with warmup and cosine "
+            f"decay, EMA {hp.ema_decay}, caption dropout {hp.caption_dropout}, v_prediction, "
+            "cosine schedule, UNet on the 2x2-folded picture"
         )
 
     result = run_recipe(

@@ -7,9 +7,10 @@
 * :class:`ShapesMaskGITPipeline` (``shapes-maskgit``): the same call with ``num_inference_steps``
   parallel decoding steps.
 
-Both check their arguments as chapter 05's pipeline does (:class:`course_lib.pipelines.CoursePipeline`):
-a word outside the vocabulary, a too long prompt or a wrong type raise ``ValueError``/``TypeError``
-naming what is allowed. Both turn tokens into pictures with the ``shapes-vq`` decoder.
+Both check their arguments as chapter 05's pipeline does
+(:class:`course_lib.pipelines.CoursePipeline`): a word outside the vocabulary, a too long prompt or
+a wrong type raise ``ValueError``/``TypeError`` naming what is allowed. Both turn tokens into
+pictures with the ``shapes-vq`` decoder.
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ class _TokenPipeline(CoursePipeline):
 
 
 class ShapesGPTPipeline(_TokenPipeline):
-    """Draws with the autoregressive :class:`~course_lib.models.image_gpt.ImageGPT` and reads with it."""
+    """Draws with the autoregressive :class:`~course_lib.models.image_gpt.ImageGPT` and reads with
+    it."""
 
     @torch.no_grad()
     def __call__(
@@ -115,11 +117,12 @@ class ShapesGPTPipeline(_TokenPipeline):
     ):
         """Pictures for ``prompt`` (a string or a list of strings), 64 tokens each in raster order.
 
-        ``temperature`` (0: the most likely token each time), ``top_k`` (sample among the k most likely
-        codes), ``guidance_scale`` (1: no guidance) default to the pipeline's. ``use_cache=False``
-        recomputes every earlier token at each step (same pictures, slower). ``sampler(logits [n, K],
-        generator) -> codes [n]`` replaces the built-in temperature / top-k sampling (chapter 09 plugs
-        in the learner's); ``callback(i, codes [n, i + 1])`` runs after each token."""
+        ``temperature`` (0: the most likely token each time), ``top_k`` (sample among the k most
+        likely codes), ``guidance_scale`` (1: no guidance) default to the pipeline's.
+        ``use_cache=False`` recomputes every earlier token at each step (same pictures, slower).
+        ``sampler(logits [n, K], generator) -> codes [n]`` replaces the built-in temperature / top-k
+        sampling (chapter 09 plugs in the learner's); ``callback(i, codes [n, i + 1])`` runs after
+        each token."""
         captions = self.encode_prompts(prompt, num_images_per_prompt)
         t, k, w = self.check_sampling(temperature, top_k, guidance_scale)
         generator = arguments.generator(generator)
@@ -155,7 +158,8 @@ class ShapesGPTPipeline(_TokenPipeline):
 
     @torch.no_grad()
     def caption(self, pictures: torch.Tensor, batch_size: int = 500) -> list[str]:
-        """One caption per picture [n, 3, 32, 32] in [0, 1]: tokenize, then write the words (greedy)."""
+        """One caption per picture [n, 3, 32, 32] in [0, 1]: tokenize, then write the words
+        (greedy)."""
         pictures = check_pictures(pictures)
         batch_size = arguments.positive_int(batch_size, "batch_size")
         out = []

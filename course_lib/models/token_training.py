@@ -43,7 +43,8 @@ from .token_pipelines import ShapesGPTPipeline, ShapesMaskGITPipeline
 
 @dataclass
 class TokenTrainConfig(Config):
-    """The recipe of ``shapes-gpt`` and ``shapes-maskgit`` (steps and sizes recorded in the manifest)."""
+    """The recipe of ``shapes-gpt`` and ``shapes-maskgit`` (steps and sizes recorded in the
+    manifest)."""
 
     steps: int = 6000
     batch_size: int = 64
@@ -65,7 +66,8 @@ QUICK = {"steps": 5, "n_train": 256}  # the quick-mode stand-in
 @torch.no_grad()
 def token_dataset(vq, n: int, seed: int, split: str = "train", batch_size: int = 500):
     """``(captions [n, C] word ids, codes [n, G], labels [n, 5])`` of ``n`` Shapes pictures written
-    as tokens by the tokenizer ``vq``; C and G from a default :class:`ImageGPTConfig` laid over vq's."""
+    as tokens by the tokenizer ``vq``; C and G from a default :class:`ImageGPTConfig` laid over
+    vq's."""
     images, caps, specs = shapes.sample(n, seed=seed, split=split, return_specs=True)
     codes = torch.cat([vq.encode(x).cpu() for x in images.split(batch_size)]).reshape(n, -1)
     lay = image_gpt.TokenLayout(
@@ -124,9 +126,10 @@ def train_token_model(
     eval_every: int | None = None,
     **overrides,
 ):
-    """Train ``kind`` "gpt" (two directions, next token) or "maskgit" (hidden tokens) on Shapes tokens
-    of the shipped ``shapes-vq``. ``overrides``: keys of :class:`TokenTrainConfig`; ``config``: keys of
-    :class:`~course_lib.models.image_gpt.ImageGPTConfig` over the kind's default shape.
+    """Train ``kind`` "gpt" (two directions, next token) or "maskgit" (hidden tokens) on Shapes
+    tokens of the shipped ``shapes-vq``. ``overrides``: keys of :class:`TokenTrainConfig`;
+    ``config``: keys of :class:`~course_lib.models.image_gpt.ImageGPTConfig` over the kind's default
+    shape.
     Returns ``(model, history, settings)``."""
     from .. import pretrained
 
@@ -187,7 +190,8 @@ def _load_vq(device):
 
 
 def make_gpt_pipeline(model: image_gpt.ImageGPT, vq=None) -> ShapesGPTPipeline:
-    """The pipeline around a trained autoregressive model (its tokenizer: the shipped ``shapes-vq``)."""
+    """The pipeline around a trained autoregressive model (its tokenizer: the shipped
+    ``shapes-vq``)."""
     return ShapesGPTPipeline(
         model, vq if vq is not None else _load_vq(model.device), **GPT_SAMPLING
     )
@@ -200,8 +204,9 @@ def make_maskgit_pipeline(model: image_gpt.ImageGPT, vq=None) -> ShapesMaskGITPi
     )
 
 
-#: The shipped pipelines' default sampling settings (the chapter measures the alternatives). Chosen on
-#: the 270 train captions drawn with seeds 1 and 2, never with seed 0, the seed the recorded quality uses.
+#: The shipped pipelines' default sampling settings (the chapter measures the alternatives). Chosen
+#: on the 270 train captions drawn with seeds 1 and 2, never with seed 0, the seed the recorded
+#: quality uses.
 GPT_SAMPLING = {"default_temperature": 0.5, "default_top_k": 16, "default_guidance_scale": 1.5}
 MASKGIT_SAMPLING = {"default_temperature": 0.5, "default_top_k": 16, "default_guidance_scale": 1.5}
 
@@ -210,8 +215,9 @@ MASKGIT_SAMPLING = {"default_temperature": 0.5, "default_top_k": 16, "default_gu
 def reading_accuracy(
     pipe: ShapesGPTPipeline, n: int = 1000, seed: int = 777, split: str = "train"
 ) -> dict:
-    """``pipe.caption`` on ``n`` fresh pictures of ``split``: exact captions and per-attribute accuracy
-    (each attribute read off the caption with :func:`course_lib.data.shapes.parse_caption`)."""
+    """``pipe.caption`` on ``n`` fresh pictures of ``split``: exact captions and per-attribute
+    accuracy (each attribute read off the caption with
+    :func:`course_lib.data.shapes.parse_caption`)."""
     x, caps, specs = shapes.sample(n, seed=seed, split=split, return_specs=True)
     read = pipe.caption(x)
     out = {"exact": round(sum(a == b for a, b in zip(read, caps)) / n, 4), "n": n}
@@ -268,8 +274,8 @@ def _registered(kind: str):
 
         def notes(hist, settings):
             what = (
-                "half draw (caption -> 64 image tokens), half read (image tokens -> caption), next-token "
-                "loss"
+                "half draw (caption -> 64 image tokens), half read (image tokens -> caption), "
+                "next-token loss"
                 if kind == "gpt"
                 else "masked-token loss, cosine mask ratio"
             )
@@ -297,8 +303,10 @@ register(
     evaluate=evaluate_gpt,
     finalize=make_gpt_pipeline,
     chapter="09",
-    description="decoder-only Transformer over caption and shapes-vq tokens, trained in both orders: "
-    "draws pictures token by token and reads them back into captions",
+    description=(
+        "decoder-only Transformer over caption and shapes-vq tokens, trained in both orders: "
+        "draws pictures token by token and reads them back into captions"
+    ),
 )
 register(
     "shapes-maskgit",
@@ -309,6 +317,8 @@ register(
     evaluate=evaluate_maskgit,
     finalize=make_maskgit_pipeline,
     chapter="09",
-    description="bidirectional Transformer over caption and shapes-vq tokens, trained to fill hidden "
-    "image tokens: draws in a few parallel steps (MaskGIT)",
+    description=(
+        "bidirectional Transformer over caption and shapes-vq tokens, trained to fill hidden "
+        "image tokens: draws in a few parallel steps (MaskGIT)"
+    ),
 )

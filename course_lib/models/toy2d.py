@@ -21,7 +21,8 @@ from .. import arguments, diffusion, flow, runtime, training
 def two_moons(
     n: int, generator: torch.Generator | None = None, noise: float = 0.06
 ) -> torch.Tensor:
-    """``n`` points [n, 2] of two interleaved half circles, scaled to about [-1.5, 1.5] x [-1, 1]."""
+    """``n`` points [n, 2] of two interleaved half circles, scaled to about [-1.5, 1.5] x
+    [-1, 1]."""
     n = arguments.positive_int(n, "n")
     upper = torch.rand(n, generator=generator) < 0.5
     a = torch.rand(n, generator=generator) * math.pi
@@ -32,8 +33,9 @@ def two_moons(
 
 
 class ToyNet(nn.Module):
-    """A small MLP for 2-D points: ``forward(x [n, 2], timesteps [n]) -> [n, 2]`` (a velocity for flow
-    matching, ε for the DDPM). The time enters as a few sine/cosine features of timesteps / 1000."""
+    """A small MLP for 2-D points: ``forward(x [n, 2], timesteps [n]) -> [n, 2]`` (a velocity for
+    flow matching, ε for the DDPM). The time enters as a few sine/cosine features of
+    timesteps / 1000."""
 
     def __init__(self, hidden: int = 128, layers: int = 3, frequencies: int = 8):
         super().__init__()
@@ -106,8 +108,9 @@ def toy_trajectories(
 ) -> torch.Tensor:
     """Paths [steps + 1, n, 2] from the same ``n`` noise points (drawn with ``seed``) to the data:
     Euler steps on the learned flow (``"flow"``), or DDIM with η = 0 (``"ddpm"``), Euler's method on
-    the DDPM's probability-flow ODE in its own variables (Song et al. 2021). ``flow_coordinates``: the
-    DDPM's points z rescaled to z / (α + σ), where the straight path has the same noisy pictures."""
+    the DDPM's probability-flow ODE in its own variables (Song et al. 2021). ``flow_coordinates``:
+    the DDPM's points z rescaled to z / (α + σ), where the straight path has the same noisy
+    pictures."""
     arguments.choice(objective, ("flow", "ddpm"), "objective")
     noise = torch.randn((n, 2), generator=torch.Generator().manual_seed(seed))
     if objective == "flow":
@@ -133,13 +136,15 @@ def toy_trajectories(
 
 
 def straightness(path: torch.Tensor) -> float:
-    """How far a set of paths [steps + 1, n, d] bends: the mean of (length along the path) / (distance
-    from its start to its end). 1 is a straight line; the more above 1, the more Euler steps it needs."""
+    """How far a set of paths [steps + 1, n, d] bends: the mean of (length along the path) /
+    (distance from its start to its end). 1 is a straight line; the more above 1, the more Euler
+    steps it needs."""
     length = (path[1:] - path[:-1]).norm(dim=-1).sum(0)  # [n]
     chord = (path[-1] - path[0]).norm(dim=-1).clamp(min=1e-8)  # [n]
     return float((length / chord).mean())
 
 
 def distance_to(points: torch.Tensor, reference: torch.Tensor) -> float:
-    """Mean distance from each point [n, 2] to its nearest reference point [m, 2] (0: on the data)."""
+    """Mean distance from each point [n, 2] to its nearest reference point [m, 2]
+    (0: on the data)."""
     return float(torch.cdist(points, reference).min(1).values.mean())

@@ -14,6 +14,7 @@ Both language models map ``ids [n, L] -> logits [n, L, vocab]`` so :func:`lm_los
 from __future__ import annotations
 
 import collections
+import re
 
 import numpy as np
 import torch
@@ -30,10 +31,28 @@ from .attention import LearnedPositions, TransformerBlock, causal_mask, sinusoid
 # --------------------------------------------------------------------------------------------
 # Text: corpora and tokenizers
 # --------------------------------------------------------------------------------------------
-def paraphrase_tokenizer(max_length: int = 16) -> shapes.Tokenizer:
+_SPACE_BEFORE_PUNCTUATION = re.compile(r" ([^\sa-z0-9<>-])")
+
+
+def join_words(words: list[str]) -> str:
+    """Words and punctuation tokens back to text as the corpus writes it: a space between words,
+    none before a punctuation mark (``["middle", ",", "a"] -> "middle, a"``)."""
+    return _SPACE_BEFORE_PUNCTUATION.sub(r"\1", " ".join(words))
+
+
+class TextTokenizer(shapes.Tokenizer):
+    """:class:`~course_lib.data.shapes.Tokenizer` for texts with punctuation (chapter 03's corpus of
+    captions and paraphrases): ``decode`` puts a comma back without a space before it, so
+    ``decode(encode(text)) == text`` for every text of :func:`caption_corpus`."""
+
+    def decode(self, ids) -> str:
+        return join_words(super().decode(ids).split())
+
+
+def paraphrase_tokenizer(max_length: int = 16) -> TextTokenizer:
     """Word tokenizer over the canonical words and the ``seen`` paraphrase words."""
     words = sorted(set(shapes.canonical_vocabulary()) | set(shapes.paraphrase_vocabulary("seen")))
-    return shapes.Tokenizer(words, max_length=max_length)
+    return TextTokenizer(words, max_length=max_length)
 
 
 def caption_corpus(
@@ -110,10 +129,21 @@ class LSTMLanguageModel(nn.Module):
         return self.head(self.drop(h))  # [n, L, vocab]
 
 
+def gpt2_init(module: nn.Module, std: float = 0.02) -> None:
+    """GPT-2's initialisation, for ``model.apply(gpt2_init)``: embeddings and linear weights drawn
+    from N(0, std^2), biases zero (LayerNorms keep scale 1, shift 0). With PyTorch's default
+    N(0, 1) embedding, a tied output layer starts with logits of size ~sqrt(d_model) and a first
+    loss far above ln(vocab_size)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
 class TinyGPT(nn.Module):
     """A decoder-only Transformer: token embedding + learned positions, ``n_layers`` pre-norm blocks
-    with causal self-attention, a final LayerNorm and a linear head tied to the embedding.
-    ``ids [n, L] -> logits [n, L, vocab]``.
+    with causal self-attention, a final LayerNorm and a linear head tied to the embedding;
+    initialised as GPT-2 (:func:`gpt2_init`). ``ids [n, L] -> logits [n, L, vocab]``.
 
     ``block(d_model, n_heads, dropout=...)`` makes each block (default
     :class:`~course_lib.models.attention.TransformerBlock`; chapter 03 passes the learner's own). A
@@ -144,6 +174,7 @@ class TinyGPT(nn.Module):
         self.ln = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         self.head.weight = self.emb.weight  # weight tying
+        self.apply(gpt2_init)  # small logits at the start: a first loss near ln(vocab_size)
 
     def forward(
         self,
@@ -162,7 +193,8 @@ class TinyGPT(nn.Module):
         return self.head(self.ln(x))  # [n, L, vocab]
 
     def attention_maps(self) -> list[torch.Tensor]:
-        """Self-attention weights of the last ``keep_weights=True`` forward: one [n, h, L, L] per layer."""
+        """Self-attention weights of the last ``keep_weights=True`` forward: one [n, h, L, L] per
+        layer."""
         return [b.attn.last_weights for b in self.blocks]
 
 
@@ -379,7 +411,8 @@ class ShapesCaptioner(nn.Module):
 
     def attention_maps(self) -> dict:
         """Weights of the last ``keep_weights=True`` pass: ``{"self": [n, h, L, L] per layer,
-        "cross": [n, h, L, 64] per layer}`` (reshape the last axis to 8x8 to see where a word looks)."""
+        "cross": [n, h, L, 64] per layer}`` (reshape the last axis to 8x8 to see where a word
+        looks)."""
         return {
             "self": [b.attn.last_weights for b in self.blocks],
             "cross": [b.cross.last_weights for b in self.blocks],
@@ -408,8 +441,8 @@ def caption_accuracy(predicted: list[str], targets: list[str]) -> dict:
 
 
 def heldout_confusions(predicted: list[str], targets: list[str], top: int = 3) -> dict:
-    """For each held-out (color, shape) pair: what "color shape" the captioner said, most common first
-    (fractions)."""
+    """For each held-out (color, shape) pair: what "color shape" the captioner said, most common
+    first (fractions)."""
     said = collections.defaultdict(collections.Counter)
     for p, t in zip(predicted, targets):
         ts = shapes.parse_caption(t)

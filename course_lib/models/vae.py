@@ -51,11 +51,11 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_kl_wrong(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """A WRONG formula that circulates in VAE tutorials, ``-0.5 * sum(1 + logvar - mu**2 - logvar)``,
-    kept so chapter 02 can show the Monte Carlo test catching it. The last term must be
-    ``exp(logvar)`` (the variance), not ``logvar``. As printed, the log-variance cancels: the value is
-    ``0.5 * (sum mu^2 - d)``, which ignores the encoder's variance and is negative whenever
-    ``sum mu^2 < d`` (a KL never is)."""
+    """A WRONG formula that circulates in VAE tutorials,
+    ``-0.5 * sum(1 + logvar - mu**2 - logvar)``, kept so chapter 02 can show the Monte Carlo test
+    catching it. The last term must be ``exp(logvar)`` (the variance), not ``logvar``. As printed,
+    the log-variance cancels: the value is ``0.5 * (sum mu^2 - d)``, which ignores the encoder's
+    variance and is negative whenever ``sum mu^2 < d`` (a KL never is)."""
     return -0.5 * (1.0 + logvar - mu.pow(2) - logvar).sum(-1)
 
 
@@ -95,10 +95,11 @@ def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 def negative_elbo_loss(
     logits: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, beta: float = 1.0
 ):
-    """Chapter 02's central step: the VAE's training loss for one reparameterised sample per picture,
-    ``mean_n [ rec_n + beta * KL_n ]`` in nats per picture, with ``rec_n`` the Bernoulli negative
-    log-likelihood summed over pixels (:func:`bernoulli_nll`) and ``KL_n`` the closed-form Gaussian KL
-    summed over latent dimensions (:func:`gaussian_kl`). ``beta = 1`` is the negative ELBO.
+    """Chapter 02's central step: the VAE's training loss for one reparameterised sample per
+    picture, ``mean_n [ rec_n + beta * KL_n ]`` in nats per picture, with ``rec_n`` the Bernoulli
+    negative log-likelihood summed over pixels (:func:`bernoulli_nll`) and ``KL_n`` the closed-form
+    Gaussian KL summed over latent dimensions (:func:`gaussian_kl`). ``beta = 1`` is the negative
+    ELBO.
 
     logits, x: [n, 1, 28, 28]; mu, logvar: [n, d]. Returns ``(loss, {"rec": float, "kl": float})``
     (a :func:`course_lib.training.make_step` loss)."""
@@ -116,7 +117,8 @@ def one_hot(labels: torch.Tensor, n_classes: int = N_CLASSES) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 class ConvEncoder(nn.Module):
     """28x28 picture (and optional one-hot label) -> ``out_dim`` numbers.
-    ``[n,1,28,28]`` -> conv s2 -> ``[n,w,14,14]`` -> conv s2 -> ``[n,2w,7,7]`` -> Linear -> hidden -> out."""
+    ``[n,1,28,28]`` -> conv s2 -> ``[n,w,14,14]`` -> conv s2 -> ``[n,2w,7,7]``
+    -> Linear -> hidden -> out."""
 
     def __init__(
         self,
@@ -149,7 +151,8 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """``z`` (and optional one-hot label) -> Bernoulli logits ``[n, 1, 28, 28]`` (mirror of the encoder)."""
+    """``z`` (and optional one-hot label) -> Bernoulli logits ``[n, 1, 28, 28]`` (mirror of the
+    encoder)."""
 
     def __init__(
         self,
@@ -208,10 +211,10 @@ class VAE(nn.Module):
     """Variational autoencoder with a Gaussian encoder and a Bernoulli decoder; conditional
     (a CVAE: both encoder and decoder see a one-hot label) when ``n_classes > 0``.
 
-    ``encode(x) -> (mu, logvar)``, ``decode(z) -> logits`` (same shape as x), ``elbo(x) -> [n]`` nats,
-    ``sample(n, labels=None, generator=None) -> [n, 1, 28, 28]`` in [0, 1]: the decoder's Bernoulli
-    *means* for ``z ~ N(0, I)``, on the CPU (not draws of the Bernoulli pixels, which would be
-    speckled black and white).
+    ``encode(x) -> (mu, logvar)``, ``decode(z) -> logits`` (same shape as x), ``elbo(x) -> [n]``
+    nats, ``sample(n, labels=None, generator=None) -> [n, 1, 28, 28]`` in [0, 1]: the decoder's
+    Bernoulli *means* for ``z ~ N(0, I)``, on the CPU (not draws of the Bernoulli pixels, which
+    would be speckled black and white).
     """
 
     def __init__(
@@ -279,8 +282,9 @@ class VAE(nn.Module):
         generator: torch.Generator | None = None,
         z: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``n`` pictures from the prior: ``z ~ N(0, I)`` (drawn on the CPU), decoded to pixel means in
-        [0, 1], on the CPU. Conditional models take ``labels`` (an int or n ints; default 0..9 repeated)."""
+        """``n`` pictures from the prior: ``z ~ N(0, I)`` (drawn on the CPU), decoded to pixel means
+        in [0, 1], on the CPU. Conditional models take ``labels`` (an int or n ints; default 0..9
+        repeated)."""
         was = self.training
         self.eval()
         dev = next(self.parameters()).device
@@ -337,7 +341,8 @@ def negative_elbo(
     seed: int = 0,
     batch_size: int = 500,
 ) -> dict:
-    """Mean negative ELBO (nats per picture) on ``x`` and its two parts, ``n_samples`` z per picture."""
+    """Mean negative ELBO (nats per picture) on ``x`` and its two parts, ``n_samples`` z per
+    picture."""
     model.eval()
     dev = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
@@ -370,8 +375,8 @@ def train_vae(
     callback=None,
     loss_fn=None,
 ):
-    """Train in place with AdamW, a cosine learning rate, shift augmentation, and early stopping on a
-    validation split: the weights kept are those of the best validation negative ELBO. ``loss_fn``
+    """Train in place with AdamW, a cosine learning rate, shift augmentation, and early stopping on
+    a validation split: the weights kept are those of the best validation negative ELBO. ``loss_fn``
     assembles the loss (see :meth:`VAE.loss`; default :func:`negative_elbo_loss`).
 
     Returns the :class:`History`; ``history.evals`` holds ``(step, {"val_neg_elbo", ...})``."""
@@ -429,8 +434,8 @@ def train_vae(
 
 
 def split_validation(x, y, n_val_per_class: int = 25, seed: int = 0):
-    """Hold out ``n_val_per_class`` training digits per class for early stopping (the test split stays
-    untouched until the end)."""
+    """Hold out ``n_val_per_class`` training digits per class for early stopping (the test split
+    stays untouched until the end)."""
     g = torch.Generator().manual_seed(seed)
     val = torch.zeros(len(y), dtype=torch.bool)
     for c in range(N_CLASSES):

@@ -11,11 +11,13 @@ autoregressive and masked models can generate pictures token by token:
 * a convolutional decoder turns the grid of codebook vectors back into a picture.
 
 Codebook learning: the **codebook loss** ``|sg[z] - c|²`` pulls the chosen codes to the encoder's
-outputs and the **commitment loss** ``beta |z - sg[c]|²`` (beta 0.25) keeps the encoder near its codes
-(the paper's losses, not its EMA variant). Codes no picture chooses stop learning ("dead codes"), so
-training re-seeds them from encoder outputs of the current batch every ``restart_every`` steps
-(:func:`restart_dead_codes`; the first restart, after step one, is a data-dependent initialisation).
-:func:`codebook_usage` measures how well the codebook is used (perplexity, fraction used, dead codes).
+outputs and the **commitment loss** ``beta |z - sg[c]|²`` (beta 0.25) keeps the encoder near its
+codes (the paper's losses, not its EMA variant). Codes no picture chooses stop learning ("dead
+codes"), so training re-seeds them from encoder outputs of the current batch every ``restart_every``
+steps (:func:`restart_dead_codes`; the first restart, after step one, is a data-dependent
+initialisation).
+:func:`codebook_usage` measures how well the codebook is used (perplexity, fraction used, dead
+codes).
 
 Public API::
 
@@ -85,8 +87,8 @@ class VQConfig(Config):
 class VQTrainConfig(Config):
     """The ``shapes-vq`` recipe."""
 
-    # A step budget, so the recorded command reproduces the shipped weights; its time and judged round
-    # trip are recorded under shapes-vq in data/checkpoints/manifest.json.
+    # A step budget, so the recorded command reproduces the shipped weights; its time and judged
+    # round trip are recorded under shapes-vq in data/checkpoints/manifest.json.
     steps: int = 3000
     batch_size: int = 32
     lr: float = 2e-3
@@ -137,11 +139,13 @@ def quantize(z: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, tor
 
 
 def codebook_usage(ids: torch.Tensor, codebook_size: int) -> dict:
-    """How a codebook is used by a batch of tokens ``ids`` (any shape) out of ``codebook_size`` codes.
+    """How a codebook is used by a batch of tokens ``ids`` (any shape) out of ``codebook_size``
+    codes.
 
     ``perplexity``: exp of the entropy of the codes' frequencies, the number of equally used codes
     that would give the same entropy (``codebook_size`` at best, 1 if every token is the same code);
-    ``used_fraction``: codes used at least once over ``codebook_size``; ``dead_codes``: codes never used.
+    ``used_fraction``: codes used at least once over ``codebook_size``; ``dead_codes``: codes never
+    used.
     """
     codebook_size = arguments.integer(codebook_size, "codebook_size", minimum=1)
     ids = _check_ids(ids, codebook_size)
@@ -242,8 +246,8 @@ class ResBlock(nn.Module):
 
 @dataclass
 class VQOutput:
-    """What ``model(x)`` returns (for training): the reconstruction, the loss and its parts, the tokens,
-    the encoder's vectors ``z`` and their straight-through quantisation ``q``."""
+    """What ``model(x)`` returns (for training): the reconstruction, the loss and its parts, the
+    tokens, the encoder's vectors ``z`` and their straight-through quantisation ``q``."""
 
     reconstruction: torch.Tensor  # [n, 3, 32, 32] in [0, 1]
     loss: torch.Tensor  # recon_loss + codebook_loss + beta * commitment_loss
@@ -294,8 +298,9 @@ class VQTokenizer(nn.Module):
         return z, q.permute(0, 3, 1, 2), ids
 
     def _decode_vectors(self, q: torch.Tensor) -> torch.Tensor:
-        """Vectors [n, d, g, g] -> pictures [n, 3, 32, 32], unclamped: the loss sees every error (behind
-        a sigmoid the gradient fades as the black background, 85% of the pixels, nears its target 0)."""
+        """Vectors [n, d, g, g] -> pictures [n, 3, 32, 32], unclamped: the loss sees every error
+        (behind a sigmoid the gradient fades as the black background, 85% of the pixels, nears its
+        target 0)."""
         return self.decoder(q)
 
     def forward(self, x: torch.Tensor) -> VQOutput:
@@ -311,14 +316,15 @@ class VQTokenizer(nn.Module):
         return VQOutput(raw.clamp(0, 1), loss, recon, codebook_loss, commitment, ids, z, q)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Pictures [n, 3, 32, 32] in [0, 1] -> tokens LongTensor [n, grid, grid] (on the model's device)."""
+        """Pictures [n, 3, 32, 32] in [0, 1] -> tokens LongTensor [n, grid, grid] (on the model's
+        device)."""
         x = check_pictures(x)
         with torch.no_grad():
             return self._quantize(x)[2]
 
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
-        """Tokens [n, grid, grid] (integers from 0 to ``codebook_size - 1``) -> pictures [n, 3, 32, 32]
-        in [0, 1]. Gradients flow to the decoder and the codebook if enabled."""
+        """Tokens [n, grid, grid] (integers from 0 to ``codebook_size - 1``) -> pictures
+        [n, 3, 32, 32] in [0, 1]. Gradients flow to the decoder and the codebook if enabled."""
         c = self.config
         ids = _check_ids(ids, c.codebook_size, c.grid).to(self.device)
         q = self.codebook(ids).permute(0, 3, 1, 2)  # [n, d, g, g]
@@ -326,7 +332,8 @@ class VQTokenizer(nn.Module):
 
 
 def build_vq(config: "VQConfig | dict | None" = None) -> VQTokenizer:
-    """An untrained :class:`VQTokenizer` (``config``: a :class:`VQConfig` or a partial dict of it)."""
+    """An untrained :class:`VQTokenizer` (``config``: a :class:`VQConfig` or a partial dict of
+    it)."""
     return VQTokenizer(config)
 
 
@@ -334,8 +341,8 @@ def build_vq(config: "VQConfig | dict | None" = None) -> VQTokenizer:
 def round_trip(
     model: VQTokenizer, images01: torch.Tensor, batch_size: int = 250
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pictures [n, 3, 32, 32] in [0, 1] -> (reconstructions [n, 3, 32, 32] in [0, 1], tokens [n, g, g]),
-    both on the CPU, ``batch_size`` pictures at a time."""
+    """Pictures [n, 3, 32, 32] in [0, 1] -> (reconstructions [n, 3, 32, 32] in [0, 1], tokens
+    [n, g, g]), both on the CPU, ``batch_size`` pictures at a time."""
     check_pictures(images01)
     recs, toks = [], []
     for x in images01.split(batch_size):
@@ -355,8 +362,9 @@ def restart_dead_codes(
     z: torch.Tensor,
     generator: torch.Generator | None = None,
 ) -> int:
-    """Re-seed every code with ``counts == 0`` (no token chose it since the last restart) from a random
-    encoder vector of ``z`` [n, d, g, g] (the latest batch). Returns how many codes were re-seeded."""
+    """Re-seed every code with ``counts == 0`` (no token chose it since the last restart) from a
+    random encoder vector of ``z`` [n, d, g, g] (the latest batch). Returns how many codes were
+    re-seeded."""
     dead = (counts == 0).nonzero().flatten()  # [m]
     if len(dead) == 0:
         return 0
@@ -379,15 +387,16 @@ def train_vq(
     eval_every: int | None = None,
     **overrides,
 ):
-    """Train a :class:`VQTokenizer` on Shapes train-split pictures with :func:`course_lib.training.fit`.
+    """Train a :class:`VQTokenizer` on Shapes train-split pictures with
+    :func:`course_lib.training.fit`.
 
-    Loss: mean squared reconstruction error + codebook loss + beta x commitment loss (AdamW, warm-up +
-    cosine learning rate, gradient clipping). Dead codes are re-seeded from the batch's encoder vectors
-    after the first step and every ``restart_every`` steps, until ``restart_until`` of the budget.
-    ``overrides``: keys of :class:`VQTrainConfig`. ``eval_fn(model, step) -> dict`` runs every
-    ``eval_every`` steps and at the end (e.g. ``lambda m, step: evaluate_vq(m, n=200)``), its results in
-    ``history.evals``. Returns ``(model, history, settings)``; ``settings`` adds ``restarted_codes`` (how
-    many codes were re-seeded in all).
+    Loss: mean squared reconstruction error + codebook loss + beta x commitment loss (AdamW,
+    warm-up + cosine learning rate, gradient clipping). Dead codes are re-seeded from the batch's
+    encoder vectors after the first step and every ``restart_every`` steps, until ``restart_until``
+    of the budget. ``overrides``: keys of :class:`VQTrainConfig`. ``eval_fn(model, step) -> dict``
+    runs every ``eval_every`` steps and at the end (e.g. ``lambda m, step: evaluate_vq(m, n=200)``),
+    its results in ``history.evals``. Returns ``(model, history, settings)``; ``settings`` adds
+    ``restarted_codes`` (how many codes were re-seeded in all).
     """
     hp = VQTrainConfig.from_dict(overrides)
     if steps is None and minutes is None:
@@ -451,12 +460,12 @@ def evaluate_vq(model: VQTokenizer, n: int = 1000, seed: int = 54321) -> dict:
     """Round trip of fresh pictures (``shapes.sample`` with a seed training never used; ``n`` of the
     train split, ``n // 4`` of the held-out one), judged by the ``shapes-judge``.
 
-    Per split: ``all_agreement``, the fraction of pictures whose reconstruction the judge reads the same
-    as the original on all five attributes (its reading of the original, not the caption: this measures
-    what the tokenizer loses, not the judge's own errors); ``all_vs_caption``, the same against the
-    caption; ``originals_vs_caption``, the judge on the originals; per-attribute agreement; PSNR.
-    ``codebook``: :func:`codebook_usage` of the train-split pictures' tokens. Also tokens and bits per
-    picture and encode / decode milliseconds per picture (batch 250).
+    Per split: ``all_agreement``, the fraction of pictures whose reconstruction the judge reads the
+    same as the original on all five attributes (its reading of the original, not the caption: this
+    measures what the tokenizer loses, not the judge's own errors); ``all_vs_caption``, the same
+    against the caption; ``originals_vs_caption``, the judge on the originals; per-attribute
+    agreement; PSNR. ``codebook``: :func:`codebook_usage` of the train-split pictures' tokens. Also
+    tokens and bits per picture and encode / decode milliseconds per picture (batch 250).
     """
     from ..judges import load_shapes_judge
     from ..metrics import psnr
@@ -519,11 +528,12 @@ def _train_registered(seed: int = 0, quick: bool = False) -> TrainResult:
 
     def notes(hist, settings):
         return (
-            f"{hist.steps} steps, batch {settings['batch_size']}, {settings['n_train']} train pictures, AdamW "
-            f"lr {settings['lr']} warmup + cosine; loss MSE + codebook + beta x commitment (no EMA); "
-            f"dead codes re-seeded from encoder outputs every {settings['restart_every']} steps "
-            f"({settings['restarted_codes']} in all); agreement = the judge reads the reconstruction "
-            f"as it reads the original, all five attributes"
+            f"{hist.steps} steps, batch {settings['batch_size']}, {settings['n_train']} train "
+            f"pictures, AdamW lr {settings['lr']} warmup + cosine; loss MSE + codebook + beta x "
+            "commitment (no EMA); dead codes re-seeded from encoder outputs every "
+            f"{settings['restart_every']} steps ({settings['restarted_codes']} in all); "
+            "agreement = the judge reads the reconstruction as it reads the original, all five "
+            "attributes"
         )
 
     result = run_recipe(train, evaluate_vq, notes=notes)
@@ -540,6 +550,8 @@ register(
     train=_train_registered,
     evaluate=evaluate_vq,
     chapter="09",
-    description="VQ-VAE tokenizer for Shapes: 32x32x3 pictures <-> 8x8 tokens of a 256-code codebook "
-    "(codebook + commitment losses, dead-code restarts)",
+    description=(
+        "VQ-VAE tokenizer for Shapes: 32x32x3 pictures <-> 8x8 tokens of a 256-code codebook "
+        "(codebook + commitment losses, dead-code restarts)"
+    ),
 )
