@@ -83,7 +83,8 @@ def _arrow(
 def gan_loop(ax=None):
     """Chapter 01: one step of the game. Noise -> G -> fakes; D scores real and fake pictures; D's
     loss updates D only (fakes detached), then G's loss flows back through D into G."""
-    fig, ax = _axes(ax, (11, 4.6))
+    fig, ax = _axes(ax, (11, 4.2))
+    ax.set_ylim(9, 100)  # nothing is drawn below y = 10: no empty band at the bottom
     _box(ax, 8, 70, 12, 12, "noise\nz ~ N(0, I)", "noise")
     _box(ax, 30, 70, 12, 12, "generator\nG", "model")
     _box(ax, 52, 70, 13, 12, "fakes\nG(z)", "data")
@@ -103,10 +104,10 @@ def gan_loop(ax=None):
     _arrow(ax, (58.5, 28), (67.5, 43))
     _arrow(ax, (80.5, 52), (83, 66))
     _arrow(ax, (80.5, 42), (83, 30))
-    _arrow(
+    _arrow(  # starts at the left edge of D's loss box, below its text
         ax,
-        (84, 16),
-        (76, 39),
+        (78.5, 15),
+        (73, 39),
         "1. opt_d.step()",
         dashed=True,
         color="#1f5fa8",
@@ -136,7 +137,7 @@ def vae(ax=None):
     fig, ax = _axes(ax, (11, 4.2))
     _box(ax, 7, 60, 10, 14, "digit\nx", "data")
     _box(ax, 24, 60, 13, 16, "encoder\nq(z | x)", "model")
-    _box(ax, 43, 60, 13, 18, "mean  mu\nlog var\nlog sigma^2", "op", fontsize=FONT - 1)
+    _box(ax, 43, 60, 13, 18, "mean mu\nlog var =\nlog sigma^2", "op", fontsize=FONT - 1)
     _box(ax, 43, 20, 13, 12, "eps ~ N(0, I)", "noise")
     _box(ax, 62, 60, 14, 14, "z = mu +\nsigma * eps", "op")
     _box(ax, 80, 60, 13, 16, "decoder\np(x | z)", "model")
@@ -163,9 +164,15 @@ def vae(ax=None):
     )
     _arrow(ax, (69.5, 60), (73, 60))
     _arrow(ax, (87, 60), (90.5, 60))
-    _arrow(ax, (43, 50), (61, 28), "KL term", dashed=True, color="#a61c1c", offset=(-4, -2))
+    _arrow(ax, (43, 50), (61, 28), "KL term", dashed=True, color="#a61c1c", offset=(-6, -3))
     _arrow(
-        ax, (95, 52), (84, 28), "reconstruction term", dashed=True, color="#a61c1c", offset=(8, -2)
+        ax,
+        (95, 52),
+        (84, 28),
+        "reconstruction term",
+        dashed=True,
+        color="#a61c1c",
+        offset=(-11, -2),
     )
     ax.set_title(
         "a variational autoencoder: the reparameterised sample makes the ELBO differentiable",

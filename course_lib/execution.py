@@ -70,6 +70,7 @@ def time_line(record: dict, quick_minutes: int | None = None, reading: int | Non
         )
     return line + "."
 
+
 def clean_stream(text: str) -> str:
     """What a terminal would show of text with carriage returns (progress bars redraw a line with
     ``\\r``): each line keeps what follows its last ``\\r``; lines left blank by a bar that erased

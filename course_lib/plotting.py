@@ -33,6 +33,10 @@ def grid_shape(n: int, ncols: int) -> tuple[int, int]:
     return rows, math.ceil(n / rows)
 
 
+TITLE_FONTSIZE = 11
+TITLE_LINE_INCHES = 0.22  # one line of a grid's title at TITLE_FONTSIZE, with its spacing
+
+
 def show_images(
     images,
     captions=None,
@@ -46,8 +50,9 @@ def show_images(
     """Show a batch of pictures ([n, C, H, W] in [0, 1]) as a grid, each with its caption.
 
     At most ``ncols`` columns, balanced by :func:`grid_shape`. Captions wrap at ``wrap`` characters
-    (default: what fits ``size`` inches at ``fontsize``). Returns the matplotlib figure (pass
-    ``fig`` to redraw into an existing one, e.g. a live grid).
+    (default: what fits ``size`` inches at ``fontsize``). ``size`` is the inches each picture
+    gets; a ``title`` gets a band of its own above the grid, so it never covers a picture. Returns
+    the matplotlib figure (pass ``fig`` to redraw into an existing one, e.g. a live grid).
     """
     images = list(images)
     n = len(images)
@@ -56,10 +61,14 @@ def show_images(
     nrows, ncols = grid_shape(n, ncols) if n else (1, 1)
     wrap = wrap if wrap is not None else max(8, int(size * 130 / fontsize))
     extra = 0.35 * (2 if captions is not None else 0)
+    # the title gets its own band above the grid (never drawn over the pictures)
+    title_in = TITLE_LINE_INCHES * (str(title).count("\n") + 1) + 0.1 if title else 0.0
+    height = nrows * (size + extra) + title_in
     if fig is None:
-        fig = plt.figure(figsize=(ncols * size, nrows * (size + extra)))
+        fig = plt.figure(figsize=(ncols * size, height))
     else:
         fig.clear()
+        fig.set_size_inches(ncols * size, height)
     for i, img in enumerate(images):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         arr = to_numpy_image(img)
@@ -80,10 +89,10 @@ def show_images(
             lines.append(line)
             ax.set_title("\n".join(lines), fontsize=fontsize)
     if title:
-        fig.suptitle(title)
-    with warnings.catch_warnings():  # a one-row grid with a title can't always fit: no matter
+        fig.suptitle(title, fontsize=TITLE_FONTSIZE, y=1.0, va="top")
+    with warnings.catch_warnings():  # a grid too small for its captions: tight_layout gives up
         warnings.filterwarnings("ignore", "Tight layout not applied", UserWarning)
-        fig.tight_layout()
+        fig.tight_layout(pad=0.3)
     return fig
 
 
@@ -127,11 +136,16 @@ class LiveGrid:
     """A sample grid that redraws in place while a model trains (in Jupyter; prints nothing
     headless).
 
-    ``live = LiveGrid(); live.update(images, captions, title=f"step {s}")``.
+    ``live = LiveGrid(); live.update(images, captions, title=f"step {s}")``. Each picture gets at
+    least ``MIN_SIZE`` inches (a 28-pixel digit then shows about 50 pixels tall at 100 dpi, under
+    the title's own band), whatever ``size`` asks. Call ``update`` once before training starts
+    (step 0): the grid is then drawn above the training's progress bar, which can erase itself.
     """
 
+    MIN_SIZE = 0.55
+
     def __init__(self, ncols: int = 8, size: float = 1.0):
-        self.ncols, self.size = ncols, size
+        self.ncols, self.size = ncols, max(float(size), self.MIN_SIZE)
         self.fig = None
         self.handle = None
 

@@ -31,7 +31,8 @@ from nbclient import NotebookClient  # noqa: E402
 
 from course_lib import __version__, execution  # noqa: E402
 
-KERNEL_ARGS = ["--InlineBackend.figure_formats={'png'}", "--InlineBackend.rc={'figure.dpi': 72}"]
+# Stored figures at 100 dpi: text set at 9 pt or more stays readable at 100% zoom.
+KERNEL_ARGS = ["--InlineBackend.figure_formats={'png'}", "--InlineBackend.rc={'figure.dpi': 100}"]
 
 
 def notebook_paths(names: list[str]) -> list[Path]:
@@ -67,6 +68,10 @@ def execute(path: Path, quick: bool, threads: int, timeout: int) -> tuple:
     client.km = client.create_kernel_manager()
     start = time.perf_counter()
     with client.setup_kernel(env=env):
+        # what the kernel reports of its language: JupyterLab writes the same on opening, so an
+        # untouched chapter is not marked modified (a stub would be filled in and ask to be saved)
+        info = client.wait_for_reply(client.kc.kernel_info())
+        nb.metadata["language_info"] = info["content"]["language_info"]
         for i, cell in enumerate(nb.cells):
             client.execute_cell(cell, i)
         cpu = kernel_cpu_seconds(client)
@@ -75,10 +80,17 @@ def execute(path: Path, quick: bool, threads: int, timeout: int) -> tuple:
     return nb, wall, cpu
 
 
+def _json_number(seconds: float):
+    """Seconds to one decimal, written as JupyterLab writes them back (95, not 95.0), so that saving
+    an untouched notebook changes nothing."""
+    x = round(seconds, 1)
+    return int(x) if float(x).is_integer() else x
+
+
 def record(nb, path: Path, wall: float, cpu: float, threads: int, quick: bool) -> dict:
     """The run's record, stored in ``metadata["course"]``."""
-    return {"chapter": path.name[:2], "mode": "quick" if quick else "full", "wall_seconds": round(wall, 1),
-            "cpu_seconds": round(cpu, 1), "threads": threads,
+    return {"chapter": path.name[:2], "mode": "quick" if quick else "full",
+            "wall_seconds": _json_number(wall), "cpu_seconds": _json_number(cpu), "threads": threads,
             "machine": f"{psutil.cpu_count(logical=True)} CPU cores, {platform.machine()}",
             "executed": dt.date.today().isoformat(), "code_sha256": execution.code_hash(nb),
             "library_version": __version__}
@@ -123,7 +135,7 @@ def main(argv=None) -> int:
         nb, wall, cpu = execute(path, False, args.threads, args.timeout)
         counts = execution.clean_outputs(nb)
         rec = record(nb, path, wall, cpu, args.threads, False)
-        rec["quick_wall_seconds"] = round(quick_wall, 1)
+        rec["quick_wall_seconds"] = _json_number(quick_wall)
         print(f"{path.name}: {wall / 60:.1f} min wall, {cpu / 60:.1f} CPU-min; {counts}", flush=True)
         nb.metadata["course"] = rec
         set_time_line(nb, rec)

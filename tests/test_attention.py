@@ -219,3 +219,13 @@ def test_load_encoder_layer_refuses_post_norm_and_other_modules():
         attn.load_encoder_layer(attn.TransformerBlock(16, 4), post)
     with pytest.raises(TypeError):
         attn.load_encoder_layer(attn.TransformerBlock(16, 4), torch.nn.Linear(16, 16))
+
+
+def test_masked_attention_returns_output_and_weights():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4, generator=gen) for _ in range(3))
+    allowed = torch.tensor([[True] * 5, [True] * 2 + [False] * 3])[:, None, None, :]
+    out, w = attn.masked_attention(q, k, v, allowed)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=allowed))
+    assert torch.all(w[1, ..., 2:] == 0)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 3, 5))

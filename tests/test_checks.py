@@ -47,3 +47,34 @@ def test_a_check_as_the_last_line_of_a_cell_shows_no_out_prompt(capsys):
     assert formatter.format(True)[0].get("text/plain") == "True"
     assert "passed=True" in repr(result) and "passed=False" in repr(check(False, "x"))
     assert {check(True, "a"), True} == {True}                       # hashable like the bool it is
+
+
+def test_forbid_fails_an_exercise_that_calls_the_library_and_restores_it(capsys):
+    import types
+
+    lib = types.ModuleType("course_lib.models.toy")
+    lib.loss = lambda x: x * 2
+    original = lib.loss
+    reference = lib.loss(3)
+
+    def lazy(x):                      # an "exercise" that only calls the library
+        return lib.loss(x)
+
+    def honest(x):
+        return x * 2
+
+    assert not run_check("lazy", lambda: lazy(3) == reference, forbid_calls=[(lib, "loss")])
+    assert run_check("honest", lambda: honest(3) == reference, forbid_calls=[(lib, "loss")])
+    assert lib.loss is original
+    out = capsys.readouterr().out
+    assert "[FAIL] lazy" in out and "toy.loss: write it yourself" in out and "[PASS] honest" in out
+
+
+def test_yours_or_reference_says_when_it_falls_back(capsys):
+    from course_lib.checks import yours_or_reference
+
+    mine, ref = object(), object()
+    assert yours_or_reference(check(True, "ok"), mine, ref, "reference") is mine
+    assert yours_or_reference(check(False, "bad"), mine, ref, "reference `gan.step`") is ref
+    out = capsys.readouterr().out
+    assert out.count("the cells below use the course's reference `gan.step`") == 1

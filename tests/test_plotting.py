@@ -3,10 +3,17 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from course_lib.plotting import grid_shape, plot_losses, show_images, smooth  # noqa: E402
+from course_lib.plotting import (  # noqa: E402
+    LiveGrid,
+    grid_shape,
+    plot_losses,
+    show_images,
+    smooth,
+)
 
 
 @pytest.mark.parametrize("n,ncols,want", [(9, 8, (2, 5)), (16, 8, (2, 8)), (3, 8, (1, 3)),
@@ -53,3 +60,38 @@ def test_loss_plot_on_a_log_axis_labels_plain_numbers():
     labels = [t.get_text() for t in ax.get_yticklabels(minor=True) + ax.get_yticklabels()]
     assert any(label for label in labels) and not any("times" in s or "^" in s for s in labels), labels
     plt.close(ax.figure)
+
+
+def _picture_pixels(fig, dpi=100):
+    """(smallest side of a picture, top of the highest picture, bottom of the title) in pixels."""
+    if not hasattr(fig.canvas, "get_renderer"):  # a closed figure (LiveGrid closes its own)
+        FigureCanvasAgg(fig)
+    fig.set_dpi(dpi)
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    boxes = [ax.get_window_extent(r) for ax in fig.axes]
+    title = fig._suptitle.get_window_extent(r).y0 if fig._suptitle is not None else None
+    return min(min(b.width, b.height) for b in boxes), max(b.y1 for b in boxes), title
+
+
+@pytest.mark.parametrize("ncols,size", [(16, 0.7), (16, 0.6), (10, 0.9), (8, 1.0)])
+def test_a_titled_one_row_grid_keeps_its_pictures_large_and_under_the_title(ncols, size):
+    fig = show_images(torch.rand(ncols, 1, 28, 28), ncols=ncols, size=size,
+                      title="a title\nof two lines" if ncols == 10 else "DCGAN, step 250")
+    try:
+        side, top, title = _picture_pixels(fig)
+        assert side >= 0.8 * size * 100           # the title takes no room from the pictures
+        assert title is not None and title >= top  # and is drawn above them, not over them
+    finally:
+        plt.close(fig)
+
+
+def test_live_grid_thumbnails_stay_legible():
+    for size in (0.2, 0.7):
+        live = LiveGrid(ncols=16, size=size)
+        live.update(torch.rand(16, 1, 28, 28), title="DCGAN, step 250")
+        live.update(torch.rand(16, 1, 28, 28), title="DCGAN, step 500")   # redrawn in place
+        side, top, title = _picture_pixels(live.fig)
+        assert side >= 45, f"a thumbnail {side:.0f} px tall at 100 dpi is a dot, not a digit"
+        assert title >= top
+        assert len(live.fig.axes) == 16

@@ -1,4 +1,6 @@
 """Chapter 03's language models and the shipped ``shapes-captioner``."""
+import math
+
 import pytest
 import torch
 
@@ -132,3 +134,23 @@ def test_tiny_gpt_takes_the_block_it_is_given(tok):
     assert gpt(ids).shape == (1, ids.shape[1], tok.vocab_size)
     with pytest.raises(TypeError):
         tfm.TinyGPT(tok.vocab_size, block="not a block")
+
+
+def test_decode_gives_corpus_text_back_with_its_commas(tok):
+    texts = tfm.caption_corpus(400, seed=5)
+    with_comma = [t for t in texts if "," in t]
+    assert len(with_comma) > 50                            # the "{where}, a ..." template
+    for t in with_comma:
+        assert tok.decode(tok.encode(t)) == t, t
+    assert tok.decode(tok.encode("in the middle, a big ball")) == "in the middle, a big ball"
+    assert all(tok.decode(tok.encode(t)) == t for t in texts)
+
+
+def test_tiny_gpt_starts_near_a_uniform_guess(tok):
+    torch.manual_seed(0)
+    gpt = tfm.TinyGPT(tok.vocab_size, d_model=64, n_heads=4, n_layers=2)
+    assert abs(gpt.emb.weight.std().item() - 0.02) < 0.005
+    assert all(b.mlp[0].bias.abs().max() == 0 for b in gpt.blocks)
+    enc = tok(tfm.caption_corpus(64, seed=0))
+    first = tfm.lm_loss(gpt, enc["input_ids"], enc["attention_mask"]).item()
+    assert abs(first - math.log(tok.vocab_size)) < 0.3     # not tens of nats

@@ -118,6 +118,13 @@ def scaled_dot_product_attention(
     return (out, w) if return_weights else out
 
 
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor):
+    """Attention with a boolean ``allowed`` mask (True = may attend), returning
+    ``(output [..., Lq, d_v], weights [..., Lq, Lk])``: the course's answer to chapter 03's first
+    exercise, which the chapter uses when the learner's version does not pass its check yet."""
+    return scaled_dot_product_attention(q, k, v, allowed, return_weights=True)
+
+
 def wrong_masked_attention(q, k, v, mask: torch.Tensor, how: str = "multiply"):
     """Two classic WRONG ways to mask, kept to be shown next to the right one (chapter 03).
 

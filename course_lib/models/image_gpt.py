@@ -283,6 +283,18 @@ def sample_logits(
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
+def sample_top_k(
+    logits: torch.Tensor,
+    k: int | None = None,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Chapter 09's exercise 2 with its arguments in the exercise's order: one token per row of
+    logits [n, V] from the ``k`` most likely codes at ``temperature`` (:func:`sample_logits`). The
+    reference the chapter's later cells use while the learner's own is unfinished."""
+    return sample_logits(logits, temperature, k, generator)
+
+
 def guide_logits(cond: torch.Tensor, uncond: torch.Tensor | None, scale: float) -> torch.Tensor:
     """Classifier-free guidance on logits: ``uncond + scale (cond - uncond)`` (scale 1, or no
     ``uncond``: the conditional logits). Computed on log-probabilities, as Parti and LlamaGen do."""

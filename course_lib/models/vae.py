@@ -249,10 +249,13 @@ class VAE(nn.Module):
         """Bernoulli logits [n, 1, 28, 28]; ``sigmoid`` gives pixel means."""
         return self.decoder(z, self._need(labels))
 
-    def forward(self, x, labels=None, generator=None):
-        """``(logits, mu, logvar)`` for one reparameterised sample per picture."""
+    def forward(self, x, labels=None, generator=None, reparameterize_fn=None):
+        """``(logits, mu, logvar)`` for one reparameterised sample per picture.
+        ``reparameterize_fn(mu, logvar, generator)`` draws it (default :func:`reparameterize`;
+        chapter 02 passes the learner's own)."""
         mu, logvar = self.encode(x, labels)
-        return self.decode(reparameterize(mu, logvar, generator), labels), mu, logvar
+        z = (reparameterize_fn or reparameterize)(mu, logvar, generator)
+        return self.decode(z, labels), mu, logvar
 
     def elbo_terms(self, x, labels=None, n_samples: int = 1, generator=None):
         """``(reconstruction NLL [n], KL [n])``, the NLL averaged over ``n_samples`` draws of z."""
@@ -267,11 +270,20 @@ class VAE(nn.Module):
         rec, kl = self.elbo_terms(x, labels, n_samples, generator)
         return -(rec + kl)
 
-    def loss(self, x, labels=None, beta: float = 1.0, generator=None, loss_fn=None):
+    def loss(
+        self,
+        x,
+        labels=None,
+        beta: float = 1.0,
+        generator=None,
+        loss_fn=None,
+        reparameterize_fn=None,
+    ):
         """Training loss ``mean(rec + beta * KL)`` and its parts (a ``make_step`` loss), for one
-        reparameterised sample per picture. ``loss_fn(logits, x, mu, logvar, beta)`` assembles it
-        (default :func:`negative_elbo_loss`; chapter 02 passes the learner's own)."""
-        logits, mu, logvar = self(x, labels, generator)
+        reparameterised sample per picture (drawn by ``reparameterize_fn``, see :meth:`forward`).
+        ``loss_fn(logits, x, mu, logvar, beta)`` assembles it (default :func:`negative_elbo_loss`;
+        chapter 02 passes the learner's own)."""
+        logits, mu, logvar = self(x, labels, generator, reparameterize_fn)
         return (loss_fn or negative_elbo_loss)(logits, x, mu, logvar, beta)
 
     @torch.no_grad()
@@ -374,10 +386,13 @@ def train_vae(
     desc: str = "VAE",
     callback=None,
     loss_fn=None,
+    reparameterize_fn=None,
 ):
-    """Train in place with AdamW, a cosine learning rate, shift augmentation, and early stopping on
-    a validation split: the weights kept are those of the best validation negative ELBO. ``loss_fn``
-    assembles the loss (see :meth:`VAE.loss`; default :func:`negative_elbo_loss`).
+    """Train in place with AdamW, a one-cycle learning rate (warm-up to ``lr``, then cosine decay),
+    shift augmentation, and a validation split checked every ``val_every`` steps: the weights kept
+    are those of the best validation negative ELBO. ``loss_fn`` assembles the loss and
+    ``reparameterize_fn`` draws z (see :meth:`VAE.loss`; defaults :func:`negative_elbo_loss` and
+    :func:`reparameterize`; chapter 02 passes the learner's own).
 
     Returns the :class:`History`; ``history.evals`` holds ``(step, {"val_neg_elbo", ...})``."""
     device = next(model.parameters()).device
@@ -401,7 +416,10 @@ def train_vae(
     def batch_loss(m, batch):
         xb, yb = batch
         xb = random_shift(xb, max_shift, g).to(device)
-        return m.loss(xb, yb.to(device) if cond else None, beta=beta, generator=g, loss_fn=loss_fn)
+        yb = yb.to(device) if cond else None
+        return m.loss(
+            xb, yb, beta=beta, generator=g, loss_fn=loss_fn, reparameterize_fn=reparameterize_fn
+        )
 
     best = {"val": math.inf, "state": None, "step": 0}
 
