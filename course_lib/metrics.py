@@ -15,7 +15,7 @@ against a reference (scikit-image, torchmetrics, SciPy, closed forms, hand-made 
 * Alignment with a prompt: :func:`caption_accuracy` (the Shapes judge), :func:`clip_score` (the tiny
   CLIP of chapter 06, when shipped), :func:`caption_round_trip` (the captioner of chapter 03).
 * Efficiency: :func:`latency`, :func:`peak_memory_bytes`, :func:`parameter_count`,
-  :func:`size_on_disk`, :func:`efficiency`.
+  :func:`size_on_disk`, :func:`efficiency` (written in :mod:`course_lib.efficiency`).
 
 Features are ``[n, d]`` tensors or arrays; pictures are ``[n, C, H, W]`` in ``[0, 1]``.
 """
@@ -23,15 +23,21 @@ Features are ``[n, d]`` tensors or arrays; pictures are ``[n, C, H, W]`` in ``[0
 from __future__ import annotations
 
 import math
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .runtime import count_parameters, get_device, peak_memory, time_fn
+# chapter 07 reads every measure from here, the efficiency ones too
+from .efficiency import (  # noqa: F401
+    efficiency,
+    latency,
+    parameter_count,
+    peak_memory_bytes,
+    size_on_disk,
+)
+from .runtime import get_device
 
 ONLINE_ENV = "COURSE_ONLINE"
 
@@ -641,80 +647,3 @@ def caption_round_trip(images: torch.Tensor, captions, captioner=None, judge=Non
     out["all"] = ok.all(1).float().mean().item()
     out["parsed"] = parsed / max(1, len(want))
     return out
-
-
-# =============================================================================================
-# Efficiency
-# =============================================================================================
-def latency(fn, *args, repeats: int = 5, warmup: int = 1, device=None, **kwargs) -> float:
-    """Median wall-clock seconds of ``fn(*args, **kwargs)`` over ``repeats`` runs, after ``warmup``
-    untimed runs (first calls pay for allocation and lazy initialisation)."""
-    return time_fn(fn, *args, repeats=repeats, warmup=warmup, device=device, **kwargs)["median_s"]
-
-
-def peak_memory_bytes(fn, *args, device=None, **kwargs) -> int:
-    """Peak memory while ``fn`` runs, above the level when it started
-    (:func:`course_lib.runtime.peak_memory`: CUDA bytes allocated, or on the CPU the process's
-    resident set size sampled by a background thread)."""
-    with peak_memory(device) as mem:
-        fn(*args, **kwargs)
-    return int(mem["peak_bytes"])
-
-
-def parameter_count(model: nn.Module) -> int:
-    """Number of parameters of a module (or of the ``unet``/``text_encoder``/... of a pipeline)."""
-    if isinstance(model, nn.Module):
-        return count_parameters(model)
-    modules = _pipeline_modules(model)
-    if not modules:
-        raise TypeError(f"cannot count parameters of {type(model).__name__}")
-    return sum(count_parameters(m) for m in modules)
-
-
-def _pipeline_modules(obj) -> list[nn.Module]:
-    comps = getattr(obj, "components", None)
-    if isinstance(comps, dict):
-        return [m for m in comps.values() if isinstance(m, nn.Module)]
-    return (
-        [v for v in vars(obj).values() if isinstance(v, nn.Module)]
-        if hasattr(obj, "__dict__")
-        else []
-    )
-
-
-def size_on_disk(obj) -> int:
-    """Bytes on disk: of a file or a folder (summed), or of a module's ``state_dict`` saved as
-    safetensors (what the course ships)."""
-    if isinstance(obj, (str, Path)):
-        p = Path(obj)
-        return (
-            sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-            if p.is_dir()
-            else p.stat().st_size
-        )
-    from safetensors.torch import save_file
-
-    modules = [obj] if isinstance(obj, nn.Module) else _pipeline_modules(obj)
-    state = {
-        f"{i}.{k}": v.detach().cpu().contiguous()
-        for i, m in enumerate(modules)
-        for k, v in m.state_dict().items()
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.safetensors"
-        save_file(state, str(path))
-        return path.stat().st_size
-
-
-def efficiency(model, fn, *args, repeats: int = 5, warmup: int = 1, per: int = 1, **kwargs) -> dict:
-    """Latency (median s per call and per item, ``per`` items a call), peak memory, parameters and
-    size on disk of ``model`` when running ``fn(*args, **kwargs)``."""
-    mem = peak_memory_bytes(fn, *args, **kwargs)  # first: also the warm-up of the timing
-    t = latency(fn, *args, repeats=repeats, warmup=max(0, warmup - 1), **kwargs)
-    return {
-        "latency_s": t,
-        "latency_per_item_ms": 1000 * t / per,
-        "peak_memory_mb": mem / 2**20,
-        "parameters": parameter_count(model),
-        "size_mb": size_on_disk(model) / 1e6,
-    }

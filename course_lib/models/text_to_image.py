@@ -1,6 +1,6 @@
 """Text to image on Shapes (chapter 05; reused by 06, 07 and 08).
 
-* :class:`ShapesTextEncoder`: word embeddings + positions + a small Transformer layer over the
+* :class:`ShapesTextEncoder` (written in :mod:`course_lib.text_encoders`): word embeddings + positions + a small Transformer layer over the
   caption's tokens. It gives per-word states (what the UNet cross-attends to) and a pooled vector
   (added to the timestep embedding, so every block knows the caption's global content at once).
 * a diffusers ``UNet2DConditionModel`` whose blocks cross-attend to the word states.
@@ -33,8 +33,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
 
 from .. import arguments, diffusion, runtime, sampling
 from ..config import Config
@@ -42,6 +40,7 @@ from ..data import shapes
 from ..pipelines import CoursePipeline, quiet
 from ..pretrained import TrainResult, register, run_recipe
 from ..runtime import get_device
+from ..text_encoders import ShapesTextEncoder
 from ..training import (
     EMA,
     budget_fraction,
@@ -52,65 +51,6 @@ from ..training import (
     make_step,
     ms_per_picture,
 )
-
-
-# --------------------------------------------------------------------------------------------
-# Text encoder
-# --------------------------------------------------------------------------------------------
-class ShapesTextEncoder(ModelMixin, ConfigMixin):
-    """Learned word embeddings (+ positions, + ``layers`` Transformer encoder layers).
-
-    ``forward(input_ids, attention_mask) -> (states [n, L, dim], pooled [n, dim])``. The vocabulary
-    lives in the config, so :attr:`tokenizer` is rebuilt exactly on load.
-    """
-
-    @register_to_config
-    def __init__(
-        self,
-        vocab: list | None = None,
-        max_length: int = 12,
-        dim: int = 64,
-        layers: int = 1,
-        heads: int = 4,
-    ):
-        super().__init__()
-        vocab = list(vocab) if vocab is not None else shapes.canonical_vocabulary()
-        self.tokenizer = shapes.Tokenizer(vocab, max_length=max_length)
-        self.embed = nn.Embedding(len(self.tokenizer), dim)
-        self.pos = nn.Parameter(torch.zeros(1, max_length, dim))
-        nn.init.normal_(self.pos, std=0.02)
-        self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(
-                dim, heads, 2 * dim, dropout=0.0, batch_first=True, norm_first=True
-            )
-            for _ in range(layers)
-        )
-        self.norm = nn.LayerNorm(dim)
-
-    def tokenize(self, prompts, device=None) -> dict:
-        """Token ids and mask [n, max_length]. Words outside the vocabulary, and prompts longer than
-        ``max_length`` tokens, raise ``ValueError`` naming what is allowed."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        limit = self.tokenizer.max_length
-        for p in prompts:
-            n = len(self.tokenizer.encode(p))  # raises on unknown words, naming the vocabulary
-            if n > limit:
-                raise ValueError(
-                    f"prompt {p!r} has {n - 2} words; this text encoder reads at most "
-                    f"{limit - 2} (its max_length {limit} counts the start and end tokens)"
-                )
-        tok = self.tokenizer(prompts)
-        return {k: v.to(device or self.device) for k, v in tok.items()}
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        h = self.embed(input_ids) + self.pos[:, : input_ids.shape[1]]  # [n, L, dim]
-        pad = attention_mask == 0
-        for layer in self.blocks:
-            h = layer(h, src_key_padding_mask=pad)
-        h = self.norm(h)
-        m = attention_mask.unsqueeze(-1).to(h.dtype)
-        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)  # [n, dim]
-        return h, pooled
 
 
 # --------------------------------------------------------------------------------------------
