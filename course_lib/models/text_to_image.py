@@ -1,8 +1,9 @@
 """Text to image on Shapes (chapter 05; reused by 06, 07 and 08).
 
-* :class:`ShapesTextEncoder` (written in :mod:`course_lib.text_encoders`): word embeddings + positions + a small Transformer layer over the
-  caption's tokens. It gives per-word states (what the UNet cross-attends to) and a pooled vector
-  (added to the timestep embedding, so every block knows the caption's global content at once).
+* :class:`ShapesTextEncoder` (written in :mod:`course_lib.text_encoders`): word embeddings +
+  positions + a small Transformer layer over the caption's tokens. It gives per-word states (what
+  the UNet cross-attends to) and a pooled vector (added to the timestep embedding, so every block
+  knows the caption's global content at once).
 * a diffusers ``UNet2DConditionModel`` whose blocks cross-attend to the word states.
 * classifier-free guidance: captions dropped to the empty caption in training; at sampling the
   guided prediction ``uncond + w (cond - uncond)`` (:func:`course_lib.sampling.guide`, on the
