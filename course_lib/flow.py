@@ -1,5 +1,5 @@
 """Flow matching: straight paths from data to noise, a velocity to learn, Euler's method to sample
-(chapter 04's last part; chapter 05 trains its Diffusion Transformer with it and chapter 08
+(chapter 04's last part; chapter 05 trains its Diffusion Transformer with it and chapter 09
 straightens it further by reflow).
 
 Conventions (those of Stable Diffusion 3 and of diffusers' ``FlowMatchEulerDiscreteScheduler``):
@@ -169,14 +169,17 @@ def shift_sigmas(sigmas, shift: float = 1.0) -> torch.Tensor:
 def euler_sigmas(
     num_inference_steps: int, shift: float = 1.0, num_train_timesteps: int = 1000
 ) -> torch.Tensor:
-    """The times an n-step Euler sampler visits, then 0 (float64 [n + 1]); the same as
-    ``FlowMatchEulerDiscreteScheduler(shift=shift).set_timesteps(n)``: n evenly spaced times from 1
-    down to 1/T (T = ``num_train_timesteps``), shifted, then 0. (diffusers shifts the smallest time
-    1/T once when the scheduler is made and once more in ``set_timesteps``; so does this.)"""
+    """The times an n-step Euler sampler visits, ending at 0 (float64 [n + 1]): n equal steps from
+    t = 1 to t = 0, then shifted (:func:`shift_sigmas`). The same grid as
+    ``FlowMatchEulerDiscreteScheduler(shift=shift)`` given ``sigmas = linspace(1, 1/n, n)`` (what
+    :func:`course_lib.sampling.set_timesteps` passes, as diffusers' Flux pipeline does).
+
+    Why not the scheduler's default grid: ``set_timesteps(n)`` alone spaces n times from 1 down to
+    1/T and then appends 0, so its 2-step grid is [1, 0.001, 0]: the second network call only covers
+    t = 0.001 -> 0 and "2 steps" draws the pictures of 1. ``num_train_timesteps`` (T) is checked as
+    the largest step count."""
     n = arguments.steps(num_inference_steps, num_train_timesteps)
-    t_min = float(shift_sigmas(1.0 / num_train_timesteps, shift))
-    sigmas = shift_sigmas(torch.linspace(1.0, t_min, n, dtype=torch.float64), shift)
-    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
+    return shift_sigmas(torch.linspace(1.0, 0.0, n + 1, dtype=torch.float64), shift)
 
 
 def euler_step(
@@ -228,7 +231,7 @@ def reflow_pairs(
 ) -> torch.Tensor:
     """Rectified flow's second round (Liu et al. 2023): the model's own outputs x̂_0 for ``noise``
     (Euler, ``num_inference_steps``). ``(x̂_0, noise)`` are the coupled pairs that
-    :func:`flow_matching_loss` then trains on (``noise=``): the lines between them no longer cross,
-    so the new flow is straighter and takes fewer steps (chapter 08 does the same with a
+    :func:`flow_matching_loss` then trains on (``noise=``): the lines between them cross far less
+    often, so the new flow is straighter and takes fewer steps (chapter 09 does the same with a
     text-to-image pipeline: its pictures for given starting noise)."""
     return sample_euler(model_fn, noise, num_inference_steps, **kw)

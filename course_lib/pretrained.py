@@ -8,6 +8,7 @@ Command line::
 
     python -m course_lib.pretrained list
     python -m course_lib.pretrained verify            # every hash (add --quality to re-measure)
+    python -m course_lib.pretrained remeasure NAME    # record its quality again, weights unchanged
     # reproduce one entry, update the manifest
     python -m course_lib.pretrained train NAME [--seed 0]
     # the quick-mode stand-in, elsewhere
@@ -296,6 +297,30 @@ def save(
     return rec
 
 
+def remeasure(name: str, directory: "str | Path | None" = None) -> dict:
+    """Evaluate the shipped ``name`` again (its registered ``evaluate``) and record the result in
+    its manifest entry: the keys the evaluation returns are replaced, the training record (steps,
+    seconds) kept, the date and command stored under ``quality_remeasured``. For a change in how
+    the course samples or measures, not in how the model was trained. Returns the new quality."""
+    entry = _entry(name)
+    if entry.evaluate is None:
+        raise CheckpointError(f"{name!r} registers no evaluate function to re-measure it with")
+    verify(name)
+    directory = Path(directory) if directory is not None else checkpoint_dir()
+    fresh = dict(entry.evaluate(load_module(name)))
+    manifest = read_manifest(directory)
+    rec = manifest["models"][name]
+    rec["quality"] = {**rec["quality"], **fresh}
+    rec["quality_remeasured"] = {
+        "date": _dt.date.today().isoformat(),
+        "command": f"python -m course_lib.pretrained remeasure {name}",
+        "on": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}",
+    }
+    write_manifest(manifest, directory)
+    return rec["quality"]
+
+
 def run_recipe(
     train: Callable[[], tuple],
     evaluate: Callable | None = None,
@@ -384,6 +409,11 @@ def _main(argv=None) -> int:
     sub.add_parser("list", help="known checkpoints")
     v = sub.add_parser("verify", help="check every shipped file against its sha256")
     v.add_argument("--quality", action="store_true", help="also re-measure quality where possible")
+    r = sub.add_parser(
+        "remeasure",
+        help="re-measure one shipped model's quality with today's library (weights unchanged)",
+    )
+    r.add_argument("name")
     t = sub.add_parser("train", help="reproduce one checkpoint and record it")
     t.add_argument("name")
     t.add_argument("--seed", type=int, default=0)
@@ -429,6 +459,14 @@ def _main(argv=None) -> int:
                 bad += 1
                 print(f"[BAD]  {n}: {exc}")
         return 1 if bad else 0
+    if args.cmd == "remeasure":
+        try:
+            quality = remeasure(args.name)
+        except CheckpointError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(quality, indent=2))
+        return 0
     if args.cmd == "train":
         try:
             rec = train(args.name, seed=args.seed, quick=args.quick, directory=args.out)

@@ -1,10 +1,10 @@
 """The one sampling loop of the course, its guidance helper and its scheduler factory.
 
 Every pipeline that samples a diffusion or flow model (chapter 05's :class:`ShapesPipeline`, the
-latent, distilled and Transformer pipelines of chapters 05 and 08, the language-model-conditioned
-ones of chapter 06) and every measurement of chapter 08 runs :func:`denoise_loop`; none writes a
-loop of its own. Chapter 04 writes DDPM and DDIM by hand (:mod:`course_lib.diffusion`) to teach
-them; its tests check them against the schedulers used here.
+latent, distilled and Transformer pipelines of chapters 05, 08 and 09, the ones conditioned on
+language models in chapter 06) and every measurement of chapters 08 and 09 runs
+:func:`denoise_loop`; none writes a loop of its own. Chapter 04 writes DDPM and DDIM by hand
+(:mod:`course_lib.diffusion`) to teach them; its tests check them against the schedulers used here.
 
 * :func:`guide` is classifier-free guidance (Ho & Salimans 2022), the line chapter 05's exercise
   writes: ``uncond + w * (cond - uncond)``.
@@ -41,7 +41,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from . import arguments, diffusion
+from . import arguments, diffusion, flow
 
 #: Deterministic samplers (probability-flow ODE solvers) and DDPM.
 SAMPLERS = ("ddpm", "ddim", "dpm++", "unipc", "euler")
@@ -121,6 +121,21 @@ def guided(
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
+def set_timesteps(scheduler, num_inference_steps: int) -> None:
+    """``scheduler.set_timesteps`` as the course's loop calls it. A flow-matching Euler scheduler
+    gets n equal steps from t = 1 to 0 (``sigmas = linspace(1, 1/n, n)``, then its terminal 0; the
+    scheduler applies its shift), as diffusers' Flux pipeline passes them: the scheduler's own
+    default ends its grid at t = 1/T before the jump to 0, so its "2 steps" are one step
+    (:func:`course_lib.flow.euler_sigmas` is the same grid, written by hand). Other schedulers keep
+    their ``timestep_spacing``."""
+    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        n = arguments.steps(num_inference_steps, scheduler.config.num_train_timesteps)
+        sigmas = flow.euler_sigmas(n)[:-1]  # [n] from 1 to 1/n, unshifted (the scheduler shifts)
+        scheduler.set_timesteps(sigmas=sigmas.tolist())
+    else:
+        scheduler.set_timesteps(num_inference_steps)
+
+
 def denoise_loop(
     scheduler,
     net: Callable,
@@ -144,7 +159,7 @@ def denoise_loop(
     dict it returns may replace ``"latents"``. ``progress_bar``: a factory like a pipeline's
     ``progress_bar(total=...)`` (None: no bar). Returns the final sample [n, ...].
     """
-    scheduler.set_timesteps(num_inference_steps)
+    set_timesteps(scheduler, num_inference_steps)
     x = latents * getattr(scheduler, "init_noise_sigma", 1.0)  # flow matching starts at unit noise
     scale = getattr(scheduler, "scale_model_input", lambda sample, t: sample)
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters

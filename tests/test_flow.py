@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from course_lib import diffusion, flow
+from course_lib import diffusion, flow, sampling
 
 
 def toy_velocity(x, timesteps):
@@ -116,14 +116,27 @@ def test_variance_preserving_point_is_a_rescaled_flow_point_and_v_converts(step)
 # --------------------------------------------------------------------------------------------
 # the Euler sampler against diffusers
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("steps,shift", [(1, 1.0), (4, 1.0), (20, 1.0), (10, 3.0)])
+@pytest.mark.parametrize("steps,shift", [(1, 1.0), (2, 1.0), (4, 1.0), (20, 1.0), (10, 3.0)])
 def test_euler_sigmas_match_diffusers(steps, shift):
     sched = FlowMatchEulerDiscreteScheduler(shift=shift)
-    sched.set_timesteps(steps)
+    sampling.set_timesteps(sched, steps)
     ours = flow.euler_sigmas(steps, shift)
     assert torch.allclose(ours.float(), sched.sigmas, atol=1e-6)
     assert torch.allclose(1000 * ours[:-1].float(), sched.timesteps, atol=1e-3)
     assert ours[0] == 1.0 and ours[-1] == 0.0
+
+
+@pytest.mark.parametrize("steps", [2, 3, 4])
+def test_every_euler_step_is_a_real_step(steps):
+    """n steps are n equal steps from 1 to 0 (the scheduler's own default grid, [1, 0.001, 0] at
+    two steps, spends its second call on t = 0.001 -> 0)."""
+    gaps = -flow.euler_sigmas(steps).diff()
+    assert torch.allclose(gaps, torch.full_like(gaps, 1 / steps))
+    sched = FlowMatchEulerDiscreteScheduler()
+    sampling.set_timesteps(sched, steps)
+    assert sched.sigmas[-2] == pytest.approx(1 / steps)
+    sched.set_timesteps(steps)  # diffusers' default spacing: the last step is a sliver
+    assert sched.sigmas[-2] == pytest.approx(0.001)
 
 
 @pytest.mark.parametrize("steps,shift", [(1, 1.0), (8, 1.0), (8, 3.0)])
@@ -131,7 +144,7 @@ def test_euler_sampler_matches_flow_match_euler_scheduler(steps, shift):
     noise = torch.randn(3, 2, 5, 5, generator=torch.Generator().manual_seed(1))
     ours = flow.sample_euler(toy_velocity, noise, steps, shift=shift)
     sched = FlowMatchEulerDiscreteScheduler(shift=shift)
-    sched.set_timesteps(steps)
+    sampling.set_timesteps(sched, steps)
     x = noise.clone()
     for t in sched.timesteps:
         x = sched.step(toy_velocity(x, t.expand(len(x))), t, x).prev_sample
