@@ -1,8 +1,8 @@
 """The one sampling loop of the course, its guidance helper and its scheduler factory.
 
 Every pipeline that samples a diffusion or flow model (chapter 05's :class:`ShapesPipeline`, the
-latent, distilled and Transformer pipelines of chapters 05, 08 and 09, the ones conditioned on
-language models in chapter 06) and every measurement of chapters 08 and 09 runs
+latent, distilled and Transformer pipelines of chapters 05 and 08, the ones conditioned on
+language models in chapter 06) and every measurement of chapter 08 runs
 :func:`denoise_loop`; none writes a loop of its own. Chapter 04 writes DDPM and DDIM by hand
 (:mod:`course_lib.diffusion`) to teach them; its tests check them against the schedulers used here.
 
