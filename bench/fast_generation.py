@@ -1,4 +1,4 @@
-"""Chapter 08's benchmark: one table of speed ratios against DDPM-1000 / fp32, measured in one run.
+"""Chapters 08 and 09's benchmark: one table of speed ratios against DDPM-1000 / fp32, measured in one run.
 
     python bench/fast_generation.py            # the full table (about 15-25 minutes on one CPU thread)
     python bench/fast_generation.py --quick    # a smoke run: a few captions, DDPM-50 as the baseline
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv=None) -> list[dict]:
-    ap = argparse.ArgumentParser(description="Chapter 08 benchmark: speed ratios against DDPM-1000 / fp32")
+    ap = argparse.ArgumentParser(description="Chapters 08-09 benchmark: speed ratios against DDPM-1000 / fp32")
     ap.add_argument("--quick", action="store_true", help="a smoke run in well under a minute")
     ap.add_argument("--every", type=int, default=None, help="use every k-th of the 270 train captions")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)")

@@ -1,4 +1,4 @@
-"""What a language model knows about colour (chapter 06).
+"""What a pretrained text encoder knows about colour (chapter 06).
 
 matplotlib ships two tables of colour names with their RGB: the XKCD colour survey (949 names that
 people typed for colours they were shown, ``matplotlib.colors.XKCD_COLORS``) and the 148 CSS4 names.
@@ -222,3 +222,19 @@ def colour_probe(
         "true": rgb[te].numpy(),
         "per_name_delta_e": de,
     }
+
+
+def paired_delta_e_difference(result_a: dict, result_b: dict, z: float = 1.96) -> tuple:
+    """``(mean, low, high)``: the mean per-name ΔE of probe ``a`` minus that of probe ``b``, with
+    its 95% interval (normal approximation over the held-out names). Both must be
+    :func:`colour_probe` results on the same held-out names (same names, seed and ``how``), so
+    each name's difficulty cancels; an interval that contains 0 does not separate the two."""
+    if result_a["test_names"] != result_b["test_names"]:
+        raise ValueError("the two probes must hold out the same names (same names, seed and how)")
+    d = np.asarray(result_a["per_name_delta_e"], dtype=np.float64) - np.asarray(
+        result_b["per_name_delta_e"], dtype=np.float64
+    )  # [n_test]
+    if len(d) < 2:
+        raise ValueError(f"need at least 2 held-out names, got {len(d)}")
+    half = z * d.std(ddof=1) / np.sqrt(len(d))
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)

@@ -1,5 +1,5 @@
 """Flow matching: straight paths from data to noise, a velocity to learn, Euler's method to sample
-(chapter 04's last part; chapter 05 trains its Diffusion Transformer with it and chapter 08
+(chapter 04's last part; chapter 05 trains its Diffusion Transformer with it and chapter 09
 straightens it further by reflow).
 
 Conventions (those of Stable Diffusion 3 and of diffusers' ``FlowMatchEulerDiscreteScheduler``):
@@ -232,6 +232,6 @@ def reflow_pairs(
     """Rectified flow's second round (Liu et al. 2023): the model's own outputs x̂_0 for ``noise``
     (Euler, ``num_inference_steps``). ``(x̂_0, noise)`` are the coupled pairs that
     :func:`flow_matching_loss` then trains on (``noise=``): the lines between them cross far less
-    often, so the new flow is straighter and takes fewer steps (chapter 08 does the same with a
+    often, so the new flow is straighter and takes fewer steps (chapter 09 does the same with a
     text-to-image pipeline: its pictures for given starting noise)."""
     return sample_euler(model_fn, noise, num_inference_steps, **kw)

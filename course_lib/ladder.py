@@ -12,7 +12,8 @@ computed once (:meth:`course_lib.text_encoders.FrozenConditioner.precompute`).
 Each model is asked for every training caption three ways: canonically, in the seen wording and in
 the unseen wording (:func:`prompt_sets`). The shapes-judge reads each picture; :func:`judge_set`
 reports how often each asked-for attribute is there, with a 95% Wilson interval
-(:func:`wilson_interval`) and the chance level of guessing (:data:`CHANCE`). :func:`ladder_figure`
+(:func:`wilson_interval`; :func:`interval_verdict` reads two of them against each other) and the
+chance level of guessing (:data:`CHANCE`). :func:`ladder_figure`
 draws it. :func:`subsample` picks a smaller, even-handed set of prompts for a shorter run;
 :func:`recorded_results` reads what training measured on all of them from the manifest.
 """
@@ -51,6 +52,22 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return min(p, max(0.0, centre - half)), max(
         p, min(1.0, centre + half)
     )  # p inside, as rounding may not
+
+
+def interval_verdict(a: tuple, b: tuple) -> str:
+    """Read two measurements ``(value, low, high)`` (95% intervals, e.g. :func:`judge_set`'s)
+    against each other: ``"higher"`` or ``"lower"`` when the intervals of ``a`` and ``b`` do not
+    overlap, else ``"within noise (the 95% intervals overlap)"``."""
+    for name, m in (("a", a), ("b", b)):
+        if len(m) != 3 or not m[1] <= m[0] <= m[2]:
+            raise ValueError(
+                f"{name} must be (value, low, high) with low <= value <= high, got {m}"
+            )
+    if a[1] > b[2]:
+        return "higher"
+    if a[2] < b[1]:
+        return "lower"
+    return "within noise (the 95% intervals overlap)"
 
 
 def prompt_sets(split: str = "train", seed: int = 30_000) -> dict:
@@ -166,15 +183,37 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def ladder_figure(results: dict, sizes: dict, attributes=("color", "shape", "all")):
+def format_parameters(n: int) -> str:
+    """A parameter count for an axis label: ``22.7M``, ``12k`` or ``800``."""
+    if n >= 1e6:
+        return f"{n / 1e6:.1f}M"
+    return f"{n / 1e3:.0f}k" if n >= 1e3 else str(int(n))
+
+
+def ladder_figure(
+    results: dict, sizes: dict, attributes=("color", "shape", "all"), title: str | None = None
+):
     """One panel per attribute: accuracy (with 95% intervals) against the text encoder's parameter
     count (log scale), one line per prompt set, the chance level dashed. ``sizes``: ``{encoder:
-    parameters}``. Returns the matplotlib figure."""
+    parameters}``. The legend has a row of its own under the panels and ``title`` a band of its
+    own above them, so neither covers a curve. Returns the matplotlib figure."""
     import matplotlib.pyplot as plt
 
+    if not attributes or any(a not in CHANCE for a in attributes):
+        raise ValueError(f"attributes must be some of {', '.join(CHANCE)}, got {attributes!r}")
     encoders = list(dict.fromkeys(e for e, _ in results))
-    fig, axes = plt.subplots(1, len(attributes), figsize=(4.2 * len(attributes), 3.4), sharey=True)
-    for ax, attr in zip(np.atleast_1d(axes), attributes):
+    missing = [e for e in encoders if e not in sizes]
+    if missing:
+        raise ValueError(f"sizes has no parameter count for {', '.join(missing)}")
+    fig, axes = plt.subplots(
+        1,
+        len(attributes),
+        figsize=(4.2 * len(attributes), 3.9),
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax, attr in zip(axes[0], attributes):
         for set_name in dict.fromkeys(s for _, s in results):
             xs = [sizes[e] for e in encoders if (e, set_name) in results]
             rs = [results[(e, set_name)][attr] for e in encoders if (e, set_name) in results]
@@ -185,15 +224,19 @@ def ladder_figure(results: dict, sizes: dict, attributes=("color", "shape", "all
         ax.set_xscale("log")
         ax.set_xticks(
             [sizes[e] for e in encoders],
-            [f"{e}\n{sizes[e] / 1e6:.1f}M" for e in encoders],
-            fontsize=7,
+            [f"{e}\n{format_parameters(sizes[e])}" for e in encoders],
+            fontsize=9,
         )
         ax.minorticks_off()
-        ax.set_title("all five attributes" if attr == "all" else attr)
+        ax.margins(x=0.12)  # tick labels of neighbouring panels apart
+        ax.tick_params(labelsize=9)
+        ax.set_title("all five attributes" if attr == "all" else attr, fontsize=10)
         ax.set_ylim(0, 1.02)
-    np.atleast_1d(axes)[0].set_ylabel("judged right (95% interval)")
-    np.atleast_1d(axes)[-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    axes[0, 0].set_ylabel("judged right (95% interval)", fontsize=10)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig
 
 

@@ -54,7 +54,7 @@ def conditioning_probe(
     ``how="tokens"``: learned queries cross-attend to the token states (:class:`PlannerHeads`);
     ``how="pooled"``: an MLP on the single pooled vector (:class:`PooledHeads`). ``encoded``: a dict
     that keeps the encoder's output between calls (pass the same one for both ``how``). Returns
-    per-attribute accuracy and ``all``."""
+    per-attribute accuracy, ``all`` and the number of test requests ``n``."""
     if how not in ("tokens", "pooled"):
         raise ValueError(f"how must be 'tokens' or 'pooled', got {how!r}")
     device = device or get_device()
@@ -102,4 +102,5 @@ def conditioning_probe(
         correct = pred == y_test
         res = {a: correct[:, i].float().mean().item() for i, a in enumerate(shapes.ATTRIBUTES)}
         res["all"] = correct.all(1).float().mean().item()
+        res["n"] = len(test_texts)
         return res

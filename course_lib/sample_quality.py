@@ -5,7 +5,8 @@
 * :func:`quality`: the judge's accuracy (all five Shapes attributes right, or the asked-for digit)
   and KID x 1000 on the judge's penultimate features against that reference, with
   :func:`course_lib.metrics.paired_kernel_distance`, the estimator for pictures paired target by
-  target.
+  target, with its jackknife standard error (:func:`paired_kid_jackknife`), so that two KIDs are
+  compared only where their intervals separate them.
 
 Chapter 07 defines KID and the judges (:mod:`course_lib.metrics`, :mod:`course_lib.judges`); this
 module puts them together the way chapter 08's sweeps (:mod:`course_lib.samplers`) and its models
@@ -50,13 +51,54 @@ def reference_set(model, targets, per_target: int = 8, seed: int = 1234) -> torc
     return x[torch.cat(copies)]
 
 
+def paired_kid_jackknife(feats_real, feats_fake) -> tuple[float, float]:
+    """``(value, standard error)`` of the paired KID with a jackknife over the targets.
+
+    ``feats_fake`` [n, d]: features of one generated picture per target; ``feats_real`` [c * n, d]:
+    c whole copies of real pictures of the same targets in the same order (both standardised
+    already). The value is the mean over the copies of
+    :func:`course_lib.metrics.paired_kernel_distance`; the jackknife recomputes it n times, each
+    time without target i (in every copy), and the standard error is
+    ``sqrt((n - 1) / n * sum((value_i - mean)^2))``. Needs n >= 4 targets. The leave-one-out
+    values come from the same kernel matrices (drop row and column i from the off-diagonal sums),
+    so this costs about what one estimate costs.
+    """
+    a, b = torch.as_tensor(feats_real).double(), torch.as_tensor(feats_fake).double()
+    n = len(b)
+    if b.dim() != 2 or a.dim() != 2 or a.shape[1] != b.shape[1] or n < 4 or len(a) % n:
+        raise ValueError(
+            "need fake features [n >= 4, d] and real features [c * n, d] (whole copies of the "
+            f"targets), got {tuple(b.shape)} and {tuple(a.shape)}"
+        )
+    copies = len(a) // n
+    full, loo = 0.0, torch.zeros(n, dtype=torch.float64)  # loo: [n] leave-one-out estimates
+    kbb = metrics.polynomial_kernel(b, b)  # [n, n], the same for every copy
+    for j in range(copies):
+        r = a[j * n : (j + 1) * n]  # [n, d] copy j
+        for k, sign in (
+            (metrics.polynomial_kernel(r, r), 1.0),
+            (kbb, 1.0),
+            (metrics.polynomial_kernel(r, b), -2.0),
+        ):
+            diag = k.diagonal()  # [n]
+            off = k.sum() - diag.sum()  # all pairs (i, j), i != j
+            full += sign * float(off) / (n * (n - 1)) / copies
+            # without target i: drop row i and column i (the diagonal is not in `off`)
+            without = off - (k.sum(1) - diag) - (k.sum(0) - diag)  # [n]
+            loo += sign * without / ((n - 1) * (n - 2)) / copies
+    se = float(((n - 1) / n * ((loo - loo.mean()) ** 2).sum()).sqrt())
+    return full, se
+
+
 def quality(model, images: torch.Tensor, targets, reference: torch.Tensor | None = None) -> dict:
-    """``{"accuracy", "kid"}``: the judge's accuracy (Shapes: all five attributes right; digits: the
-    asked-for digit) and KID x 1000 between the judge's penultimate features of ``images`` and of
-    ``reference`` (real pictures; KID is unbiased at small n, unlike FID, so a few dozen pictures
-    per point are enough to compare samplers). Features are standardised with the reference's
-    per-feature mean and standard deviation first (a fixed affine map, so KID stays a distance
-    between the two sets)."""
+    """``{"accuracy", "kid", "kid_se"}``: the judge's accuracy (Shapes: all five attributes right;
+    digits: the asked-for digit) and KID x 1000 between the judge's penultimate features of
+    ``images`` and of ``reference`` (real pictures; KID is unbiased at small n, unlike FID, so a
+    few dozen pictures per point are enough to compare samplers). Features are standardised with
+    the reference's per-feature mean and standard deviation first (a fixed affine map, so KID stays
+    a distance between the two sets). ``kid_se``: the jackknife standard error of ``kid`` over
+    the targets (:func:`paired_kid_jackknife`), NaN where the reference does not hold whole copies
+    of the targets or there are fewer than 4 of them."""
     captions = len(targets) > 0 and isinstance(
         targets[0], str
     )  # Shapes captions, else digit labels
@@ -75,14 +117,21 @@ def quality(model, images: torch.Tensor, targets, reference: torch.Tensor | None
         mu, sd = fb.mean(0), fb.std(0) + 1e-6
         fa, fb = ((fa - mu) / sd).double(), ((fb - mu) / sd).double()
         n = len(fa)
-        if len(fb) % n == 0:
+        if len(fb) % n == 0 and n >= 4:
             # the reference holds whole copies of the targets (reference_set): compare like with
-            # like, one copy at a time, with the paired estimator (metrics.paired_kernel_distance)
+            # like, one copy at a time, with the paired estimator (metrics.paired_kernel_distance),
+            # and a jackknife over the targets for its standard error
+            value, se = paired_kid_jackknife(fb, fa)
+            vals, ses = [value], [se]
+        elif len(fb) % n == 0:
             vals = [
                 metrics.paired_kernel_distance(fb[j : j + n], fa, standardise=False)
                 for j in range(0, len(fb), n)
             ]
+            ses = [float("nan")]
         else:
             vals = [metrics.kernel_inception_distance(fa, fb, subsets=50, subset_size=n)]
+            ses = [float("nan")]
         out["kid"] = 1000 * float(np.mean(vals))
+        out["kid_se"] = 1000 * float(np.mean(ses))
     return out

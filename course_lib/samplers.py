@@ -12,8 +12,13 @@ stochastic Euler ancestral and DPM-Solver++ SDE), and they all run in the course
   :func:`course_lib.models.ddpm.sample_digits`, with any scheduler.
 * :func:`sweep` measures, per (sampler, steps): the judge's accuracy, KID on the judge's features
   (a quality measure that keeps falling after the accuracy has saturated) and wall milliseconds per
-  picture. :func:`fastest_within` answers the chapter's question: which sampler is the fastest one
-  that stays within a few points of DDPM's 1000 steps?
+  picture. :func:`fastest_within` answers the coarse question (the fastest sampler within a few
+  points of DDPM-1000's accuracy); :func:`matched_quality` the one the chapter asks: the fastest
+  sampler whose accuracy *and* KID match the baseline's (KID not worse by more than its standard
+  errors allow).
+* :func:`euler_step_v` is one Euler step of the probability-flow ODE in σ for a v-prediction
+  network (the chapter's first exercise); :func:`euler_scheduler` puts any such step function into
+  diffusers' Euler scheduler, so that it runs in the course's loop.
 
 The quality measures a sweep reports (the judge's accuracy, KID on its features against real
 pictures of the same targets) are :mod:`course_lib.sample_quality`'s, which chapter 08's models use
@@ -42,6 +47,9 @@ __all__ = [
     "sweep",
     "with_ratios",
     "fastest_within",
+    "matched_quality",
+    "euler_step_v",
+    "euler_scheduler",
     "format_table",
     "cfg_cost",
     "reference_set",
@@ -218,18 +226,51 @@ def fastest_within(rows: list[dict], points: float = 2.0, baseline: tuple = ("dd
     return min(ok, key=lambda r: r["ms_per_picture"]) if ok else None
 
 
+def matched_quality(
+    rows: list[dict], baseline: tuple = ("ddpm", 1000), points: float = 2.0, z: float = 2.0
+) -> dict | None:
+    """The fastest row (baseline excluded) whose quality matches the baseline's: accuracy at most
+    ``points`` percentage points below it, **and** KID not worse than the baseline's by more than
+    ``z`` standard errors of the difference, ``kid - kid_base <= z * sqrt(se^2 + se_base^2)``
+    (rows of :func:`sweep`, which carry ``kid`` and ``kid_se``). Returns that row with ``speedup``,
+    ``delta_points``, ``kid_gap`` (its KID minus the baseline's) and ``kid_allowed`` (the largest
+    gap that still matched), or None if no row qualifies.
+
+    Accuracy alone saturates (chapter 08): a blurred picture with the right five attributes counts
+    as right, so :func:`fastest_within` can pick a setting whose pictures are visibly worse."""
+    arguments.real(points, "points", minimum=0.0)
+    if arguments.real(z, "z") <= 0:
+        raise ValueError(f"z must be > 0 (standard errors of the KID gap), got {z}")
+    rows = with_ratios(rows, baseline)
+    base = next(r for r in rows if (r["sampler"], r["steps"]) == tuple(baseline))
+    if "kid_se" not in base:
+        raise ValueError("matched_quality needs rows with 'kid' and 'kid_se' (a sweep's rows)")
+    ok = []
+    for r in rows:
+        if r is base or r["delta_points"] < -points:
+            continue
+        allowed = z * float(np.hypot(r["kid_se"], base["kid_se"]))
+        gap = r["kid"] - base["kid"]
+        if gap <= allowed:  # NaN standard errors never match
+            ok.append(dict(r, kid_gap=gap, kid_allowed=allowed))
+    return min(ok, key=lambda r: r["ms_per_picture"]) if ok else None
+
+
 def format_table(rows: list[dict], baseline: tuple = ("ddpm", 1000)) -> str:
-    """A plain-text table of a sweep, with ratios against ``baseline``."""
+    """A plain-text table of a sweep, with ratios against ``baseline`` (KID with its standard
+    error where the rows have one)."""
     rows = with_ratios(rows, baseline)
     lines = [
-        f"{'sampler':<18}{'steps':>6}{'accuracy':>10}{'Δ points':>10}{'KID x1000':>11}"
+        f"{'sampler':<18}{'steps':>6}{'accuracy':>10}{'Δ points':>10}{'KID x1000 ± SE':>18}"
         f"{'ms/picture':>12}{'speed-up':>10}"
     ]
     for r in rows:
         kid = f"{r['kid']:.1f}" if "kid" in r else "-"
+        if np.isfinite(r.get("kid_se", float("nan"))):
+            kid += f" ± {r['kid_se']:.1f}"
         lines.append(
             f"{sampling.LABELS.get(r['sampler'], r['sampler']):<18}{r['steps']:>6}"
-            f"{100 * r['accuracy']:>9.1f}%{r['delta_points']:>+10.1f}{kid:>11}"
+            f"{100 * r['accuracy']:>9.1f}%{r['delta_points']:>+10.1f}{kid:>18}"
             f"{r['ms_per_picture']:>12.2f}{r['speedup']:>9.1f}x"
         )
     return "\n".join(lines)
@@ -272,3 +313,49 @@ def cfg_cost(
             }
         )
     return rows
+
+
+
+# --------------------------------------------------------------------------------------------
+# One Euler step, and a scheduler that takes any step function
+# --------------------------------------------------------------------------------------------
+def euler_step_v(v_hat: torch.Tensor, sigma: float, sigma_next: float, x: torch.Tensor):
+    """One Euler step of the probability-flow ODE in σ for a **v-prediction** network (chapter 08's
+    exercise; ``diffusers.EulerDiscreteScheduler.step`` with ``prediction_type="v_prediction"``).
+
+    ``x`` [n, ...] is the sample ``x0 + σ ε`` at noise level ``sigma``; the network saw
+    ``sqrt(ᾱ) x`` with ``ᾱ = 1 / (σ² + 1)`` and predicted ``v_hat`` (same shape). Returns ``x`` at
+    ``sigma_next`` (0: the end of sampling)."""
+    a = 1.0 / (sigma**2 + 1)  # ᾱ at this noise level
+    x_t = a**0.5 * x  # [n, ...] what the network was shown
+    x0_hat = a**0.5 * x_t - (1 - a) ** 0.5 * v_hat  # [n, ...]
+    eps_hat = (x - x0_hat) / sigma  # [n, ...] the ODE's slope dx/dσ
+    return x + (sigma_next - sigma) * eps_hat
+
+
+def euler_scheduler(model, step_fn=euler_step_v):
+    """diffusers' Euler scheduler for ``model`` (:func:`course_lib.sampling.make_scheduler`
+    ``("euler", model)``, which must be a v-prediction model) whose update is
+    ``step_fn(v_hat, sigma, sigma_next, x)``, e.g. the learner's own Euler step: pass it as
+    ``scheduler=`` to :func:`generate` and it runs in the course's one loop.
+
+    The scheduler's own step still runs first (it keeps diffusers' step counter, which
+    ``scale_model_input`` reads); its result is replaced by ``step_fn``'s."""
+    if not callable(step_fn):
+        raise TypeError(f"step_fn must be callable, got {type(step_fn).__name__}")
+    sched = sampling.make_scheduler("euler", model)
+    if sched.config.prediction_type != "v_prediction":
+        raise ValueError(
+            f"euler_scheduler needs a v_prediction model, got {sched.config.prediction_type!r}"
+        )
+    own_step = sched.step
+
+    def step(model_output, timestep, sample, **kw):
+        out = own_step(model_output, timestep, sample, **kw)  # advances the step counter
+        i = sched.step_index - 1
+        sigma, sigma_next = float(sched.sigmas[i]), float(sched.sigmas[i + 1])
+        prev = step_fn(model_output, sigma, sigma_next, sample.float())
+        return type(out)(prev_sample=prev.to(sample.dtype), pred_original_sample=None)
+
+    sched.step = step
+    return sched

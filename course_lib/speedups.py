@@ -1,5 +1,5 @@
 """Arithmetic and compilation speed-ups for a small diffusion model, each applied to a copy of a
-``ShapesPipeline`` and measured against the fp32 original in the same run (chapter 08).
+``ShapesPipeline`` and measured against the fp32 original in the same run (chapter 09).
 
 Variants (:data:`VARIANTS`):
 
@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -55,10 +57,46 @@ def prune_l1(module: nn.Module, amount: float = 0.5) -> float:
     return zeros / max(1, total)
 
 
+def quantize_weight_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8 quantisation of a Linear layer's ``weight`` [out, in]
+    (chapter 09's exercise 3; what dynamic int8 does to the weights): ``(q, scale)`` with ``q``
+    int8 [out, in] in [-127, 127] and ``scale`` [out] = max |row| / 127 (1 for an all-zero row, so
+    that it stays zero), ``q = round(weight / scale)``. ``q * scale[:, None]`` is the weight the
+    int8 layer multiplies with (:func:`dequantize_weight_int8`)."""
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
+        raise TypeError("weight must be a floating-point tensor [out, in] (a Linear layer's)")
+    amax = weight.detach().abs().amax(dim=1)  # [out]
+    scale = torch.where(amax > 0, amax / 127, torch.ones_like(amax))  # [out]
+    q = torch.round(weight.detach() / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantize_weight_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``q`` int8 [out, in] and ``scale`` [out] -> the float weight [out, in] they stand for."""
+    return q.float() * scale[:, None].float()
+
+
+@contextlib.contextmanager
+def _no_cuda_home_notice():
+    """Hide torch's harmless "No CUDA runtime is found" notice (logged by
+    ``torch.utils.cpp_extension`` when ``torch.compile`` first imports it on a machine with a CUDA
+    toolkit but no GPU) while the block runs; every other message still shows."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+    log = logging.getLogger("torch.utils.cpp_extension")
+    log.addFilter(keep)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="No CUDA runtime is found")
+            yield
+    finally:
+        log.removeFilter(keep)
+
+
 def quantize_linear_int8(module: nn.Module) -> nn.Module:
     """Dynamic int8 quantisation of the ``nn.Linear`` layers of ``module``, in place (CPU only)."""
-    import warnings
-
     from torch.ao.quantization import quantize_dynamic
 
     with warnings.catch_warnings():
@@ -135,7 +173,7 @@ def measure_variants(
         try:
             p, ctx, note = apply_variant(pipe, v)
             sched = make_scheduler(sampler, p)
-            with ctx():
+            with _no_cuda_home_notice(), ctx():
                 sample_shapes(p, captions, sched, 2, seed=seed)  # warm-up / compile, same batch
             synchronize(p.unet.device)
             made[v] = (p, ctx, sched)
@@ -149,7 +187,7 @@ def measure_variants(
     for _ in progress_bar(range(repeats), desc="variants: timing", disable=not progress):
         for v, (p, ctx, sched) in made.items():
             t0 = time.perf_counter()
-            with ctx():
+            with _no_cuda_home_notice(), ctx():
                 images[v] = sample_shapes(p, captions, sched, steps, seed=seed)
             synchronize(p.unet.device)
             times[v].append(time.perf_counter() - t0)
@@ -271,17 +309,17 @@ def combined_rows(
     """Everything measured, as rows
     ``{"name", "ms_per_picture", "speedup", "accuracy", "kid", "note"}`` with ``speedup`` = baseline
     ms / row ms (all measured in the same run). ``baseline`` is the DDPM-1000 fp32 row of
-    :func:`course_lib.samplers.sweep`."""
+    :func:`course_lib.samplers.sweep` (chapter 08), or a row of :func:`other_model_rows` (a
+    ``"name"``: chapter 09 times its teacher at its defaults)."""
     from .sampling import LABELS
 
     base_ms = baseline["ms_per_picture"]
-    out = [
-        {
-            "name": f"{LABELS['ddpm']}-{baseline['steps']} fp32 (baseline)",
-            **_pick(baseline),
-            "note": "",
-        }
-    ]
+    base_name = (
+        f"{baseline['name']} (baseline)"
+        if "name" in baseline
+        else f"{LABELS['ddpm']}-{baseline['steps']} fp32 (baseline)"
+    )
+    out = [{"name": base_name, **_pick(baseline), "note": baseline.get("note", "")}]
     for r in sweep_rows:
         if r is baseline or (r["sampler"], r["steps"]) == (baseline["sampler"], baseline["steps"]):
             continue
@@ -306,6 +344,8 @@ def combined_rows(
                 }
             )
     for r in other_rows:
+        if r is baseline:
+            continue
         if r.get("error"):
             out.append({"name": r["name"], "note": f"skipped: {r['error']}"})
         else:

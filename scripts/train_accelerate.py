@@ -1,4 +1,4 @@
-"""Chapter 05's ``shapes-t2i`` training recipe, run through Hugging Face Accelerate (chapter 08, scale-out).
+"""Chapter 05's ``shapes-t2i`` training recipe, run through Hugging Face Accelerate (chapter 09, scale-out).
 
 The same model, data, loss (v-prediction, cosine schedule, caption dropout), optimiser, learning-rate
 schedule, gradient clipping and EMA as ``course_lib.models.text_to_image.train_text_to_image``, and the

@@ -1,4 +1,4 @@
-"""Chapter 08's benchmark script runs end to end on a tiny subset and prints ratios against its own baseline."""
+"""Chapters 08 and 09's benchmark script runs end to end on a tiny subset and prints ratios against its own baseline."""
 import importlib.util
 from pathlib import Path
 

@@ -43,6 +43,20 @@ def test_info_nce_prefers_aligned_pairs_and_has_gradients():
     assert clip.info_nce_loss(torch.ones(4, 3), torch.ones(4, 3), 10.0).item() == pytest.approx(np.log(4), abs=1e-5)
 
 
+def test_train_clip_takes_the_loss_it_is_given():
+    calls = []
+
+    def loss(image_emb, text_emb, logit_scale):
+        calls.append((image_emb.shape, text_emb.shape))
+        return clip.info_nce_loss(image_emb, text_emb, logit_scale)
+
+    clip.train_clip(steps=4, batch_size=8, renders_per_caption=1, progress=False,
+                    contrastive_loss=loss, device="cpu")
+    assert calls == [((8, 64), (8, 64))] * 4
+    with pytest.raises(TypeError, match="contrastive_loss must be a function"):
+        clip.train_clip(steps=2, contrastive_loss="info_nce")
+
+
 def test_tiny_clip_shapes_and_retrieval_bookkeeping():
     torch.manual_seed(0)
     model = clip.TinyCLIP()

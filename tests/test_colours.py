@@ -54,6 +54,23 @@ def test_probe_beats_the_mean_colour_baseline_only_with_informative_features():
     assert noise["delta_e"] > 0.9 * noise["baseline_delta_e"]
 
 
+def test_paired_difference_compares_two_probes_name_by_name():
+    names = colours.colour_names()
+    rgb = torch.tensor(np.array([c for _, c in names]), dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    informative = torch.cat([rgb, 0.05 * torch.randn(len(rgb), 13, generator=g)], 1)
+    good = colours.colour_probe(None, names, features=informative, steps=200)
+    noise = colours.colour_probe(None, names, features=torch.randn(len(rgb), 16, generator=g),
+                                 steps=200)
+    d, lo, hi = colours.paired_delta_e_difference(noise, good)
+    assert d == pytest.approx(noise["delta_e"] - good["delta_e"], rel=1e-6) and 0 < lo < d < hi
+    same = colours.paired_delta_e_difference(good, good)
+    assert same == (0.0, 0.0, 0.0)
+    words = colours.colour_probe(None, names, features=informative, steps=5, how="words")
+    with pytest.raises(ValueError, match="same names"):
+        colours.paired_delta_e_difference(good, words)
+
+
 def test_shapes_colour_of_names_a_hue_and_refuses_other_colours():
     for c, rgb in shapes.COLORS.items():
         assert colours.shapes_colour_of(c, rgb) == c

@@ -5,8 +5,9 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 
-from course_lib import flow
+from course_lib import flow, runtime
 from course_lib.models import dit
+from course_lib.models import text_to_image as t2i
 
 TINY = {"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 8, "text": {"dim": 16, "heads": 2}}
 PROMPTS = ["a small red circle in the top left", "a large blue triangle at the bottom"]
@@ -169,3 +170,26 @@ def test_pipeline_bad_prompts(pipe):
         pipe([])
     with pytest.raises(ValueError):
         pipe("a small crimson circle in the top left")               # not a word of the vocabulary
+
+
+def test_table_cell_initial_weights_follow_the_seed(monkeypatch):
+    """The table's runs start from weights drawn under ``seed`` (the same as chapter 05's run of
+    the same recipe for seed 0), so several seeds per cell are several initialisations."""
+    started = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(model, steps, seed, **kw):
+        started.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        raise Stop
+
+    monkeypatch.setattr(dit, "train_dit", fake_train)
+    for seed in (0, 0, 1):
+        torch.manual_seed(123 + len(started))        # the caller's stream must not matter
+        with pytest.raises(Stop):
+            dit.table_cell("unet", "v_prediction", 1.0, 1.0, seed=seed)
+    assert torch.equal(started[0], started[1]) and not torch.equal(started[0], started[2])
+    with runtime.seeded(0):
+        ours = t2i.TextToImageModel(None)
+    assert torch.equal(started[0], torch.cat([p.detach().flatten() for p in ours.parameters()]))

@@ -176,3 +176,29 @@ def test_measure_reports_kid_beside_fid_when_given_a_reference():
     row = fast.measure(pipe, 1, 1, n_train=4, n_heldout=2, timing_captions=2,
                        kid_reference=samplers.reference_set(pipe, caps, per_target=2))
     assert np.isfinite(row["judge_kid"]) and np.isfinite(row["judge_fid"])
+
+
+def test_distill_uses_the_target_it_is_given():
+    """Chapter 08 distils with the learner's own target: the same function gives the same student,
+    a wrong one another."""
+    calls = []
+
+    def mine(*args):
+        calls.append(args[0].shape[0])
+        return fast.distillation_target(*args)
+
+    def run(target):
+        torch.manual_seed(0)
+        teacher = t2i.TextToImageModel(TINY).eval()
+        kw = dict(device="cpu", progress=False, steps_per_round=2, rounds=[2, 1], n_train=16,
+                  batch_size=4)
+        return fast.distill(teacher, target=target, **kw)[0].state_dict()
+
+    default, yours = run(None), run(mine)
+    assert calls and all(k == 2 for k in calls), "half of each batch of 4 is progressive (hold 0.5)"
+    assert len(calls) == 4, "one target per optimiser step of each round"
+    assert all(torch.equal(default[k], yours[k]) for k in default)
+    wrong = run(lambda z_t, z_s, *_: torch.zeros_like(z_t))
+    assert any(not torch.equal(default[k], wrong[k]) for k in default)
+    with pytest.raises(TypeError):
+        fast.distill(t2i.TextToImageModel(TINY), target="x0")

@@ -1,4 +1,4 @@
-"""Chapter 09's token models: the sequence layout, the KV cache, sampling, both pipelines' contracts."""
+"""Chapter 10's token models: the sequence layout, the KV cache, sampling, both pipelines' contracts."""
 import pytest
 import torch
 
@@ -226,7 +226,7 @@ def test_registered_and_shipped_for_chapter_09():
     from course_lib import pretrained
     assert "course_lib.models.token_training" in pretrained.ENTRY_MODULES
     for name, cls in (("shapes-gpt", ShapesGPTPipeline), ("shapes-maskgit", ShapesMaskGITPipeline)):
-        assert pretrained._entry(name).chapter == "09"
+        assert pretrained._entry(name).chapter == "10"
         p = pretrained.load(name, device="cpu")
         assert isinstance(p, cls) and p.transformer.config.causal == (name == "shapes-gpt")
         p.set_progress_bar_config(disable=True)

@@ -19,6 +19,44 @@ def test_wilson_interval_and_chance_levels():
     assert ladder.CHANCE["color"] == pytest.approx(1 / 6) and ladder.CHANCE["all"] == pytest.approx(1 / 324)
 
 
+def test_interval_verdict_separates_only_without_overlap():
+    assert ladder.interval_verdict((0.9, 0.85, 0.95), (0.5, 0.4, 0.6)) == "higher"
+    assert ladder.interval_verdict((0.5, 0.4, 0.6), (0.9, 0.85, 0.95)) == "lower"
+    # the stored ladder's MiniLM and mpnet rows on unseen wording: 0.10 and 0.14 of 90
+    a = (0.14, *ladder.wilson_interval(13, 90))
+    b = (0.10, *ladder.wilson_interval(9, 90))
+    assert ladder.interval_verdict(a, b).startswith("within noise")
+    with pytest.raises(ValueError, match="value, low, high"):
+        ladder.interval_verdict((0.5, 0.6, 0.7), (0.5, 0.4, 0.6))
+
+
+def test_ladder_figure_keeps_legend_and_title_off_the_panels():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ci = {a: (0.5, 0.4, 0.6) for a in (*shapes.ATTRIBUTES, "all")}
+    results = {(e, s): ci for e in ("learned", "MiniLM") for s in ladder.PROMPT_SETS}
+    fig = ladder.ladder_figure(results, {"learned": 4_000, "MiniLM": 22_700_000}, title="t")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend = fig.legends[0].get_window_extent(renderer)
+    title = fig._suptitle.get_window_extent(renderer)
+    for ax in fig.axes:
+        box = ax.get_window_extent(renderer)
+        assert not box.overlaps(legend) and not box.overlaps(title)
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        assert labels == ["learned\n4k", "MiniLM\n22.7M"]
+        assert min(t.get_fontsize() for t in ax.get_xticklabels()) >= 9
+    assert min(t.get_fontsize() for t in fig.legends[0].get_texts()) >= 9
+    with pytest.raises(ValueError, match="sizes has no parameter count"):
+        ladder.ladder_figure(results, {"learned": 4_000})
+    with pytest.raises(ValueError, match="attributes must be"):
+        ladder.ladder_figure(results, {"learned": 4_000, "MiniLM": 1}, attributes=("hue",))
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 def test_prompt_sets_ask_for_every_training_caption_three_ways():
     sets = ladder.prompt_sets()
     assert list(sets) == list(ladder.PROMPT_SETS)

@@ -1,4 +1,4 @@
-"""Chapter 08, latent diffusion: the autoencoder's round trip (shapes, the shipped one's quality), the
+"""Chapter 09, latent diffusion: the autoencoder's round trip (shapes, the shipped one's quality), the
 latent pipeline's call convention, determinism and save/load, and the autoencoder pairing check."""
 import numpy as np
 import pytest

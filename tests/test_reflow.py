@@ -1,4 +1,4 @@
-"""Chapter 08: reflow. The pairs keep their noise and come from the teacher's own sampler; the
+"""Chapter 09: reflow. The pairs keep their noise and come from the teacher's own sampler; the
 reflowed student starts from the teacher's weights, samples unguided with the same pipeline, and its
 row of the few-step table holds what the chapter prints."""
 import pytest
@@ -35,7 +35,7 @@ def test_pairs_are_the_teachers_pictures_of_their_noise(teacher):
 def test_reflow_trains_a_student_that_samples_unguided(teacher):
     student, hist, log = reflow.train_reflow(teacher, captions=CAPTIONS, steps=2, teacher_steps=2, batch_size=2)
     assert hist.steps == 2 and log["pairs"] == 3 and log["cpu_minutes"] >= 0
-    assert student.config.guidance_scale == 1.0 and student.config.num_inference_steps == 2
+    assert student.config.guidance_scale == 1.0 and student.config.num_inference_steps == 1
     assert teacher.config.guidance_scale == 3.0                     # the teacher is left as it was
     changed = any(not torch.equal(a, b) for a, b in zip(student.parameters(), teacher.parameters()))
     assert changed
@@ -54,3 +54,31 @@ def test_measure_gives_one_row_of_the_few_step_table(teacher):
     one = reflow.measure(dit.make_pipeline(teacher), 2, guidance_scale=1.0, captions=CAPTIONS, heldout=HELD,
                          timing_captions=2)
     assert one["network_passes_per_picture"] == 2
+
+
+def test_pair_loss_is_flow_matching_on_the_pairs_and_train_reflow_takes_another(teacher):
+    from course_lib import flow
+
+    x0, noise = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    seen = {}
+
+    def model_fn(x, ts):
+        seen["ts"] = ts
+        return 0.5 * x
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    want = flow.flow_matching_loss(model_fn, x0, noise=noise, generator=g1)
+    got = reflow.pair_loss(model_fn, x0, noise, flow.sample_time(4, g2))
+    assert torch.allclose(got, want) and got.dim() == 0
+    assert seen["ts"].shape == (4,) and seen["ts"].max() <= 1000     # diffusers' timesteps: 1000 t
+    calls = []
+
+    def my_loss(model_fn, x0, noise, t):
+        calls.append((x0.shape, noise.shape, t.shape))
+        return reflow.pair_loss(model_fn, x0, noise, t)
+    _, hist, _ = reflow.train_reflow(teacher, captions=CAPTIONS, steps=2, teacher_steps=2, batch_size=2,
+                                     loss=my_loss)
+    assert len(calls) == 2 and calls[0] == ((2, 3, 32, 32), (2, 3, 32, 32), (2,))
+    _, same, _ = reflow.train_reflow(teacher, captions=CAPTIONS, steps=2, teacher_steps=2, batch_size=2)
+    assert hist.losses == same.losses, "the default loss is pair_loss"
+    with pytest.raises(TypeError, match="loss must be a function"):
+        reflow.train_reflow(teacher, captions=CAPTIONS, steps=1, loss="mse")

@@ -161,3 +161,83 @@ def test_cfg_cost_rows(pipe):
     assert [r["cfg"] for r in rows] == ["batched", "sequential", "off"]
     assert rows[2]["ratio_to_off"] == 1.0
     assert all(r["ms_per_picture"] > 0 and 0 <= r["accuracy"] <= 1 for r in rows)
+
+
+def test_paired_kid_jackknife_matches_the_estimator_and_a_brute_force_jackknife():
+    from course_lib import metrics, sample_quality
+
+    g = torch.Generator().manual_seed(0)
+    n, d, copies = 9, 5, 3
+    fake = torch.randn(n, d, generator=g, dtype=torch.float64)
+    real = torch.randn(copies * n, d, generator=g, dtype=torch.float64) + 0.3
+
+    def est(r, f):
+        m = len(f)
+        return sum(metrics.paired_kernel_distance(r[j * m:(j + 1) * m], f, standardise=False)
+                   for j in range(copies)) / copies
+
+    value, se = sample_quality.paired_kid_jackknife(real, fake)
+    assert abs(value - est(real, fake)) < 1e-10
+    keep = [torch.tensor([k for k in range(n) if k != i]) for i in range(n)]
+    loo = torch.tensor([est(torch.cat([real[j * n:(j + 1) * n][kk] for j in range(copies)]), fake[kk])
+                        for kk in keep], dtype=torch.float64)
+    want = math.sqrt((n - 1) / n * float(((loo - loo.mean()) ** 2).sum()))
+    assert abs(se - want) < 1e-10 and se > 0
+    with pytest.raises(ValueError):
+        sample_quality.paired_kid_jackknife(real[:-1], fake)             # not whole copies
+
+
+def _row(sampler, steps, acc, kid, se, ms):
+    return {"sampler": sampler, "steps": steps, "accuracy": acc, "kid": kid, "kid_se": se,
+            "ms_per_picture": ms}
+
+
+def test_matched_quality_needs_accuracy_and_kid_to_match():
+    rows = [_row("ddpm", 1000, 1.0, 4.0, 2.0, 1000.0),
+            _row("ddim", 2, 1.0, 800.0, 30.0, 2.0),        # accuracy saturates, KID far worse
+            _row("ddim", 8, 0.97, 6.0, 2.0, 8.0),          # KID fine, accuracy 3 points below
+            _row("ddpm", 16, 1.0, 9.0, 2.0, 16.0),         # gap 5 <= 2 * sqrt(8) = 5.66
+            _row("ddpm", 32, 1.0, 4.5, 2.0, 32.0)]
+    assert samplers.fastest_within(rows, 2.0, ("ddpm", 1000))["steps"] == 2
+    best = samplers.matched_quality(rows, ("ddpm", 1000), points=2.0, z=2.0)
+    assert (best["sampler"], best["steps"]) == ("ddpm", 16)
+    assert best["speedup"] == pytest.approx(1000 / 16) and best["kid_gap"] == pytest.approx(5.0)
+    assert best["kid_allowed"] == pytest.approx(2 * math.hypot(2, 2))
+    tight = samplers.matched_quality(rows, ("ddpm", 1000), points=2.0, z=1.0)
+    assert tight["steps"] == 32
+    assert samplers.matched_quality(rows[:3], ("ddpm", 1000), points=2.0) is None
+    nan = [rows[0], _row("ddim", 4, 1.0, 4.0, float("nan"), 4.0)]
+    assert samplers.matched_quality(nan, ("ddpm", 1000)) is None, "an unknown SE never matches"
+    with pytest.raises(ValueError):
+        samplers.matched_quality(rows, ("ddpm", 1000), z=0)
+    with pytest.raises(ValueError):
+        samplers.matched_quality([{k: v for k, v in r.items() if k != "kid_se"} for r in rows])
+
+
+def test_euler_step_v_is_diffusers_euler_and_drives_the_pipeline(pipe):
+    sched = sampling.make_scheduler("euler", pipe)
+    sched.set_timesteps(4)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 4, generator=g) * sched.init_noise_sigma
+    for i, t in enumerate(sched.timesteps):
+        v = torch.randn(x.shape, generator=g)
+        sched.scale_model_input(x, t)
+        want = sched.step(v, t, x).prev_sample
+        got = samplers.euler_step_v(v, float(sched.sigmas[i]), float(sched.sigmas[i + 1]), x)
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max())), i
+        x = want
+    caps = shapes.all_captions("train")[::90]
+    ours = samplers.generate(pipe, caps, "euler", 3, scheduler=samplers.euler_scheduler(pipe))
+    theirs = samplers.generate(pipe, caps, "euler", 3)
+    assert (ours - theirs).abs().max() < 1e-4
+    zero = samplers.euler_scheduler(pipe, lambda v, s, s_next, x: torch.zeros_like(x))
+    assert samplers.generate(pipe, caps, "euler", 2, scheduler=zero).std() < 1e-6, "step_fn is used"
+    with pytest.raises(TypeError):
+        samplers.euler_scheduler(pipe, step_fn=3)
+
+
+def test_sweep_rows_carry_a_kid_standard_error(pipe):
+    caps = shapes.all_captions("train")[::45]                                          # 6 captions
+    ref = samplers.reference_set(pipe, caps, per_target=2)
+    q = samplers.quality(pipe, samplers.generate(pipe, caps, "ddim", 1), caps, ref)
+    assert q["kid_se"] > 0 and math.isfinite(q["kid"])

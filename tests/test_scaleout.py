@@ -1,4 +1,4 @@
-"""Chapter 08, scale-out: chapter 05's training recipe under `accelerate launch` (one CPU process) is
+"""Chapter 09, scale-out: chapter 05's training recipe under `accelerate launch` (one CPU process) is
 the same recipe: same losses step for step as `train_text_to_image`, and a loadable checkpoint."""
 import json
 import math

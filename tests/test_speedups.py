@@ -1,4 +1,4 @@
-"""Chapter 08: the arithmetic variants keep the pictures (or say how much they change them), never
+"""Chapter 09: the arithmetic variants keep the pictures (or say how much they change them), never
 change the original pipeline, and a failing variant is reported instead of crashing the table."""
 import pytest
 import torch
@@ -72,3 +72,42 @@ def test_other_model_rows_measure_a_shipped_pipeline_and_skip_the_rest():
     table = speedups.format_combined(speedups.combined_rows(
         {"sampler": "ddpm", "steps": 1000, "ms_per_picture": 1000.0, "accuracy": 1.0}, other_rows=rows))
     assert "skipped: not registered" in table and "shapes-t2i" in table
+
+
+def test_int8_weights_per_output_channel_match_torch():
+    import warnings
+
+    w = torch.randn(16, 12, generator=torch.Generator().manual_seed(0)) * torch.logspace(-3, 1, 16)[:, None]
+    w[5] = 0                                                          # an all-zero row stays zero
+    q, scale = speedups.quantize_weight_int8(w)
+    assert q.dtype == torch.int8 and q.shape == w.shape and scale.shape == (16,)
+    assert int(q.abs().max()) == 127 and torch.all(q[5] == 0) and torch.isfinite(scale).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = torch.quantize_per_channel(w, scale, torch.zeros(16, dtype=torch.long), 0, torch.qint8)
+    assert torch.equal(ref.int_repr(), q)
+    back = speedups.dequantize_weight_int8(q, scale)
+    assert ((back - w).abs() <= scale[:, None] / 2 + 1e-7).all()      # at most half a step off
+    with pytest.raises(TypeError):
+        speedups.quantize_weight_int8(torch.ones(3, 4, 5))
+
+
+def test_cuda_home_notice_is_hidden_only_inside(caplog):
+    import logging
+
+    log = logging.getLogger("torch.utils.cpp_extension")
+    with caplog.at_level(logging.WARNING, logger="torch.utils.cpp_extension"):
+        with speedups._no_cuda_home_notice():
+            log.warning("No CUDA runtime is found, using CUDA_HOME='%s'", "/usr/local")
+            log.warning("something else")
+        log.warning("No CUDA runtime is found, using CUDA_HOME='%s'", "/x")
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs == ["something else", "No CUDA runtime is found, using CUDA_HOME='/x'"]
+
+
+def test_combined_rows_take_a_named_baseline():
+    base = {"name": "shapes-t2i", "ms_per_picture": 10.0, "accuracy": 1.0, "note": "its defaults"}
+    other = {"name": "shapes-t2i-fast", "ms_per_picture": 2.0, "accuracy": 1.0}
+    rows = speedups.combined_rows(base, other_rows=[base, other])
+    assert [r["name"] for r in rows] == ["shapes-t2i (baseline)", "shapes-t2i-fast"]
+    assert rows[0]["speedup"] == 1.0 and rows[1]["speedup"] == 5.0

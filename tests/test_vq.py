@@ -1,4 +1,4 @@
-"""Chapter 09, images as tokens: the VQ tokenizer's shapes, the nearest-code quantisation and its
+"""Chapter 10, images as tokens: the VQ tokenizer's shapes, the nearest-code quantisation and its
 straight-through gradient, codebook usage, dead-code restarts, argument checks, the typed configs and a
 quick training run."""
 import math
@@ -197,7 +197,7 @@ def test_registered_for_chapter_09():
     assert "course_lib.models.vq" in pretrained.ENTRY_MODULES
     assert "shapes-vq" in pretrained.known()
     entry = pretrained._entry("shapes-vq")
-    assert entry.chapter == "09" and entry.build is vq.build_vq and entry.evaluate is vq.evaluate_vq
+    assert entry.chapter == "10" and entry.build is vq.build_vq and entry.evaluate is vq.evaluate_vq
     model = entry.build(vq.VQConfig().to_dict())
     assert model.config == vq.VQConfig() and model.config.grid == 8
 

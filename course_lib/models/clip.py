@@ -208,11 +208,18 @@ def train_clip(
     device=None,
     config: dict | None = None,
     progress: bool = True,
+    contrastive_loss=info_nce_loss,
 ):
     """Train a :class:`TinyCLIP` on all 324 canonical captions. Each batch holds ``batch_size``
     *different* captions (a repeated caption in a batch would be a false negative for InfoNCE),
     each with one of its pictures, plus pixel noise (generated pictures are grainy).
-    Returns ``(model, history)``."""
+    ``contrastive_loss(image_emb, text_emb, logit_scale)``: the loss (default
+    :func:`info_nce_loss`; chapter 06 passes the learner's own). Returns ``(model, history)``."""
+    if not callable(contrastive_loss):
+        raise TypeError(
+            "contrastive_loss must be a function (image_emb, text_emb, logit_scale) -> loss, "
+            f"got {type(contrastive_loss).__name__}"
+        )
     from ..judges import add_noise_augmentation
 
     device = device or get_device()
@@ -240,7 +247,7 @@ def train_clip(
             x, cap = batch
             x = add_noise_augmentation(x, generator=g).to(device)
             cap = cap.to(device)
-            loss = info_nce_loss(
+            loss = contrastive_loss(
                 m.image_tower(x), m.text_tower(ids_all[cap], mask_all[cap]), m.logit_scale
             )
             return loss, {"scale": m.logit_scale.item()}

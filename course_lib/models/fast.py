@@ -186,6 +186,7 @@ def distill(
     minutes: float | None = None,
     callback=None,
     after_stage=None,
+    target=None,
     **overrides,
 ):
     """Distil ``teacher`` (guided, many steps) into a one-pass few-step student (chapter 08).
@@ -200,15 +201,27 @@ def distill(
     ``minutes`` (optional) caps the whole run: each stage gets its share of the time by its share of
     the steps. ``callback(stage, step, loss)`` sees every optimiser step;
     ``after_stage(stage, student)`` may return a dict (say accuracies) that is stored in that
-    stage's row.
+    stage's row. ``target(z_t, z_s, alpha_t, sigma_t, alpha_s, sigma_s)`` computes the x0 the
+    student regresses on in the progressive rounds (default :func:`distillation_target`; chapter
+    08 passes the learner's own).
     """
     hp = DistillConfig.from_dict(overrides)  # an unknown setting is an error here
+    target = distillation_target if target is None else target
+    if not callable(target):
+        raise TypeError(
+            "target must be callable (z_t, z_s, alpha_t, sigma_t, alpha_s, sigma_s) -> x0, got "
+            f"{type(target).__name__}"
+        )
     device = device or get_device()
     with runtime.seeded(seed):
-        return _distill(teacher, hp, seed, device, progress, minutes, callback, after_stage)
+        return _distill(
+            teacher, hp, seed, device, progress, minutes, callback, after_stage, target
+        )
 
 
-def _distill(teacher, hp: DistillConfig, seed, device, progress, minutes, callback, after_stage):
+def _distill(
+    teacher, hp: DistillConfig, seed, device, progress, minutes, callback, after_stage, target_fn
+):
     """:func:`distill`'s body, run inside ``runtime.seeded(seed)``."""
     g = torch.Generator().manual_seed(seed + 1)
     cfg = teacher.config
@@ -293,7 +306,7 @@ def _distill(teacher, hp: DistillConfig, seed, device, progress, minutes, callba
                 v2 = frozen(z_m, mid, ids[p], mask[p])
                 a_e, s_e = alpha_sigma(end, ac, zp)
                 z_e = ddim_step_v(v2, z_m, a_m, s_m, a_e, s_e)  # teacher step 2
-                x_tilde = distillation_target(zp, z_e, ap, sp, a_e, s_e)  # one student step: z_e
+                x_tilde = target_fn(zp, z_e, ap, sp, a_e, s_e)  # one student step lands on z_e
                 target[p] = v_from_x0(x_tilde, zp, ap, sp)
             out = m(z_t, t, ids, mask)
             return F.mse_loss(out.float(), target.float())  # v-MSE = x0-MSE (1 + SNR)
@@ -399,7 +412,7 @@ def measure(
     picture.
     With ``kid_reference`` (:func:`course_lib.sample_quality.reference_set` of those train
     captions), also KID x 1000 on the same features (``judge_kid``): unbiased at the few pictures
-    where FID is not."""
+    where FID is not, and its jackknife standard error ``judge_kid_se``."""
     from ..judges import score_shapes
     from ..sample_quality import quality
 
@@ -418,7 +431,8 @@ def measure(
         if split == "train":
             row["judge_fid"] = judge_fid(images)
             if kid_reference is not None:
-                row["judge_kid"] = round(quality(pipe, images, caps, kid_reference)["kid"], 2)
+                q = quality(pipe, images, caps, kid_reference)
+                row["judge_kid"], row["judge_kid_se"] = round(q["kid"], 2), round(q["kid_se"], 2)
     row["ms_per_picture"] = ms_per_picture(
         pipe,
         shapes.all_captions("train")[:timing_captions],

@@ -1,6 +1,6 @@
-"""Images as tokens (chapter 09 teaches it): one Transformer over caption tokens and image tokens.
+"""Images as tokens (chapter 10 teaches it): one Transformer over caption tokens and image tokens.
 
-Chapter 09's tokenizer (:mod:`course_lib.models.vq`) writes a Shapes picture as 8x8 integers. Put
+Chapter 10's tokenizer (:mod:`course_lib.models.vq`) writes a Shapes picture as 8x8 integers. Put
 those after a caption's word ids and a picture becomes the end of a sentence, which a language
 model can write token by token (DALL·E 2021, Parti, LlamaGen). Put them *before* the caption and
 the same model reads pictures (captioning). :class:`ImageGPT` is trained on both orders with one
@@ -17,7 +17,7 @@ special tokens, then the ``codebook_size`` image codes. A token's position embed
 *slot* (which caption word, which grid cell), not on where it sits in the sequence, so an image
 token means the same cell in both orders.
 
-The same class with ``causal=False`` is chapter 09's masked model (MaskGIT, Chang et al. 2022):
+The same class with ``causal=False`` is chapter 10's masked model (MaskGIT, Chang et al. 2022):
 every token sees every other, image tokens are hidden behind ``<mask>`` and predicted all at once
 (:mod:`course_lib.models.maskgit`).
 
@@ -181,7 +181,7 @@ class TokenLayout:
 # --------------------------------------------------------------------------------------------
 def attend_with_cache(attn, x: torch.Tensor, cache: dict | None) -> torch.Tensor:
     """Causal self-attention of new tokens ``x`` [n, l, d] given the keys and values of every
-    earlier token in ``cache`` (chapter 09's exercise). ``attn``: a
+    earlier token in ``cache`` (chapter 10's exercise). ``attn``: a
     :class:`~course_lib.models.attention.MultiHeadAttention`. The new keys and values are appended
     to ``cache["k"]``, ``cache["v"]`` ([n, h, L, dh]); ``cache=None`` keeps nothing. Returns
     [n, l, d]: what the uncached layer gives for these positions."""
@@ -237,7 +237,7 @@ class ImageGPT(nn.Module):
     ) -> torch.Tensor:
         """The next ``l`` tokens ids [n, l] at slots [l], given ``caches`` (one dict per layer,
         filled by earlier calls; start with ``[{} for _ in model.blocks]``) -> logits [n, l, vocab].
-        ``attend``: the cached attention function (default :func:`attend_with_cache`; chapter 09
+        ``attend``: the cached attention function (default :func:`attend_with_cache`; chapter 10
         passes the learner's)."""
         attend = attend_with_cache if attend is None else attend
         if not self.config.causal:
@@ -258,7 +258,7 @@ def build_image_gpt(config: "ImageGPTConfig | dict | None" = None) -> ImageGPT:
 # Sampling one token
 # --------------------------------------------------------------------------------------------
 def top_k_filter(logits: torch.Tensor, k: int | None) -> torch.Tensor:
-    """Keep each row's ``k`` largest logits, set the rest to -inf (chapter 09's exercise).
+    """Keep each row's ``k`` largest logits, set the rest to -inf (chapter 10's exercise).
     logits [n, V] -> [n, V]; ``k=None`` or ``k >= V`` keeps everything. Ties at the k-th value are
     kept."""
     if k is None or k >= logits.shape[-1]:
@@ -289,7 +289,7 @@ def sample_top_k(
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Chapter 09's exercise 2 with its arguments in the exercise's order: one token per row of
+    """Chapter 10's exercise 2 with its arguments in the exercise's order: one token per row of
     logits [n, V] from the ``k`` most likely codes at ``temperature`` (:func:`sample_logits`). The
     reference the chapter's later cells use while the learner's own is unfinished."""
     return sample_logits(logits, temperature, k, generator)

@@ -1,4 +1,4 @@
-"""Latent diffusion on Shapes (chapter 08): a small autoencoder, then text-to-image in its latent
+"""Latent diffusion on Shapes (chapter 09): a small autoencoder, then text-to-image in its latent
 space.
 
 Stable Diffusion does not denoise pixels: a VAE (diffusers ``AutoencoderKL``) compresses a
@@ -552,7 +552,7 @@ register(
     build=build_autoencoder,
     train=_train_autoencoder_registered,
     evaluate=evaluate_autoencoder,
-    chapter="08",
+    chapter="09",
     description="Tiny AutoencoderKL (diffusers): Shapes 32x32x3 <-> 8x8x4 latents, L1 + small KL",
 )
 register(
@@ -563,7 +563,7 @@ register(
     train=_train_latent_registered,
     evaluate=_evaluate_latent,
     finalize=_finalize_latent,
-    chapter="08",
+    chapter="09",
     description=(
         "Latent text-to-image on Shapes: chapter 05's text encoder + UNet2DConditionModel on the "
         "shapes-autoencoder's 8x8x4 latents, LatentShapesPipeline (diffusers)"

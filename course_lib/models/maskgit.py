@@ -1,4 +1,4 @@
-"""Parallel decoding of image tokens (chapter 09 teaches it): masked-token modelling, MaskGIT-style.
+"""Parallel decoding of image tokens (chapter 10 teaches it): masked-token modelling, MaskGIT-style.
 
 An autoregressive model writes a picture's 64 tokens in 64 passes. MaskGIT (Chang et al. 2022; Muse
 after it) trains a *bidirectional* Transformer (:class:`~course_lib.models.image_gpt.ImageGPT` with

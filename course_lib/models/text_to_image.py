@@ -17,11 +17,11 @@
 Speed (the chapter's crux): the UNet works on the picture folded 2x2 into channels
 (``pixel_unshuffle``: 3x32x32 -> 12x16x16). That is a lossless, parameter-free "autoencoder": the
 noise process is exactly the one in pixel space (the fold only permutes pixels), but no convolution
-runs at full resolution, where most of a small UNet's time went. Chapter 08 replaces the fold by a
+runs at full resolution, where most of a small UNet's time went. Chapter 09 replaces the fold by a
 learned autoencoder (``in_channels=4, sample_size=8, fold=1``: the same model on latents).
 
 This is pixel-space diffusion with a text encoder trained with the model: closer to GLIDE (Nichol et
-al. 2022) than to Stable Diffusion, which denoises an autoencoder's latents (chapter 08) and reads a
+al. 2022) than to Stable Diffusion, which denoises an autoencoder's latents (chapter 09) and reads a
 frozen pretrained text encoder (chapter 06).
 """
 
@@ -97,7 +97,7 @@ class UNetConfig(Config):
 @dataclass
 class TextToImageConfig(Config):
     fold: int = 2  # pixel_unshuffle factor: 3x32x32 -> 12x16x16 (1: no fold)
-    in_channels: int = 3  # what is denoised: 3 for pictures, 4 for chapter 08's latents
+    in_channels: int = 3  # what is denoised: 3 for pictures, 4 for chapter 09's latents
     sample_size: int = 32  # its side: 32 pixels, or 8 latent cells
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
@@ -110,7 +110,7 @@ class TextToImageConfig(Config):
     guidance_scale: float = 3.0
     distilled_from: str | None = None  # chapter 08: the teacher of a distilled student
     distilled_guidance_scale: float | None = None  # ... and the guidance folded into it
-    autoencoder_sha256: str | None = None  # chapter 08: the autoencoder whose latents it denoises
+    autoencoder_sha256: str | None = None  # chapter 09: the autoencoder whose latents it denoises
 
     def __post_init__(self):
         arguments.choice(

@@ -1,4 +1,4 @@
-"""Chapter 09's pipelines: pictures from image tokens, with the course's pipeline convention.
+"""Chapter 10's pipelines: pictures from image tokens, with the course's pipeline convention.
 
 * :class:`ShapesGPTPipeline` (``shapes-gpt``): ``pipe(prompts, generator=..., temperature=...,
   top_k=..., guidance_scale=..., output_type=...)`` draws token by token (KV cache) and returns
@@ -121,7 +121,7 @@ class ShapesGPTPipeline(_TokenPipeline):
         likely codes), ``guidance_scale`` (1: no guidance) default to the pipeline's.
         ``use_cache=False`` recomputes every earlier token at each step (same pictures, slower).
         ``sampler(logits [n, K], generator) -> codes [n]`` replaces the built-in temperature / top-k
-        sampling (chapter 09 plugs in the learner's); ``callback(i, codes [n, i + 1])`` runs after
+        sampling (chapter 10 plugs in the learner's); ``callback(i, codes [n, i + 1])`` runs after
         each token."""
         captions = self.encode_prompts(prompt, num_images_per_prompt)
         t, k, w = self.check_sampling(temperature, top_k, guidance_scale)

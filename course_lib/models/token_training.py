@@ -1,4 +1,4 @@
-"""Training and judging chapter 09's token models: ``shapes-gpt`` and ``shapes-maskgit``.
+"""Training and judging chapter 10's token models: ``shapes-gpt`` and ``shapes-maskgit``.
 
 Both learn from the same data: Shapes train-split pictures written as ``shapes-vq`` tokens
 (:func:`token_dataset`) with their canonical captions.
@@ -302,7 +302,7 @@ register(
     train=_registered("gpt"),
     evaluate=evaluate_gpt,
     finalize=make_gpt_pipeline,
-    chapter="09",
+    chapter="10",
     description=(
         "decoder-only Transformer over caption and shapes-vq tokens, trained in both orders: "
         "draws pictures token by token and reads them back into captions"
@@ -316,7 +316,7 @@ register(
     train=_registered("maskgit"),
     evaluate=evaluate_maskgit,
     finalize=make_maskgit_pipeline,
-    chapter="09",
+    chapter="10",
     description=(
         "bidirectional Transformer over caption and shapes-vq tokens, trained to fill hidden "
         "image tokens: draws in a few parallel steps (MaskGIT)"

@@ -2,9 +2,11 @@
 
 A small MLP (:class:`ToyNet`) learns, in seconds on a CPU, either chapter 04's ε-prediction loss or
 the flow-matching loss (:mod:`course_lib.flow`) on points of two interleaved half circles. The
-chapter then draws the paths from the same noise points to the data (:func:`toy_trajectories`),
-measures how much they bend (:func:`straightness`) and how close their ends land to the data
-(:func:`distance_to`), before and after one round of reflow (:func:`course_lib.flow.reflow_pairs`).
+chapter then draws the paths from the same noise points to the data (:func:`toy_trajectories`,
+at the flow times :func:`path_times`), measures how much they bend (:func:`straightness`, Liu et
+al.'s straightness integral), how often the straight lines between training pairs cross
+(:func:`crossing_fraction`) and how close the paths' ends land to the data (:func:`distance_to`),
+before and after one round of reflow (:func:`course_lib.flow.reflow_pairs`).
 """
 
 from __future__ import annotations
@@ -97,6 +99,24 @@ def train_toy(
     return model.eval(), hist
 
 
+def path_times(objective: str = "flow", num_inference_steps: int = 100) -> torch.Tensor:
+    """The flow times t (1: noise, 0: data) of the points :func:`toy_trajectories` returns, float64
+    [steps + 1]: the Euler grid (:func:`course_lib.flow.euler_sigmas`) for ``"flow"``; for
+    ``"ddpm"``, the flow time t = σ / (α + σ) (:func:`course_lib.flow.flow_time`) of each DDIM
+    timestep visited, then 0 for the clean end."""
+    arguments.choice(objective, ("flow", "ddpm"), "objective")
+    if objective == "flow":
+        return flow.euler_sigmas(num_inference_steps)
+    return flow.flow_time(_ddim_alphas_cumprod(num_inference_steps))[0]
+
+
+def _ddim_alphas_cumprod(num_inference_steps: int) -> torch.Tensor:
+    """ᾱ at each point of a toy DDIM path, float64 [steps + 1] (1 at the clean end)."""
+    ac = diffusion.NoiseSchedule.make("linear").alphas_cumprod
+    visited = diffusion.inference_timesteps(len(ac), num_inference_steps)
+    return torch.tensor([float(ac[t]) for t in visited] + [1.0], dtype=torch.float64)
+
+
 @torch.no_grad()
 def toy_trajectories(
     model: ToyNet,
@@ -110,7 +130,7 @@ def toy_trajectories(
     Euler steps on the learned flow (``"flow"``), or DDIM with η = 0 (``"ddpm"``), Euler's method on
     the DDPM's probability-flow ODE in its own variables (Song et al. 2021). ``flow_coordinates``:
     the DDPM's points z rescaled to z / (α + σ), where the straight path has the same noisy
-    pictures."""
+    pictures (their times: :func:`path_times`)."""
     arguments.choice(objective, ("flow", "ddpm"), "objective")
     noise = torch.randn((n, 2), generator=torch.Generator().manual_seed(seed))
     if objective == "flow":
@@ -129,19 +149,68 @@ def toy_trajectories(
     )
     path = torch.stack(path)  # [steps + 1, n, 2]
     if flow_coordinates:
-        visited = diffusion.inference_timesteps(len(ac), num_inference_steps)
-        abar = torch.tensor([float(ac[t]) for t in visited] + [1.0], dtype=torch.float64)
-        path = path * flow.flow_time(abar)[1].view(-1, 1, 1).to(path.dtype)
+        scale = flow.flow_time(_ddim_alphas_cumprod(num_inference_steps))[1]  # [steps + 1]
+        path = path * scale.view(-1, 1, 1).to(path.dtype)
     return path
 
 
-def straightness(path: torch.Tensor) -> float:
-    """How far a set of paths [steps + 1, n, d] bends: the mean of (length along the path) /
-    (distance from its start to its end). 1 is a straight line; the more above 1, the more Euler
-    steps it needs."""
-    length = (path[1:] - path[:-1]).norm(dim=-1).sum(0)  # [n]
-    chord = (path[-1] - path[0]).norm(dim=-1).clamp(min=1e-8)  # [n]
-    return float((length / chord).mean())
+def straightness(path: torch.Tensor, times, per_path: bool = False):
+    """Liu et al. (2022)'s straightness of a flow, S = E ∫ ||(x_1 - x_0) - v(x_t, t)||² dt over
+    t in [0, 1]: how far the velocity along each path strays from the path's average velocity,
+    integrated over the whole path (0: straight lines at constant speed, the paths one Euler step
+    follows exactly).
+
+    ``path`` [k + 1, n, d]: points at the flow times ``times`` [k + 1] (from 1 to 0, as
+    :func:`toy_trajectories` and :func:`path_times` give them). The velocity on each piece is its
+    displacement over its time (for Euler steps: exactly the network's velocity there). Returns the
+    mean over paths (a float), or with ``per_path`` the value of each path [n] (for an interval)."""
+    if not torch.is_tensor(path) or path.dim() != 3 or len(path) < 2:
+        raise ValueError("path must be a tensor [steps + 1, n, d] with at least two points")
+    times = torch.as_tensor(times, dtype=torch.float64)
+    if times.shape != (len(path),):
+        raise ValueError(
+            f"times must have one value per point of the path ({len(path)}), got "
+            f"shape {tuple(times.shape)}"
+        )
+    dt = times[1:] - times[:-1]  # [k]
+    if not bool((dt < 0).all() or (dt > 0).all()):
+        raise ValueError("times must run strictly one way (from 1 to 0 for these paths)")
+    p = path.double()
+    v = (p[1:] - p[:-1]) / dt.view(-1, 1, 1)  # [k, n, d] the velocity on each piece
+    mean_v = (p[-1] - p[0]) / (times[-1] - times[0])  # [n, d] x_1 - x_0 over the whole time
+    dev = ((v - mean_v) ** 2).sum(-1)  # [k, n]
+    per = (dev * dt.abs().view(-1, 1)).sum(0) / (times[-1] - times[0]).abs()  # [n]
+    return per.float() if per_path else float(per.mean())
+
+
+def crossing_fraction(
+    start: torch.Tensor, end: torch.Tensor, n_pairs: int = 20_000, seed: int = 0
+) -> float:
+    """How often the straight segments from ``start[i]`` to ``end[i]`` ([n, 2] each) cross one
+    another: the share of ``n_pairs`` random pairs (i, j), i != j, drawn with ``seed``, whose two
+    segments intersect (a proper crossing, not a shared end). Independent (data, noise) pairs
+    cross often; the pairs of one reflow, far less: the lines chapter 04 draws."""
+    if start.dim() != 2 or start.shape[1] != 2 or end.shape != start.shape:
+        raise ValueError(
+            f"start and end must be point sets [n, 2] of one shape, got {tuple(start.shape)} and "
+            f"{tuple(end.shape)}"
+        )
+    n = len(start)
+    if n < 2:
+        raise ValueError(f"need at least 2 segments, got {n}")
+    n_pairs = arguments.positive_int(n_pairs, "n_pairs")
+    g = torch.Generator().manual_seed(seed)
+    i = torch.randint(0, n, (n_pairs,), generator=g)  # [m]
+    j = (i + torch.randint(1, n, (n_pairs,), generator=g)) % n  # [m], never i
+    a, b, c, d = start[i].double(), end[i].double(), start[j].double(), end[j].double()
+
+    def side(p, q, r):  # sign of the turn p -> q -> r, [m]
+        return torch.sign(
+            (q[:, 0] - p[:, 0]) * (r[:, 1] - p[:, 1]) - (q[:, 1] - p[:, 1]) * (r[:, 0] - p[:, 0])
+        )
+
+    crosses = (side(a, b, c) * side(a, b, d) < 0) & (side(c, d, a) * side(c, d, b) < 0)
+    return float(crosses.double().mean())
 
 
 def distance_to(points: torch.Tensor, reference: torch.Tensor) -> float:

@@ -1,6 +1,6 @@
-"""Images as tokens (chapter 09 teaches it): a VQ-VAE tokenizer for Shapes.
+"""Images as tokens (chapter 10 teaches it): a VQ-VAE tokenizer for Shapes.
 
-A picture becomes a small grid of integers, as a sentence becomes word ids, so that chapter 09's
+A picture becomes a small grid of integers, as a sentence becomes word ids, so that chapter 10's
 autoregressive and masked models can generate pictures token by token:
 
 * a convolutional encoder maps a picture [n, 3, 32, 32] in [0, 1] to a grid of ``code_dim``-vectors
@@ -106,7 +106,7 @@ class VQTrainConfig(Config):
 # Quantisation and codebook usage
 # --------------------------------------------------------------------------------------------
 def quantize(z: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest-code quantisation with a straight-through gradient (chapter 09's exercise).
+    """Nearest-code quantisation with a straight-through gradient (chapter 10's exercise).
 
     ``z``: encoder vectors [..., d] (channels last); ``codebook``: [K, d]. Returns ``(q, ids)``:
     ``ids`` LongTensor [...] is the index of the nearest code of each vector (squared Euclidean
@@ -170,7 +170,7 @@ def codebook_usage(ids: torch.Tensor, codebook_size: int) -> dict:
 # --------------------------------------------------------------------------------------------
 def check_pictures(x) -> torch.Tensor:
     """``x`` itself if it is a batch of Shapes pictures (a float tensor [n, 3, 32, 32] in [0, 1]);
-    otherwise a ``TypeError`` or ``ValueError`` saying what is wrong (chapter 09's tokenizer and
+    otherwise a ``TypeError`` or ``ValueError`` saying what is wrong (chapter 10's tokenizer and
     pipelines read pictures through it)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(
@@ -260,7 +260,7 @@ class VQOutput:
 
 
 class VQTokenizer(nn.Module):
-    """VQ-VAE tokenizer for Shapes (chapter 09 teaches it): pictures [n, 3, 32, 32] in [0, 1] <->
+    """VQ-VAE tokenizer for Shapes (chapter 10 teaches it): pictures [n, 3, 32, 32] in [0, 1] <->
     tokens LongTensor [n, grid, grid] from 0 to ``codebook_size - 1``."""
 
     def __init__(self, config: "VQConfig | dict | None" = None):
@@ -549,7 +549,7 @@ register(
     build=build_vq,
     train=_train_registered,
     evaluate=evaluate_vq,
-    chapter="09",
+    chapter="10",
     description=(
         "VQ-VAE tokenizer for Shapes: 32x32x3 pictures <-> 8x8 tokens of a 256-code codebook "
         "(codebook + commitment losses, dead-code restarts)"
