@@ -16,7 +16,7 @@ MAX_CELLS = 70
 MIN_DPI = 100
 # Words about how the course was made, not about what a learner does or sees.
 DEVELOPMENT_WORDING = re.compile(
-    r"make execute|tests/test_|the issue\b|the seeds\b|these machines|\bH100\b|NOT met|"
+    r"make\s+execute|tests/test_|the\s+issue\b|the\s+seeds\b|these\s+machines|\bH100\b|NOT\s+met|"
     r"acceptance (?:target|criteria)|stored run|the reviewer",
     re.IGNORECASE,
 )
@@ -25,6 +25,17 @@ DEVELOPMENT_WORDING = re.compile(
 # fail once the chapters are re-stored.
 STORED_AT_72_DPI = {"05_text_to_image", "07_evaluation"}
 SECTION_GAP = {"07_evaluation"}
+
+
+def _chapters(known_failing: set[str], reason: str) -> list:
+    """Every chapter, those in ``known_failing`` marked as failing until re-stored (strict: the mark
+    itself fails once the chapter passes)."""
+    return [
+        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=reason))
+        if p.stem in known_failing
+        else p
+        for p in NOTEBOOKS
+    ]
 
 
 def _png_dpi(png: bytes) -> float | None:
@@ -50,16 +61,7 @@ def test_a_chapter_is_one_sitting(path):
     assert n <= MAX_CELLS, f"{path.name}: {n} cells; split it (at most {MAX_CELLS})"
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="section 3 missing"))
-        if p.stem in SECTION_GAP
-        else p
-        for p in NOTEBOOKS
-    ],
-    ids=lambda p: p.stem,
-)
+@pytest.mark.parametrize("path", _chapters(SECTION_GAP, "section 3 missing"), ids=lambda p: p.stem)
 def test_sections_are_numbered_without_gaps(path):
     numbers = _section_numbers(nbformat.read(path, as_version=4))
     assert numbers == list(range(1, len(numbers) + 1)), f"{path.name}: sections {numbers}"
@@ -72,16 +74,7 @@ def test_section_check_finds_a_gap():
     assert _section_numbers(nb) == [1, 2, 4]
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="stored at 72 dpi"))
-        if p.stem in STORED_AT_72_DPI
-        else p
-        for p in NOTEBOOKS
-    ],
-    ids=lambda p: p.stem,
-)
+@pytest.mark.parametrize("path", _chapters(STORED_AT_72_DPI, "stored at 72 dpi"), ids=lambda p: p.stem)
 def test_stored_pictures_are_at_least_100_dpi(path):
     low = []
     for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
@@ -121,3 +114,9 @@ def test_words_speak_about_the_course(path):
         for text in texts:
             hits += [(i, m.group(0)) for m in DEVELOPMENT_WORDING.finditer(text)]
     assert not hits, f"{path.name}: development wording (cell, words): {hits}"
+
+
+def test_wording_check_finds_words_about_how_the_course_was_made():
+    assert DEVELOPMENT_WORDING.search("see tests/test_flow.py for the grid")
+    assert DEVELOPMENT_WORDING.search("target NOT  met")
+    assert not DEVELOPMENT_WORDING.search("the seed of the sampler, and the noise it draws")
