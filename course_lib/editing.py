@@ -14,8 +14,13 @@ between its steps.
   and repeats it r times so the two regions agree; the output keeps the pixels outside the mask
   exactly.
 * :func:`ddim_invert` runs deterministic DDIM backwards, from a picture to the noise that DDIM
-  (guidance 1, same caption) turns back into it; :func:`ddim_reconstruct` is that way back. The
-  error of the round trip shrinks as the steps grow (each step is a first-order ODE step).
+  (same caption, guidance 1 by default) turns back into it; :func:`ddim_reconstruct` is that way
+  back. At guidance 1 the error of the round trip shrinks as the steps grow (each step is a
+  first-order ODE step); guidance > 1 breaks it (what null-text inversion repairs).
+
+Each of the three takes the line a chapter 11 exercise writes as an argument, so the learner's own
+version runs inside it: ``noise_fn=`` (:func:`noise_to_strength`), ``blend_fn=``
+(:func:`blend_known`) and ``step_fn=`` (:func:`ddim_inverse_step`).
 
 Both pipelines are made with ``from_pipe`` from chapter 05's ``ShapesPipeline`` (e.g.
 ``pretrained.load("shapes-t2i")``): they share its modules, as diffusers' ``from_pipe`` does, so no
@@ -30,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMInverseScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers.schedulers.scheduling_ddim_inverse import DDIMSchedulerOutput
 
 from . import arguments, diffusion, sampling
 from .models.text_to_image import ShapesPipeline
@@ -103,6 +109,15 @@ def check_mask(mask_image, n: int, name: str = "mask_image") -> torch.Tensor:
             f"channel, 1 = repaint), got shape {list(m.shape)}"
         )
     return _check_values(m, name).expand(n, 1, SIDE, SIDE)  # [n, 1, 32, 32]
+
+
+def _function(fn, default, name: str, signature: str):
+    """``fn`` if it is callable, ``default`` when it is None; anything else is a TypeError."""
+    if fn is None:
+        return default
+    if not callable(fn):
+        raise TypeError(f"{name} must be a function {signature} or None, got {type(fn).__name__}")
+    return fn
 
 
 def _match_counts(prompts: list, negatives, pictures: torch.Tensor):
@@ -278,14 +293,18 @@ class Img2ImgPipeline(_EditingPipeline):
     def __call__(self, prompt, image=None, strength: float = 0.8,
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  negative_prompt=None, generator: torch.Generator | None = None,
-                 output_type: str = "pil", return_dict: bool = True):
-        """``strength`` 0 returns ``image``; 1 ignores it (text to image from pure noise)."""
+                 output_type: str = "pil", return_dict: bool = True, noise_fn=None):
+        """``strength`` 0 returns ``image``; 1 ignores it (text to image from pure noise).
+        ``noise_fn``: a function with :func:`noise_to_strength`'s arguments and result, run in its
+        place (chapter 11's exercise 1 passes the learner's)."""
         prompts, negatives, pictures, steps, w, generator = self._check_common(
             prompt, negative_prompt, image, num_inference_steps, guidance_scale, generator,
             output_type)
         strength = arguments.real(strength, "strength", 0.0, 1.0)
+        noise_fn = _function(noise_fn, noise_to_strength, "noise_fn",
+                             "(scheduler, x0, strength, num_inference_steps, generator)")
         x0 = diffusion.to_model_range(pictures)  # [n, 3, 32, 32] in [-1, 1]
-        x, timesteps = noise_to_strength(self.scheduler, x0, strength, steps, generator)
+        x, timesteps = noise_fn(self.scheduler, x0, strength, steps, generator)
         if len(timesteps) == 0:
             return self.format_output(pictures.clone(), output_type, return_dict)
         cond, uncond = self._conditions(prompts, negatives, w)
@@ -321,14 +340,16 @@ class InpaintPipeline(_EditingPipeline):
     repainted region adapts to the known one; it needs a variance-preserving sampler ("ddpm",
     "ddim", "dpm++", "unipc", "dpm++sde"), and each step then runs as a loop of its own (a
     multistep solver restarts at first order). ``strength`` < 1 starts from the noised source
-    (SDEdit inside the mask).
+    (SDEdit inside the mask). ``blend_fn``: a function with :func:`blend_known`'s arguments, run
+    in its place (chapter 11's exercise 2 passes the learner's).
     """
 
     @torch.no_grad()
     def __call__(self, prompt, image=None, mask_image=None, strength: float = 1.0,
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  negative_prompt=None, generator: torch.Generator | None = None,
-                 output_type: str = "pil", return_dict: bool = True, resample: int = 1):
+                 output_type: str = "pil", return_dict: bool = True, resample: int = 1,
+                 blend_fn=None):
         """Repaint ``image`` where ``mask_image`` is 1, following ``prompt``."""
         prompts, negatives, pictures, steps, w, generator = self._check_common(
             prompt, negative_prompt, image, num_inference_steps, guidance_scale, generator,
@@ -338,6 +359,7 @@ class InpaintPipeline(_EditingPipeline):
         mask = check_mask(mask_image, len(pictures))  # [n, 1, 32, 32]
         strength = arguments.real(strength, "strength", 0.0, 1.0)
         resample = arguments.positive_int(resample, "resample")
+        blend = _function(blend_fn, blend_known, "blend_fn", "(x_t, known_noised, mask)")
         sch = self.scheduler
         if resample > 1 and (not hasattr(sch, "alphas_cumprod")
                              or getattr(sch, "init_noise_sigma", 1.0) != 1.0):
@@ -350,15 +372,15 @@ class InpaintPipeline(_EditingPipeline):
         x, timesteps = noise_to_strength(sch, x0, strength, steps, generator)
         if len(timesteps) > 0:
             x = self._repaint(x, x0, mask, timesteps, steps, prompts, negatives, w, generator,
-                              resample)
+                              resample, blend)
             out = self.decode_latents(x)  # [n, 3, 32, 32] in [0, 1]
         else:
             out = pictures.clone()
-        out = blend_known(out, pictures, mask)  # exactly the source where the mask is 0
+        out = blend(out, pictures, mask)  # exactly the source where the mask is 0
         return self.format_output(out, output_type, return_dict)
 
     def _repaint(self, x, x0, mask, timesteps, steps, prompts, negatives, w, generator,
-                 resample):
+                 resample, blend):
         """RePaint's loop on the backbone's grid; returns the final sample [n, C f^2, s, s]."""
         sch, n_t = self.scheduler, len(timesteps)
         first = len(sch.timesteps) - n_t
@@ -371,11 +393,11 @@ class InpaintPipeline(_EditingPipeline):
             def callback(pipe, i, t, kw):
                 j = offset + i + 1  # index (within timesteps) of the level x is now at
                 if j >= n_t:
-                    return {"latents": blend_known(kw["latents"], known, m)}
+                    return {"latents": blend(kw["latents"], known, m)}
                 noise = torch.randn(known.shape, generator=generator, dtype=torch.float32)
                 t_next = timesteps[j : j + 1].repeat(len(known))  # [n]
                 known_t = _add_noise(sch, known, noise.to(known), t_next)
-                return {"latents": blend_known(kw["latents"], known_t, m)}
+                return {"latents": blend(kw["latents"], known_t, m)}
 
             return callback
 
@@ -400,35 +422,75 @@ def _ddim(pipe):
     return sampling.make_scheduler("ddim", pipe)
 
 
-def ddim_invert(pipe, image, prompt, num_inference_steps: int = 50) -> torch.Tensor:
-    """The noise [n, 3, 32, 32] that deterministic DDIM (guidance 1, ``prompt``) turns into
+def ddim_inverse_step(x: torch.Tensor, eps_hat: torch.Tensor, abar_from, abar_to):
+    """One step of DDIM inversion: ``x`` [n, ...] at the level ᾱ = ``abar_from`` to the noisier
+    level ``abar_to``, with the predicted noise ``eps_hat`` [n, ...]: DDIM's deterministic update
+    (chapter 04) pointed up, sqrt(ᾱ_to) x̂_0 + sqrt(1 - ᾱ_to) ε̂ (the update of diffusers'
+    ``DDIMInverseScheduler``; chapter 11's exercise 3)."""
+    x0_hat, _ = diffusion.predicted_x0_and_eps(eps_hat, x, abar_from, "epsilon")  # [n, ...]
+    a = torch.as_tensor(abar_to, dtype=x.dtype, device=x.device)
+    return a.sqrt() * x0_hat + (1 - a).sqrt() * eps_hat  # [n, ...]
+
+
+def _inverse_scheduler(pipe, step_fn=None):
+    """diffusers' ``DDIMInverseScheduler`` with the pipeline's schedule; with ``step_fn``, its
+    update is ``step_fn(x, eps_hat, abar_from, abar_to)`` (the levels its own step would use)."""
+    inverse = DDIMInverseScheduler.from_config(_ddim(pipe).config)
+    if step_fn is None:
+        return inverse
+    T = inverse.config.num_train_timesteps
+
+    def step(model_output, timestep, sample, return_dict: bool = True):
+        t_to = int(timestep)
+        t_from = min(t_to - T // inverse.num_inference_steps, T - 1)  # diffusers' own rule
+        a_from = inverse.alphas_cumprod[t_from] if t_from >= 0 else inverse.initial_alpha_cumprod
+        a_to = inverse.alphas_cumprod[t_to]
+        x0, eps = diffusion.predicted_x0_and_eps(model_output, sample, float(a_from),
+                                                 inverse.config.prediction_type)
+        x = step_fn(sample, eps, float(a_from), float(a_to))  # [n, ...]
+        return DDIMSchedulerOutput(prev_sample=x, pred_original_sample=x0)
+
+    inverse.step = step
+    return inverse
+
+
+def ddim_invert(pipe, image, prompt, num_inference_steps: int = 50,
+                guidance_scale: float = 1.0, step_fn=None) -> torch.Tensor:
+    """The noise [n, 3, 32, 32] that deterministic DDIM (``prompt``, ``guidance_scale``) turns into
     ``image`` ([n, 3, 32, 32] in [0, 1]): DDIM's steps run backwards, from t = 0 to T
     (diffusers' ``DDIMInverseScheduler``, through the course's loop). Each step evaluates the
-    network at the level it leaves, not the one it reaches: the round trip is exact only as the
-    steps shrink. ``pipe``: a pixel-space ShapesPipeline (or an editing pipeline)."""
+    network on the sample it leaves, not on the one it reaches (not known yet): the round trip is
+    exact only as the steps shrink, and guidance > 1 makes that error grow (chapter 11).
+    ``step_fn(x, eps_hat, abar_from, abar_to)``: the update, in place of the scheduler's (None:
+    diffusers' own; :func:`ddim_inverse_step` is the same). ``pipe``: a pixel-space
+    ShapesPipeline (or an editing pipeline)."""
     arguments.prompts(prompt, allow_empty_text=False)
     prompts, _ = pipe.check_prompts(prompt)
     pictures = check_pictures(image)
     prompts, _, pictures = _match_counts(prompts, None, pictures)
     steps = arguments.steps(num_inference_steps, pipe.scheduler.config.num_train_timesteps)
-    inverse = DDIMInverseScheduler.from_config(_ddim(pipe).config)
+    w = arguments.guidance(guidance_scale)
+    step_fn = _function(step_fn, None, "step_fn", "(x, eps_hat, abar_from, abar_to)")
+    inverse = _inverse_scheduler(pipe, step_fn)
     x = diffusion.to_model_range(pictures)  # [n, 3, 32, 32]
     x = F.pixel_unshuffle(x, pipe.fold) if pipe.fold > 1 else x  # [n, 3 f^2, 32/f, 32/f]
     x = x.to(pipe.backbone.device, pipe.backbone.dtype)
     with torch.no_grad():
         cond = pipe.encode_prompt(prompts)
-        z = sampling.denoise_loop(inverse, pipe.network, x, steps, cond)  # [n, 3 f^2, s, s]
+        uncond = pipe.encode_prompt([""] * len(prompts)) if w != 1.0 else None
+        z = sampling.denoise_loop(inverse, pipe.network, x, steps, cond, uncond, w)
     z = F.pixel_shuffle(z.float(), pipe.fold) if pipe.fold > 1 else z.float()
     return z.cpu()  # [n, 3, 32, 32]
 
 
-def ddim_reconstruct(pipe, noise: torch.Tensor, prompt, num_inference_steps: int = 50):
-    """Pictures [n, 3, 32, 32] in [0, 1]: deterministic DDIM (guidance 1, ``prompt``) from
-    ``noise`` [n, 3, 32, 32], e.g. what :func:`ddim_invert` returned with the same steps."""
+def ddim_reconstruct(pipe, noise: torch.Tensor, prompt, num_inference_steps: int = 50,
+                     guidance_scale: float = 1.0):
+    """Pictures [n, 3, 32, 32] in [0, 1]: deterministic DDIM (``prompt``, ``guidance_scale``)
+    from ``noise`` [n, 3, 32, 32], e.g. what :func:`ddim_invert` returned with the same steps."""
     ddim_pipe = ShapesPipeline(**{**pipe.components, "scheduler": _ddim(pipe)})  # shared modules
     ddim_pipe.set_progress_bar_config(disable=True)
     prompts = arguments.prompts(prompt, allow_empty_text=False)
     if len(prompts) == 1 and isinstance(noise, torch.Tensor) and noise.dim() == 4:
         prompts = prompts * len(noise)  # one prompt for every picture
     return ddim_pipe(prompts, latents=noise, num_inference_steps=num_inference_steps,
-                     guidance_scale=1.0, output_type="pt").images
+                     guidance_scale=guidance_scale, output_type="pt").images

@@ -54,6 +54,18 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     )  # p inside, as rounding may not
 
 
+def share_interval(successes: int, n: int) -> tuple[float, float, float]:
+    """``(successes / n, low, high)``: a measured share with its 95% Wilson interval
+    (:func:`wilson_interval`), in the form :func:`interval_verdict` reads. Chapter 06 reads the
+    planner's exact plans among the accepted this way."""
+    if isinstance(successes, bool) or not isinstance(successes, (int, np.integer)):
+        raise TypeError(f"successes must be an int count, got {successes!r}")
+    if n > 0 and not 0 <= successes <= n:
+        raise ValueError(f"successes must be from 0 to n={n}, got {successes}")
+    low, high = wilson_interval(int(successes), n)  # checks n first
+    return successes / n, low, high
+
+
 def interval_verdict(a: tuple, b: tuple) -> str:
     """Read two measurements ``(value, low, high)`` (95% intervals, e.g. :func:`judge_set`'s)
     against each other: ``"higher"`` or ``"lower"`` when the intervals of ``a`` and ``b`` do not
@@ -105,8 +117,7 @@ def judge_set(images: torch.Tensor, targets: list[str], judge=None) -> dict:
     cols = {a: correct[:, i] for i, a in enumerate(shapes.ATTRIBUTES)}
     cols["all"] = correct.all(1)
     for k, c in cols.items():
-        s = int(c.sum())
-        out[k] = (s / n, *wilson_interval(s, n))
+        out[k] = share_interval(int(c.sum()), n)
     return out
 
 
@@ -194,7 +205,8 @@ def ladder_figure(
     results: dict, sizes: dict, attributes=("color", "shape", "all"), title: str | None = None
 ):
     """One panel per attribute: accuracy (with 95% intervals) against the text encoder's parameter
-    count (log scale), one line per prompt set, the chance level dashed. ``sizes``: ``{encoder:
+    count (log scale), one line per prompt set, the chance level dashed (the y axis starts a little
+    below 0, so a chance level near 0 is not hidden by the axis). ``sizes``: ``{encoder:
     parameters}``. The legend has a row of its own under the panels and ``title`` a band of its
     own above them, so neither covers a curve. Returns the matplotlib figure."""
     import matplotlib.pyplot as plt
@@ -231,7 +243,7 @@ def ladder_figure(
         ax.margins(x=0.12)  # tick labels of neighbouring panels apart
         ax.tick_params(labelsize=9)
         ax.set_title("all five attributes" if attr == "all" else attr, fontsize=10)
-        ax.set_ylim(0, 1.02)
+        ax.set_ylim(-0.06, 1.04)  # room under 0: all five's chance (1/324) sits on the axis
     axes[0, 0].set_ylabel("judged right (95% interval)", fontsize=10)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=9)

@@ -276,6 +276,24 @@ def mmd2_unbiased(a: torch.Tensor, b: torch.Tensor, **kernel) -> float:
     return float(off - 2 * kab.sum() / m**2)
 
 
+def standardise_features(feats_real, *others) -> tuple[torch.Tensor, ...]:
+    """``feats_real`` and each of ``others`` ([n, d] each) as float64, minus the real set's
+    per-feature mean and divided by its per-feature spread: a fixed affine map, so a kernel distance
+    on the result is still a distance between the sets (chapter 07; chapter 08's KIDs).
+
+    A spread below the average spread over the d features counts as that average. A judge's ReLU
+    feature that never fires on the real pictures has spread 0; dividing by about 0 turns one
+    generated picture that fires it into a value near 1e6, which KID's cubic kernel raises to 1e18
+    and more (one-step DDIM pictures in chapter 08 scored KIDs above 1e30)."""
+    a = _f64(feats_real)
+    if a.dim() != 2 or len(a) < 2:
+        raise ValueError(f"real features must be [n >= 2, d], got {tuple(a.shape)}")
+    sd = a.std(0)  # [d]
+    scale = sd.clamp(min=float(sd.mean()) or 1.0)  # [d]; all spreads 0: no scaling
+    mu = a.mean(0)  # [d]
+    return tuple((_f64(x) - mu) / scale for x in (a, *others))
+
+
 def paired_kernel_distance(feats_real, feats_fake, standardise: bool = True) -> float:
     """KID's squared MMD (cubic kernel) for two sets whose rows are **paired**: row i of both was
     asked for the same caption or label (chapter 07's Shapes scoreboard, chapter 08's sampler
@@ -285,9 +303,10 @@ def paired_kernel_distance(feats_real, feats_fake, standardise: bool = True) -> 
     random draws, so on two stratified samples of one distribution it is biased *below* 0 (we
     measured about -7.8e6 for real against real Shapes on raw judge features). Here every mean
     leaves out the pairs (i, i), so the expectation is 0 when both come from the same conditional
-    distribution. ``standardise``: scale both by the real set's per-feature mean and spread first (a
-    fixed affine map, so still a distance between the two sets); the judges' ReLU features are
-    unbounded and the cubic kernel would otherwise be ruled by a few large ones.
+    distribution. ``standardise``: scale both by the real set's per-feature mean and spread first
+    (:func:`standardise_features`: a fixed affine map, so still a distance between the two sets);
+    the judges' ReLU features are unbounded and the cubic kernel would otherwise be ruled by a few
+    large ones.
     """
     a, b = _f64(feats_real), _f64(feats_fake)
     if a.shape != b.shape or len(a) < 2:
@@ -296,8 +315,7 @@ def paired_kernel_distance(feats_real, feats_fake, standardise: bool = True) -> 
             f"{tuple(b.shape)}"
         )
     if standardise:
-        mu, sd = a.mean(0), a.std(0) + 1e-6
-        a, b = (a - mu) / sd, (b - mu) / sd
+        a, b = standardise_features(a, b)
     off = ~torch.eye(len(a), dtype=torch.bool)
     kaa, kbb, kab = polynomial_kernel(a, a), polynomial_kernel(b, b), polynomial_kernel(a, b)
     return float(kaa[off].mean() + kbb[off].mean() - 2 * kab[off].mean())
@@ -322,14 +340,20 @@ def kernel_inception_distance(
 
     Returns the mean (and the standard deviation over subsets with ``return_std``); ``seed`` fixes
     the subsets. ``mmd(a, b) -> float`` estimates one subset's squared MMD with the cubic kernel
-    (default :func:`mmd2_unbiased`; chapter 07 passes the learner's own).
+    (default :func:`mmd2_unbiased`; chapter 07 passes the learner's own). When the subset size
+    covers both whole sets, every "subset" would be the same two sets reshuffled, and the estimate
+    does not depend on the order: it is computed once (standard deviation 0), whatever ``subsets``.
     """
     a, b = _f64(feats_a), _f64(feats_b)
+    if subsets < 1:
+        raise ValueError(f"subsets must be at least 1, got {subsets}")
     m = min(subset_size, len(a), len(b))
     if m < 2:
         raise ValueError("KID needs at least 2 samples in each set")
     if mmd is not None and (degree, gamma, coef) != (3, None, 1.0):
         raise ValueError("give either mmd or the kernel's degree/gamma/coef, not both")
+    if m == len(a) == len(b):  # the whole sets: one estimate, not reshuffled copies of it
+        subsets = 1
     g = torch.Generator().manual_seed(seed)
     vals = []
     for _ in range(subsets):

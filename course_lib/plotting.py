@@ -111,22 +111,44 @@ def plot_losses(
     history, keys=None, window: int = 25, ax=None, title: str | None = None, logy: bool = False
 ):
     """Plot logged curves of a :class:`~course_lib.training.History` (or a dict name -> list),
-    raw values faint and smoothed values solid. Returns the axes."""
+    raw values faint and smoothed values solid. Returns the axes.
+
+    The smoothed line is :func:`smooth`'s mean over ``window`` steps (at most half the curve),
+    drawn at the centre of its window, so it does not lag behind the raw one. The legend says
+    which line is which."""
+    from matplotlib.lines import Line2D
+
     logs = history.logs if hasattr(history, "logs") else dict(history)
     keys = keys or list(logs)
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3))
+    handles, spans = [], set()
     for k in keys:
-        vals = logs[k]
-        (line,) = ax.plot(vals, alpha=0.25)
-        ax.plot(smooth(vals, window), color=line.get_color(), label=k)
+        vals = np.asarray(logs[k], dtype=np.float64)
+        w = int(max(1, min(window, len(vals) // 2)))  # a short curve keeps a visible shape
+        spans.add(w)
+        steps = np.arange(len(vals))
+        centre = (np.maximum(0, steps - w + 1) + steps) / 2  # middle of each mean's window
+        (raw,) = ax.plot(steps, vals, alpha=0.25)
+        (smoothed,) = ax.plot(centre, smooth(vals, w), color=raw.get_color())
+        if len(keys) == 1:
+            raw.set_label(f"{k}, raw (each step)")
+            smoothed.set_label(f"{k}, smoothed over {w} steps")
+            handles += [raw, smoothed]
+        else:
+            smoothed.set_label(k)
+            handles.append(smoothed)
+    if len(keys) > 1:  # one entry per curve, then what the two line styles mean
+        w = f"{spans.pop()} steps" if len(spans) == 1 else f"up to {window} steps"
+        handles += [Line2D([], [], color="gray", alpha=0.35, label="raw (each step)"),
+                    Line2D([], [], color="gray", label=f"smoothed over {w}")]
     ax.set_xlabel("step")
     if logy:
         ax.set_yscale("log")
         # plain numbers ("0.05", "1.2") on the log axis, not 1.2x10^0 on a short range of losses
         ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(ticker.LogFormatter(minor_thresholds=(2, 0.4)))
-    ax.legend()
+    ax.legend(handles=handles, fontsize=9)
     if title:
         ax.set_title(title)
     return ax
@@ -162,3 +184,74 @@ class LiveGrid:
         elif self.handle is not None:
             self.handle.update(self.fig)
         plt.close(self.fig)
+
+
+def place_labels(ax, xs, ys, labels, fontsize: int = 9, marker_points: float = 6.0, **text_kw):
+    """Write ``labels[i]`` beside the point ``(xs[i], ys[i])`` of ``ax`` so that no two labels
+    overlap, no label covers a point, and every label stays inside the axes (chapter 07's
+    scoreboard). Each label tries places around its point, ring after ring further out, and takes
+    the first free one; a label that had to move away gets a thin line to its point. Call it once
+    the axes' limits, scales and the figure's layout are final. Returns the text artists.
+    """
+    xs, ys, labels = list(xs), list(ys), [str(t) for t in labels]
+    if not len(xs) == len(ys) == len(labels):
+        raise ValueError(
+            f"xs, ys and labels need the same length, got {len(xs)}, {len(ys)}, {len(labels)}"
+        )
+    if fontsize < 9:
+        raise ValueError(f"fontsize must be at least 9 (readable), got {fontsize}")
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    px = fig.dpi / 72.0  # pixels per point
+    xv, yv = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    bad = ~np.isfinite(xv) | ~np.isfinite(yv)
+    bad |= (xv <= 0) if ax.get_xscale() == "log" else False
+    bad |= (yv <= 0) if ax.get_yscale() == "log" else False
+    if bad.any():
+        raise ValueError("every point must be finite on the axes (on a log axis: above 0)")
+    pts = ax.transData.transform(np.column_stack([xv, yv])) if xs else []  # [n, 2] pixels
+    frame = ax.get_window_extent(renderer)
+    r_mark = marker_points * px
+    taken = [(x - r_mark, y - r_mark, x + r_mark, y + r_mark) for x, y in pts]  # the markers
+
+    def free(box):
+        inside = frame.x0 <= box[0] and box[2] <= frame.x1 and frame.y0 <= box[1]
+        inside = inside and box[3] <= frame.y1
+        return inside and not any(
+            box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in taken
+        )
+
+    angles = np.deg2rad([45, 135, -45, -135, 0, 180, 90, -90, 22, 158, -22, -158, 68, 112, -68])
+    rings = [r_mark + 2 * px + k * 0.9 * fontsize * px for k in range(12)]
+    artists = []
+    for (x, y), text in zip(pts, labels):
+        probe = ax.text(0, 0, text, fontsize=fontsize, transform=None, **text_kw)
+        ext = probe.get_window_extent(renderer)
+        probe.remove()
+        w, h = ext.width + 3 * px, ext.height + px  # a small gap between neighbours
+        box, ring = None, 0
+        for ring, r in enumerate(rings):
+            for a in angles:  # the box's nearest corner or edge sits r away from the point
+                dx, dy = r * math.cos(a), r * math.sin(a)
+                x0 = x + dx if dx > 1e-6 else (x + dx - w if dx < -1e-6 else x - w / 2)
+                y0 = y + dy if dy > 1e-6 else (y + dy - h if dy < -1e-6 else y - h / 2)
+                if free((x0, y0, x0 + w, y0 + h)):
+                    box = (x0, y0, x0 + w, y0 + h)
+                    break
+            if box is not None:
+                break
+        if box is None:  # nowhere free: the first place, overlapping
+            box, ring = (x + rings[0], y + rings[0], x + rings[0] + w, y + rings[0] + h), 0
+        taken.append(box)
+        to_data = ax.transData.inverted()
+        x_text, y_text = to_data.transform((box[0], box[1]))
+        artists.append(
+            ax.text(x_text, y_text, text, ha="left", va="bottom", fontsize=fontsize,
+                    clip_on=False, **text_kw)
+        )
+        if ring > 0:  # moved away from its point: a thin line from the label to it
+            nearest = (min(max(x, box[0]), box[2]), min(max(y, box[1]), box[3]))
+            ax.annotate("", to_data.transform((x, y)), xytext=to_data.transform(nearest),
+                        arrowprops={"arrowstyle": "-", "lw": 0.6, "color": "0.4"},
+                        annotation_clip=False)
+    return artists

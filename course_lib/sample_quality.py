@@ -61,7 +61,8 @@ def paired_kid_jackknife(feats_real, feats_fake) -> tuple[float, float]:
     time without target i (in every copy), and the standard error is
     ``sqrt((n - 1) / n * sum((value_i - mean)^2))``. Needs n >= 4 targets. The leave-one-out
     values come from the same kernel matrices (drop row and column i from the off-diagonal sums),
-    so this costs about what one estimate costs.
+    so this costs about what one estimate costs. The diagonal is set to 0 before any sum, not
+    subtracted after: one large k(i, i) would otherwise cancel every digit of the other terms.
     """
     a, b = torch.as_tensor(feats_real).double(), torch.as_tensor(feats_fake).double()
     n = len(b)
@@ -72,19 +73,21 @@ def paired_kid_jackknife(feats_real, feats_fake) -> tuple[float, float]:
         )
     copies = len(a) // n
     full, loo = 0.0, torch.zeros(n, dtype=torch.float64)  # loo: [n] leave-one-out estimates
-    kbb = metrics.polynomial_kernel(b, b)  # [n, n], the same for every copy
+    def off_diagonal(k):  # [n, n] -> [n, n] with the pairs (i, i) set to 0
+        return k.masked_fill(torch.eye(n, dtype=torch.bool), 0.0)
+
+    kbb = off_diagonal(metrics.polynomial_kernel(b, b))  # [n, n], the same for every copy
     for j in range(copies):
         r = a[j * n : (j + 1) * n]  # [n, d] copy j
         for k, sign in (
-            (metrics.polynomial_kernel(r, r), 1.0),
+            (off_diagonal(metrics.polynomial_kernel(r, r)), 1.0),
             (kbb, 1.0),
-            (metrics.polynomial_kernel(r, b), -2.0),
+            (off_diagonal(metrics.polynomial_kernel(r, b)), -2.0),
         ):
-            diag = k.diagonal()  # [n]
-            off = k.sum() - diag.sum()  # all pairs (i, j), i != j
+            off = k.sum()  # all pairs (i, j), i != j
             full += sign * float(off) / (n * (n - 1)) / copies
-            # without target i: drop row i and column i (the diagonal is not in `off`)
-            without = off - (k.sum(1) - diag) - (k.sum(0) - diag)  # [n]
+            # without target i: drop row i and column i (the diagonal is already 0)
+            without = off - k.sum(1) - k.sum(0)  # [n]
             loo += sign * without / ((n - 1) * (n - 2)) / copies
     se = float(((n - 1) / n * ((loo - loo.mean()) ** 2).sum()).sqrt())
     return full, se
@@ -95,8 +98,9 @@ def quality(model, images: torch.Tensor, targets, reference: torch.Tensor | None
     digits: the asked-for digit) and KID x 1000 between the judge's penultimate features of
     ``images`` and of ``reference`` (real pictures; KID is unbiased at small n, unlike FID, so a
     few dozen pictures per point are enough to compare samplers). Features are standardised with
-    the reference's per-feature mean and standard deviation first (a fixed affine map, so KID stays
-    a distance between the two sets). ``kid_se``: the jackknife standard error of ``kid`` over
+    the reference's per-feature mean and standard deviation first
+    (:func:`course_lib.metrics.standardise_features`: a fixed affine map, so KID stays a distance
+    between the two sets). ``kid_se``: the jackknife standard error of ``kid`` over
     the targets (:func:`paired_kid_jackknife`), NaN where the reference does not hold whole copies
     of the targets or there are fewer than 4 of them."""
     captions = len(targets) > 0 and isinstance(
@@ -113,9 +117,8 @@ def quality(model, images: torch.Tensor, targets, reference: torch.Tensor | None
         fa, fb = metrics.extract_features(images, judge), metrics.extract_features(reference, judge)
         # standardise both with the real pictures' per-feature mean and spread: the judge's ReLU
         # features are unbounded, and KID's cubic kernel would otherwise be ruled by a few large
-        # ones
-        mu, sd = fb.mean(0), fb.std(0) + 1e-6
-        fa, fb = ((fa - mu) / sd).double(), ((fb - mu) / sd).double()
+        # ones (a spread near 0, a feature real pictures never fire, counts as the average one)
+        fb, fa = metrics.standardise_features(fb, fa)
         n = len(fa)
         if len(fb) % n == 0 and n >= 4:
             # the reference holds whole copies of the targets (reference_set): compare like with

@@ -4,7 +4,11 @@ For each model the manifest ships (``course_lib.pretrained``), the scoreboard sa
 measures, with :mod:`course_lib.metrics`:
 
 * **quality and diversity**: domain FID and KID against held-out real pictures (features: the
-  ``mnist-classifier`` for digits, the ``shapes-judge`` for Shapes), precision and recall (k=3);
+  ``mnist-classifier`` for digits, the ``shapes-judge`` for Shapes), precision and recall (k=3).
+  KID comes in two columns on different scales, never compared with each other: ``kid``, the plain
+  unbiased KID on the judge's raw features (digit rows), and ``paired_kid_x1000``, the paired
+  estimator :func:`course_lib.metrics.paired_kernel_distance` on standardised features, times 1000
+  (Shapes rows, each picture asked for the caption of the reference picture in the same row);
 * **alignment**: for class-conditional digit models, how often the classifier reads the asked-for
   digit; for text-to-image, the Shapes judge's caption accuracy (all five attributes right), the
   tiny CLIP's score and the captioner round trip when those models are shipped; for unconditional
@@ -12,8 +16,10 @@ measures, with :mod:`course_lib.metrics`:
 * **efficiency**: latency per picture (median of repeated batches, warm-up excluded), peak memory
   while sampling, parameters, size on disk, and the recorded training time.
 
-Each domain also gets a **reference row**: real pictures scored the same way (same number of
-samples), the best a model can hope for at that sample size. Models that are not shipped yet, or
+Each domain also gets a **reference row**: held-out real pictures scored against the reference
+pictures the same way (same number of samples), a yardstick for that sample size, not a bound: a
+model can score below it by chance, or because a metric's estimate is biased. Models that are not
+shipped yet, or
 whose interface the scoreboard does not know, are skipped with a note; a model that fails while
 being scored is skipped with the error, and the others are still scored.
 
@@ -46,6 +52,7 @@ COLUMNS = (
     "n",
     "fid",
     "kid",
+    "paired_kid_x1000",
     "precision",
     "recall",
     "inception_score",
@@ -234,20 +241,27 @@ def _batched(fn, n: int, batch: int, generator, *extra):
 # Scoring
 # ---------------------------------------------------------------------------------------------
 def _quality(fake: torch.Tensor, ref: Reference, kid_subset: int = 100) -> dict:
+    """FID, KID, precision and recall of ``fake`` against ``ref``; the row keeps the features
+    ``[n, d]`` under ``_features`` (not a column) for a closer look at its FID."""
     f = metrics.extract_features(fake, ref.net)
     p, r = metrics.precision_recall(ref.feats, f, k=3)
     if ref.captions is not None:
         # Shapes rows are paired with the reference caption by caption: the paired estimator, on
-        # standardised features (see metrics.paired_kernel_distance); compare within a domain only
-        kid = metrics.paired_kernel_distance(ref.feats[: len(f)], f)
+        # standardised features (see metrics.paired_kernel_distance), in a column of its own
+        kid = {"paired_kid_x1000": 1000 * metrics.paired_kernel_distance(ref.feats[: len(f)], f)}
     else:
-        kid = metrics.kernel_inception_distance(ref.feats, f, subsets=50, subset_size=kid_subset)
+        kid = {
+            "kid": metrics.kernel_inception_distance(
+                ref.feats, f, subsets=50, subset_size=kid_subset
+            )
+        }
     return {
         "n": len(fake),
         "fid": metrics.frechet_distance(ref.feats, f),
-        "kid": kid,
+        **kid,
         "precision": p,
         "recall": r,
+        "_features": f,
     }
 
 
@@ -281,7 +295,8 @@ def _efficiency(model, call, name: str, n_per_call: int, repeats: int) -> dict:
 
 
 def reference_row(ref: Reference, n: int, seed: int = 0) -> dict:
-    """Real pictures scored like a model: the floor of FID/KID at this ``n``."""
+    """Held-out real pictures scored like a model: the domain's yardstick at this ``n`` (not a
+    bound: a model may score below it by chance or by a metric's bias)."""
     g = torch.Generator().manual_seed(seed)
     if ref.domain == "digits":
         x, y = mnist.load_mnist("train")
@@ -381,8 +396,13 @@ def score_text_model(
 
 @dataclass
 class Scoreboard:
+    """What :func:`build` returns: one dict per row (keys starting with ``_``, such as the
+    features ``_features``, are not columns), notes on models not scored, and the
+    :class:`Reference` of each domain scored (``{"digits": ..., "shapes": ...}``)."""
+
     rows: list
     notes: list
+    references: dict = field(default_factory=dict)
 
     def frame(self):
         """The table as a pandas DataFrame (columns in :data:`COLUMNS` order)."""
@@ -445,7 +465,8 @@ def build(
 
     ``n_digits`` / ``n_shapes``: pictures per model (FID depends on it: compare rows of one table
     only). ``text_kwargs``: pipeline arguments for every text model (default: each model's own
-    defaults); ``text_variants``: extra rows per text model, e.g.
+    defaults; a pipeline whose call does not take one of them is called without it);
+    ``text_variants``: extra rows per text model, e.g.
     ``{"shapes-t2i": [{"num_inference_steps": 5}]}`` adds a row sampled with 5 steps.
     ``ddpm_steps``: DDIM steps for the digit DDPM (scored unconditionally and with class guidance).
     ``latency_batch`` pictures per timed call (digit models use 4 times as many), ``repeats`` timed
@@ -489,6 +510,8 @@ def build(
             if entry.domain == "shapes":
                 ref = ref_for("shapes")
                 for kw in [dict(text_kwargs or {})] + list((text_variants or {}).get(name, [])):
+                    # a pipeline without steps (the token models) ignores a steps setting
+                    kw = {k: v for k, v in kw.items() if _accepts(model, k)}
                     row = score_text_model(
                         name,
                         model,
@@ -527,83 +550,78 @@ def build(
         except Exception as exc:  # one broken model must not sink the table
             last = traceback.format_exception_only(type(exc), exc)[-1].strip()
             notes.append(f"{name}: skipped, scoring raised {last}")
-    return Scoreboard(rows, sorted(set(notes)))
+    return Scoreboard(rows, sorted(set(notes)), refs)
 
 
 def plot(board: Scoreboard, fig=None):
-    """One figure, three panels: FID per model (log scale, per domain, reference dashed), precision
-    against recall, and latency per picture against size on disk."""
+    """One figure, three panels: FID per model (log scale, per domain, reference rows dashed),
+    precision against recall, and latency per picture against size on disk. The FID panel numbers
+    the models; the two scatter panels mark each model by its number (real pictures: a star),
+    placed by :func:`course_lib.plotting.place_labels` so that no label covers another. Every text
+    is 9 pt or larger; legends sit outside the panels."""
     import matplotlib.pyplot as plt
-    import numpy as np
+    from matplotlib.lines import Line2D
+
+    from .plotting import place_labels
 
     df = board.frame()
     if fig is None:
-        fig = plt.figure(figsize=(15, 4.5))
-    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.2, 1, 1]})
-    colors = {"digits": "tab:blue", "shapes": "tab:orange"}
+        fig = plt.figure(figsize=(16, 6))
+    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.3, 1, 1]})
+    colors = {"digits": "tab:blue", "shapes": "tab:orange"}  # domain -> colour
     if df.empty:
         for ax in axes:
-            ax.text(0.5, 0.5, "no model shipped yet", ha="center", va="center")
+            ax.text(0.5, 0.5, "no model shipped yet", ha="center", va="center", fontsize=10)
             ax.set_axis_off()
         return fig
-    models = df[~df["model"].str.startswith("real ")]
-    models = models.iloc[
-        np.argsort(models["domain"].to_numpy(), kind="stable")
-    ]  # digits, then Shapes
-    reals = df[df["model"].str.startswith("real ")]
+    is_real = df["model"].str.startswith("real ")
+    models = df[~is_real]
+    models = models.iloc[np.argsort(models["domain"].to_numpy(), kind="stable")]  # digits first
+    number = {m: str(i + 1) for i, m in enumerate(models["model"])}  # the key: the FID panel
+    reals = df[is_real]
     ax = axes[0]
     ax.barh(np.arange(len(models)), models["fid"], color=[colors[d] for d in models["domain"]])
-    ax.set_yticks(np.arange(len(models)), models["model"])
+    ax.set_yticks(np.arange(len(models)), [f"{m}  {number[m]:>2}" for m in models["model"]])
+    ax.tick_params(labelsize=9)
     for _, r in reals.iterrows():
-        ax.axvline(
-            r["fid"],
-            color=colors[r["domain"]],
-            ls="--",
-            lw=1,
-            label=f"{r['model']}: {r['fid']:.1f}",
-        )
+        ax.axvline(r["fid"], color=colors[r["domain"]], ls="--", lw=1.2,
+                   label=f"{r['model']}: FID {r['fid']:.1f}")
     ax.set_xscale("log")
     ax.set_xlabel("domain FID (log scale, lower is better)")
-    if len(reals):  # below the panel: inside, it hid the last bars
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1)
+    ax.set_title("FID per model (dashed: real pictures)", fontsize=10)
     ax.invert_yaxis()
-    ax = axes[1]
-    for _, r in df.iterrows():
-        ax.scatter(
-            r["recall"],
-            r["precision"],
-            color=colors[r["domain"]],
-            marker="*" if r["model"].startswith("real ") else "o",
-            s=80,
-        )
-        ax.annotate(
-            r["model"],
-            (r["recall"], r["precision"]),
-            fontsize=7,
-            xytext=(3, 3),
-            textcoords="offset points",
-        )
-    ax.set_xlim(-0.05, 1.05)
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel("recall (variety covered)")
-    ax.set_ylabel("precision (realism)")
-    ax = axes[2]
-    if "ms_per_picture" in models:
-        for _, r in models.iterrows():
-            ax.scatter(r["size_mb"], r["ms_per_picture"], color=colors[r["domain"]], s=60)
-            ax.annotate(
-                r["model"],
-                (r["size_mb"], r["ms_per_picture"]),
-                fontsize=7,
-                xytext=(3, 3),
-                textcoords="offset points",
-            )
-        ax.set_yscale("log")
-    ax.set_xlabel("size on disk (MB)")
-    ax.set_ylabel("ms per picture (log scale)")
-    fig.suptitle(
-        "The course's scoreboard (blue: digits, orange: Shapes; "
-        "FID comparable within a domain only)"
-    )
+    if len(reals):  # below the panel: inside, it hid bars
+        ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1)
+    scatters = [(axes[1], df, "recall", "precision")]
+    if "ms_per_picture" in models and "size_mb" in models:
+        scatters.append((axes[2], models, "size_mb", "ms_per_picture"))
+    for ax, rows, x, y in scatters:
+        for _, r in rows.dropna(subset=[x, y]).iterrows():
+            real = r["model"].startswith("real ")
+            ax.scatter(r[x], r[y], color=colors[r["domain"]], marker="*" if real else "o",
+                       s=130 if real else 45, zorder=4 if real else 3,
+                       edgecolors="k" if real else "none", linewidths=0.6)
+    pr = df[["recall", "precision"]].dropna()
+    low = [max(-0.05, float(pr[c].min()) - 0.12) if len(pr) else -0.05 for c in pr.columns]
+    axes[1].set_xlim(low[0], 1.12)  # zoomed to the points, with room for their labels
+    axes[1].set_ylim(low[1], 1.12)
+    axes[1].set_xlabel("recall (variety covered)")
+    axes[1].set_ylabel("precision (realism)")
+    axes[1].set_title("precision and recall (numbers: left panel)", fontsize=10)
+    if len(scatters) > 1:
+        axes[2].set_yscale("log")
+        axes[2].margins(0.2, 0.35)
+    axes[2].set_xlabel("size on disk (MB)")
+    axes[2].set_ylabel("ms per picture (log scale)")
+    axes[2].set_title("cost per picture (numbers: left panel)", fontsize=10)
+    key = [Line2D([], [], color=c, marker="o", ls="", label=d.replace("shapes", "Shapes"))
+           for d, c in colors.items()]
+    key.append(Line2D([], [], color="0.5", marker="*", ms=12, mec="k", ls="", label="real"))
+    axes[1].legend(handles=key, fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.12),
+                   ncol=3)
+    fig.suptitle("The course's scoreboard (FID comparable within a domain only)", fontsize=11)
     fig.tight_layout()
+    for ax, rows, x, y in scatters:  # after the layout: the labels go where they will stay
+        rows = rows[~rows["model"].str.startswith("real ")].dropna(subset=[x, y])
+        place_labels(ax, rows[x], rows[y], [number[m] for m in rows["model"]], fontsize=9)
     return fig

@@ -109,7 +109,8 @@ def set_time_line(nb, rec: dict) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("notebooks", nargs="*", help="chapter numbers or paths (default: all)")
-    ap.add_argument("--quick", action="store_true", help="only a quick-mode run, to try the script (stores nothing)")
+    ap.add_argument("--quick", action="store_true", help="only a quick-mode run, to try the script (stores nothing in notebooks/; "
+                    "with --out, writes the quick copy there)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
     ap.add_argument("--out", default=None, help="write the executed notebooks to this folder instead "
@@ -127,9 +128,15 @@ def main(argv=None) -> int:
                 print(f"{path.name}: {execution.TIME_LINE.search(nb.cells[0].source).group(0)}")
         return 0
     for path in notebook_paths(args.notebooks):
-        _, quick_wall, _ = execute(path, True, args.threads, args.timeout)
+        quick_nb, quick_wall, _ = execute(path, True, args.threads, args.timeout)
         print(f"{path.name}: quick mode {quick_wall / 60:.1f} min wall", flush=True)
         if args.quick:
+            if args.out:                       # the quick copy, to look at (never in notebooks/)
+                execution.clean_outputs(quick_nb)
+                target = Path(args.out) / path.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                nbformat.write(quick_nb, target)
+                print(f"{path.name}: quick copy in {target}", flush=True)
             continue
         print(f"{path.name}: executing in full mode with {args.threads} threads ...", flush=True)
         nb, wall, cpu = execute(path, False, args.threads, args.timeout)

@@ -193,3 +193,16 @@ def test_table_cell_initial_weights_follow_the_seed(monkeypatch):
     with runtime.seeded(0):
         ours = t2i.TextToImageModel(None)
     assert torch.equal(started[0], torch.cat([p.detach().flatten() for p in ours.parameters()]))
+
+
+def test_table_runs_are_kept_per_seed_and_averaged():
+    """Each seed's run of a table cell is kept under ``runs``; the cell shows their mean, and a
+    seed run again replaces its own entry instead of adding one."""
+    cell = {"cpu_seconds_per_step": 0.5}
+    row = dict(train_steps=10, train_cpu_minutes=1.0, sampler="S", trained_on="here")
+    dit._add_run(cell, 0, dict(row, train_all=0.8, heldout_all=0.6))
+    dit._add_run(cell, 1, dict(row, train_all=0.9, heldout_all=0.7))
+    assert cell["n_runs"] == 2 and cell["train_all"] == pytest.approx(0.85)
+    dit._add_run(cell, 1, dict(row, train_all=1.0, heldout_all=0.7))
+    assert cell["n_runs"] == 2 and cell["train_all"] == pytest.approx(0.9)
+    assert cell["runs"]["0"]["heldout_all"] == 0.6 and cell["cpu_seconds_per_step"] == 0.5

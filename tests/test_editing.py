@@ -254,3 +254,79 @@ def test_inpaint_bad_resample_and_ddim_invert_bad_input(inpaint, pipe, pictures,
         editing.ddim_invert(pipe, pictures, "", 2)
     with pytest.raises(ValueError, match=r"\[n, 3, 32, 32\]"):
         editing.ddim_invert(pipe, torch.rand(1, 3, 8, 8), PROMPT, 2)
+
+
+# ---- the exercises' hooks ----------------------------------------------------------------------
+def test_img2img_runs_a_given_noise_fn(img2img, pictures):
+    calls = []
+
+    def recorded(*args):
+        calls.append(args[2])                                   # the strength it was given
+        return editing.noise_to_strength(*args)
+
+    a = img2img(PROMPT, image=pictures, strength=0.5, generator=gen(), output_type="pt").images
+    b = img2img(PROMPT, image=pictures, strength=0.5, generator=gen(), output_type="pt",
+                noise_fn=recorded).images
+    assert calls == [0.5] and torch.equal(a, b)
+    with pytest.raises(TypeError, match="noise_fn must be a function"):
+        img2img(PROMPT, image=pictures, noise_fn="ddim")
+
+
+def test_inpaint_runs_a_given_blend_fn(inpaint, pictures, mask):
+    calls = []
+
+    def recorded(x_t, known, m):
+        calls.append(x_t.shape)
+        return editing.blend_known(x_t, known, m)
+
+    kw = dict(image=pictures, mask_image=mask, output_type="pt")
+    a = inpaint(PROMPTS, **kw, generator=gen()).images
+    b = inpaint(PROMPTS, **kw, generator=gen(), blend_fn=recorded).images
+    assert torch.equal(a, b)
+    assert len(calls) == inpaint.default_num_inference_steps + 1     # every step, then the paste
+    with pytest.raises(TypeError, match="blend_fn must be a function"):
+        inpaint(PROMPT, image=pictures, mask_image=mask, blend_fn=1)
+
+
+def test_ddim_inverse_step_is_diffusers_inverse_update():
+    from diffusers import DDIMInverseScheduler
+
+    sch = DDIMInverseScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
+                               timestep_spacing="trailing", clip_sample=False)
+    sch.set_timesteps(5)
+    x = torch.randn(2, 3, 4, 4, generator=gen(6))
+    for t in sch.timesteps:
+        eps = torch.randn(2, 3, 4, 4, generator=gen(int(t)))
+        t_from = int(t) - 1000 // 5
+        a_from = sch.alphas_cumprod[t_from] if t_from >= 0 else sch.initial_alpha_cumprod
+        ours = editing.ddim_inverse_step(x, eps, float(a_from), float(sch.alphas_cumprod[t]))
+        x = sch.step(eps, t, x).prev_sample
+        assert torch.allclose(ours, x, atol=1e-5)
+
+
+def test_ddim_invert_runs_a_given_step_fn(pipe, pictures):
+    own = editing.ddim_invert(pipe, pictures, PROMPT, 4)
+    seen = []
+
+    def recorded(x, eps, a_from, a_to):
+        seen.append((round(a_from, 4), round(a_to, 4)))
+        return editing.ddim_inverse_step(x, eps, a_from, a_to)
+
+    ours = editing.ddim_invert(pipe, pictures, PROMPT, 4, step_fn=recorded)
+    assert torch.allclose(own, ours, atol=1e-4)
+    assert len(seen) == 4 and seen[0][0] == 1.0                      # from the clean picture up
+    assert all(a > b for a, b in seen) and all(b1 == a2 for (_, b1), (a2, _) in zip(seen, seen[1:]))
+    with pytest.raises(TypeError, match="step_fn must be a function"):
+        editing.ddim_invert(pipe, pictures, PROMPT, 4, step_fn=3)
+
+
+def test_guided_inversion_round_trip(pipe, pictures):
+    """Guidance is accepted both ways; at w = 1 it is the plain round trip."""
+    z1 = editing.ddim_invert(pipe, pictures[:1], PROMPT, 8, guidance_scale=1.0)
+    assert torch.equal(z1, editing.ddim_invert(pipe, pictures[:1], PROMPT, 8))
+    z3 = editing.ddim_invert(pipe, pictures[:1], PROMPT, 8, guidance_scale=3.0)
+    assert z3.shape == (1, 3, 32, 32) and not torch.allclose(z1, z3)
+    back = editing.ddim_reconstruct(pipe, z3, PROMPT, 8, guidance_scale=3.0)
+    assert back.shape == (1, 3, 32, 32) and 0 <= back.min() and back.max() <= 1
+    with pytest.raises(ValueError, match="guidance_scale"):
+        editing.ddim_reconstruct(pipe, z1, PROMPT, 8, guidance_scale=-1.0)

@@ -19,6 +19,20 @@ def test_wilson_interval_and_chance_levels():
     assert ladder.CHANCE["color"] == pytest.approx(1 / 6) and ladder.CHANCE["all"] == pytest.approx(1 / 324)
 
 
+def test_share_interval_is_a_share_with_its_wilson_interval():
+    assert ladder.share_interval(81, 100) == (0.81, *ladder.wilson_interval(81, 100))
+    share, lo, hi = ladder.share_interval(4, 17)       # a share of a handful of accepted plans
+    assert lo < share < hi and hi - lo > 0.3
+    assert ladder.interval_verdict(ladder.share_interval(4, 17),
+                                   ladder.share_interval(12, 112)).startswith("within noise")
+    with pytest.raises(ValueError, match="from 0 to n"):
+        ladder.share_interval(5, 4)
+    with pytest.raises(TypeError, match="int count"):
+        ladder.share_interval(0.5, 4)
+    with pytest.raises(ValueError, match="n must be positive"):
+        ladder.share_interval(0, 0)
+
+
 def test_interval_verdict_separates_only_without_overlap():
     assert ladder.interval_verdict((0.9, 0.85, 0.95), (0.5, 0.4, 0.6)) == "higher"
     assert ladder.interval_verdict((0.5, 0.4, 0.6), (0.9, 0.85, 0.95)) == "lower"
@@ -47,6 +61,7 @@ def test_ladder_figure_keeps_legend_and_title_off_the_panels():
         labels = [t.get_text() for t in ax.get_xticklabels()]
         assert labels == ["learned\n4k", "MiniLM\n22.7M"]
         assert min(t.get_fontsize() for t in ax.get_xticklabels()) >= 9
+        assert ax.get_ylim()[0] <= -0.03  # a chance level near 0 shows above the axis
     assert min(t.get_fontsize() for t in fig.legends[0].get_texts()) >= 9
     with pytest.raises(ValueError, match="sizes has no parameter count"):
         ladder.ladder_figure(results, {"learned": 4_000})

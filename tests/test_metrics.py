@@ -217,6 +217,30 @@ def test_kid_averages_the_estimator_it_is_given_over_the_same_subsets():
         metrics.kernel_inception_distance(a, b, degree=2, mmd=mine)
 
 
+def test_kid_on_whole_sets_is_one_estimate_not_reshuffled_copies():
+    """Subsets as large as both sets are the same two sets reshuffled, and the unbiased estimate does
+    not depend on the order: one estimate, standard deviation 0, the estimator called once."""
+    a, b = _feature_sets(n=60)
+    a, b = a[:40], b[:40]
+    calls = []
+
+    def mine(x, y):
+        calls.append(len(x))
+        return metrics.mmd2_unbiased(x, y)
+
+    mean, std = metrics.kernel_inception_distance(a, b, subsets=50, subset_size=100, mmd=mine,
+                                                  return_std=True)
+    assert calls == [40] and std == 0.0
+    assert mean == pytest.approx(metrics.mmd2_unbiased(a.double(), b.double()), rel=1e-12)
+    # a larger second set still gets honest random subsets
+    calls.clear()
+    metrics.kernel_inception_distance(a, torch.cat([b, b[:5] + 1]), subsets=3, subset_size=40,
+                                      mmd=mine)
+    assert calls == [40] * 3
+    with pytest.raises(ValueError, match="subsets"):
+        metrics.kernel_inception_distance(a, b, subsets=0)
+
+
 @pytest.mark.parametrize("net_cls,kind", [(MnistClassifier, "mnist"), (ShapesJudge, "shapes")])
 def test_fid_kid_torchmetrics_feature_module_path(net_cls, kind):
     torch.manual_seed(0)
@@ -380,6 +404,8 @@ def test_scoreboard_scores_a_digit_model_and_skips_unknown_names():
     row = scoreboard.score_digit_model("copycat", Copycat(), ref, n=40, repeats=1, latency_batch=8)
     assert row["label_accuracy"] >= 0.9 and row["precision"] == 1.0 and row["parameters"] == 3
     assert row["fid"] >= 0 and row["ms_per_picture"] > 0
+    assert "kid" in row and "paired_kid_x1000" not in row          # digits: the plain estimator
+    assert row["_features"].shape == (40, ref.feats.shape[1])
     board = scoreboard.build(names=["no-such-model"], verbose=False)
     assert board.rows == [] and any("no-such-model" in n for n in board.notes)
     assert board.frame().empty
@@ -409,6 +435,8 @@ def test_scoreboard_real_shapes_row_uses_the_generators_captions():
     independent = metrics.frechet_distance(ref.feats, metrics.extract_features(other, ref.net))
     assert row["caption_accuracy"] == 1.0
     assert abs(row["fid"] - real["fid"]) < 0.25 * independent, (row["fid"], real["fid"], independent)
+    for r in (row, real):                                  # Shapes: the paired estimator, x1000
+        assert "paired_kid_x1000" in r and "kid" not in r
 
 
 def test_paired_kernel_distance_is_unbiased_on_paired_sets_where_plain_kid_is_not():

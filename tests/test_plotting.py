@@ -4,6 +4,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -95,3 +96,25 @@ def test_live_grid_thumbnails_stay_legible():
         assert side >= 45, f"a thumbnail {side:.0f} px tall at 100 dpi is a dot, not a digit"
         assert title >= top
         assert len(live.fig.axes) == 16
+
+
+def test_loss_plot_smooths_without_lag_and_says_which_line_is_which():
+    step = [0.0] * 50 + [1.0] * 50                     # the loss jumps between steps 49 and 50
+    ax = plot_losses({"loss": step}, window=10)
+    raw, smoothed = ax.lines
+    x, y = smoothed.get_data()
+    half = x[int(np.argmax(y >= 0.5))]                 # where the smoothed line is half way up
+    assert abs(half - 49.5) <= 1, f"the smoothed line reaches the jump at step {half}, not 49.5"
+    assert raw.get_xdata()[-1] == 99 and x[-1] <= 99
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert texts == ["loss, raw (each step)", "loss, smoothed over 10 steps"]
+    assert min(t.get_fontsize() for t in ax.get_legend().get_texts()) >= 9
+    plt.close(ax.figure)
+    ax = plot_losses({"d_loss": step, "g_loss": step[::-1]}, window=10)
+    assert len(ax.lines) == 4                          # the style entries draw nothing
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert texts == ["d_loss", "g_loss", "raw (each step)", "smoothed over 10 steps"]
+    plt.close(ax.figure)
+    ax = plot_losses({"loss": [3.0, 2.0, 1.0, 1.0]})    # a curve shorter than the window
+    assert ax.get_legend().get_texts()[1].get_text() == "loss, smoothed over 2 steps"
+    plt.close(ax.figure)

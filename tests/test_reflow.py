@@ -1,6 +1,8 @@
 """Chapter 09: reflow. The pairs keep their noise and come from the teacher's own sampler; the
 reflowed student starts from the teacher's weights, samples unguided with the same pipeline, and its
 row of the few-step table holds what the chapter prints."""
+import math
+
 import pytest
 import torch
 
@@ -51,6 +53,9 @@ def test_measure_gives_one_row_of_the_few_step_table(teacher):
     assert row["network_passes_per_picture"] == 2                    # guided: two passes per step
     assert 0 <= row["train_all"] <= 1 and 0 <= row["heldout_all"] <= 1 and row["ms_per_picture"] > 0
     assert isinstance(row["kid_x1000"], float)
+    four = CAPTIONS + HELD[:1]                       # >= 4 captions: the jackknife gives an SE
+    row4 = reflow.measure(dit.make_pipeline(teacher), 1, captions=four, heldout=HELD, timing_captions=2)
+    assert row4["kid_se_x1000"] > 0 and math.isfinite(row4["kid_x1000"]), row4
     one = reflow.measure(dit.make_pipeline(teacher), 2, guidance_scale=1.0, captions=CAPTIONS, heldout=HELD,
                          timing_captions=2)
     assert one["network_passes_per_picture"] == 2

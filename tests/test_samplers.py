@@ -241,3 +241,12 @@ def test_sweep_rows_carry_a_kid_standard_error(pipe):
     ref = samplers.reference_set(pipe, caps, per_target=2)
     q = samplers.quality(pipe, samplers.generate(pipe, caps, "ddim", 1), caps, ref)
     assert q["kid_se"] > 0 and math.isfinite(q["kid"])
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpm++", "euler"])
+def test_one_step_pictures_are_finite_and_in_0_1(pipe, digits, name):
+    """A single step from pure noise lands far from the data; the pictures every KID is computed
+    on are still clamped to [0, 1], for a v-predicting and a noise-predicting model."""
+    for model, targets in ((pipe, shapes.all_captions("train")[::90]), (digits, [0, 3, 7])):
+        x = samplers.generate(model, targets, name, 1)
+        assert torch.isfinite(x).all() and x.min() >= 0 and x.max() <= 1, (name, x.min(), x.max())

@@ -441,8 +441,24 @@ def record_table_cell(
         )
     row = table_cell(backbone, prediction_type, 60 * minutes, timed["cpu_seconds_per_step"], seed)
     row["trained_on"] = _machine()
-    _record(lambda q: q["backbone_table"][key].update(row))
+    _record(lambda q: _add_run(q["backbone_table"][key], seed, row))
     return row
+
+
+#: per-run fields of a table cell, kept under ``runs[seed]``
+_RUN_FIELDS = ("train_steps", "train_all", "heldout_all")
+
+
+def _add_run(cell: dict, seed: int, row: dict) -> None:
+    """Record one seed's run of a table cell under ``cell["runs"][seed]`` and set the cell's
+    ``train_all`` / ``heldout_all`` to the mean over its recorded runs (``n_runs`` of them)."""
+    runs = cell.setdefault("runs", {})
+    runs[str(seed)] = {k: row[k] for k in _RUN_FIELDS}
+    for k in ("train_cpu_minutes", "sampler", "trained_on"):
+        cell[k] = row[k]
+    cell["n_runs"] = len(runs)
+    for k in _RUN_FIELDS:
+        cell[k] = round(sum(r[k] for r in runs.values()) / len(runs), 4)
 
 
 def train_registered(seed: int = 0, quick: bool = False) -> pretrained.TrainResult:

@@ -39,6 +39,7 @@ from ..runtime import get_device
 from ..text_encoders import DIMS, FrozenTextEncoder
 from ..training import fit, infinite_loader, make_step
 from .attention import TransformerBlock
+from .plan_checks import PlanError, allowed_words, check_prediction, check_request
 
 
 #: The shipped planner never reads this share of the seen words and sentence forms in training
@@ -46,15 +47,6 @@ from .attention import TransformerBlock
 #: requests made of them, words new to it as the unseen ones are, at this precision.
 HELD_OUT_FRACTION = 0.25
 HELD_OUT_PRECISION = 0.9
-
-
-class PlanError(ValueError):
-    """A request or a planner's output that cannot become a Shapes scene; the message says why and
-    what is allowed."""
-
-
-def allowed_words() -> str:
-    return "; ".join(f"{a}: {', '.join(shapes.ATTRIBUTE_VALUES[a])}" for a in shapes.ATTRIBUTES)
 
 
 def plan_to_json(objects) -> dict:
@@ -244,9 +236,13 @@ class Planner:
     def predict(self, texts: list[str], states=None) -> list[dict]:
         """For each text: ``{"kind", "objects" (list of dicts), "confidence" (the probability of the
         whole plan: the product over its decisions), "weakest" (the least sure decision),
-        "weakest_p"}``. ``states``: precomputed ``(states, mask)`` of the texts."""
+        "weakest_p", "weakest_attribute", "weakest_object" (0-based), "candidates" (the least sure
+        attribute decision and its two most likely values with their probabilities; None, None,
+        [] for "none")}``. ``states``: precomputed ``(states, mask)`` of the texts."""
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts) or not texts:
             raise TypeError("texts must be a non-empty list of strings")
+        for t in texts:
+            check_request(t)
         s, m = states if states is not None else encode_requests(self.encoder, list(texts))
         dev = next(self.heads.parameters()).device
         probs = {}
@@ -262,7 +258,7 @@ class Planner:
         for i in range(len(texts)):
             k = int(probs["kind"][i].argmax())
             conf = weakest_p = float(probs["kind"][i, k])
-            weakest = "number of objects"
+            weakest, ask = "number of objects", (None, None, 2.0, [])  # least sure attribute
             objects = []
             for j in range(k):
                 obj = {}
@@ -271,6 +267,9 @@ class Planner:
                     idx = int(p.argmax())
                     obj[a] = shapes.ATTRIBUTE_VALUES[a][idx]
                     conf *= float(p[idx])
+                    if float(p[idx]) < ask[2]:
+                        vals, top = shapes.ATTRIBUTE_VALUES[a], zip(*p.topk(2))
+                        ask = (a, j, float(p[idx]), [(vals[int(x)], float(v)) for v, x in top])
                     if float(p[idx]) < weakest_p:
                         weakest_p, weakest = float(p[idx]), f"{a} of object {j + 1}"
                 objects.append(obj)
@@ -281,6 +280,9 @@ class Planner:
                     "confidence": conf,
                     "weakest": weakest,
                     "weakest_p": weakest_p,
+                    "weakest_attribute": ask[0],
+                    "weakest_object": ask[1],
+                    "candidates": ask[3],
                 }
             )
         return out
@@ -309,18 +311,11 @@ class Planner:
         return res
 
     def decide(self, text: str, p: dict) -> dict:
-        """Accept a prediction of :meth:`predict` as a plan, or raise :class:`PlanError`."""
-        if p["kind"] == "none":
-            raise PlanError(
-                f"{text!r} does not look like a Shapes scene (one or two objects); "
-                f"the planner draws {allowed_words()}"
-            )
-        if p["confidence"] < self.threshold:
-            raise PlanError(
-                f"not sure how to draw {text!r}: the plan's confidence {p['confidence']:.2f} is "
-                f"below {self.threshold:.2f}, least sure of the {p['weakest']} (p = "
-                f"{p['weakest_p']:.2f}); say it with the Shapes words ({allowed_words()})"
-            )
+        """Accept a prediction of :meth:`predict` as a plan, or raise :class:`PlanError`
+        (:func:`course_lib.models.plan_checks.check_prediction`: more objects asked for than a
+        scene holds, not a Shapes scene, another number of objects than the words ask for, or a
+        confidence below the threshold, asking about the one unsure attribute)."""
+        check_prediction(text, p, self.threshold)
         plan = {"objects": p["objects"]}
         parse_plan(plan)
         return dict(plan, confidence=round(p["confidence"], 4))

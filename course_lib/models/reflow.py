@@ -184,8 +184,9 @@ def measure(
     teacher, the distilled ``shapes-t2i-fast``): all-five accuracy on ``captions`` (default: the 270
     train captions) and ``heldout`` (default: the 54 held-out ones), KID x 1000 on the judge's
     features against ``reference`` (real renderings of ``captions``,
-    :func:`course_lib.sample_quality.reference_set`; chapter 09's paired KID), network passes and ms
-    per picture (one batch of ``timing_captions``, median of 2, after a warm-up call)."""
+    :func:`course_lib.sample_quality.reference_set`; chapter 09's paired KID) with its jackknife
+    standard error (``kid_se_x1000``, as chapter 08's tables), network passes and ms per picture
+    (one batch of ``timing_captions``, median of 2, after a warm-up call)."""
     kw = {
         "num_inference_steps": arguments.steps(num_inference_steps, 1000),
         "guidance_scale": guidance_scale,
@@ -204,6 +205,7 @@ def measure(
         "train_all": round(q["accuracy"], 4),
         "heldout_all": round(float(heldout), 4),
         "kid_x1000": round(q["kid"], 2),
+        "kid_se_x1000": round(q["kid_se"], 2),
         "ms_per_picture": fast.ms_per_picture(pipe, timing, **kw),
     }
 
