@@ -284,7 +284,7 @@ def standardise_features(feats_real, *others) -> tuple[torch.Tensor, ...]:
     A spread below the average spread over the d features counts as that average. A judge's ReLU
     feature that never fires on the real pictures has spread 0; dividing by about 0 turns one
     generated picture that fires it into a value near 1e6, which KID's cubic kernel raises to 1e18
-    and more (one-step DDIM pictures in chapter 08 scored KIDs above 1e30)."""
+    and more (one-step DDIM pictures of chapter 08 would score KIDs above 1e30)."""
     a = _f64(feats_real)
     if a.dim() != 2 or len(a) < 2:
         raise ValueError(f"real features must be [n >= 2, d], got {tuple(a.shape)}")

@@ -196,8 +196,8 @@ def test_table_cell_initial_weights_follow_the_seed(monkeypatch):
 
 
 def test_table_runs_are_kept_per_seed_and_averaged():
-    """Each seed's run of a table cell is kept under ``runs``; the cell shows their mean, and a
-    seed run again replaces its own entry instead of adding one."""
+    """The run of a table cell for each starting seed is kept under ``runs``; the cell shows their
+    mean, and a seed run again replaces its own entry instead of adding one."""
     cell = {"cpu_seconds_per_step": 0.5}
     row = dict(train_steps=10, train_cpu_minutes=1.0, sampler="S", trained_on="here")
     dit._add_run(cell, 0, dict(row, train_all=0.8, heldout_all=0.6))

@@ -450,8 +450,8 @@ _RUN_FIELDS = ("train_steps", "train_all", "heldout_all")
 
 
 def _add_run(cell: dict, seed: int, row: dict) -> None:
-    """Record one seed's run of a table cell under ``cell["runs"][seed]`` and set the cell's
-    ``train_all`` / ``heldout_all`` to the mean over its recorded runs (``n_runs`` of them)."""
+    """Record the run of a table cell trained with ``seed`` under ``cell["runs"][seed]`` and set
+    the cell's ``train_all`` / ``heldout_all`` to the mean over its recorded runs (``n_runs``)."""
     runs = cell.setdefault("runs", {})
     runs[str(seed)] = {k: row[k] for k in _RUN_FIELDS}
     for k in ("train_cpu_minutes", "sampler", "trained_on"):
