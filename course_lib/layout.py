@@ -120,4 +120,5 @@ def judge_scenes(images: torch.Tensor, plans: list, judge=None) -> dict:
     out = {a: res[a] for a in shapes.ATTRIBUTES}
     out["object"] = ok.float().mean().item()
     out["scene"] = scene_ok.float().mean().item()
+    out["scene_right"] = scene_ok  # BoolTensor [n]: each picture's verdict
     return out

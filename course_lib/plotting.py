@@ -37,6 +37,19 @@ TITLE_FONTSIZE = 11
 TITLE_LINE_INCHES = 0.22  # one line of a grid's title at TITLE_FONTSIZE, with its spacing
 
 
+def _wrap(text: str, width: int) -> str:
+    """``text`` broken into lines of at most ``width`` characters at spaces."""
+    lines, line = [], ""
+    for w in text.split():
+        if len(line) + len(w) + 1 > width and line:
+            lines.append(line)
+            line = w
+        else:
+            line = f"{line} {w}".strip()
+    lines.append(line)
+    return "\n".join(lines)
+
+
 def show_images(
     images,
     captions=None,
@@ -60,7 +73,10 @@ def show_images(
         raise ValueError(f"got {len(captions)} captions for {n} pictures")
     nrows, ncols = grid_shape(n, ncols) if n else (1, 1)
     wrap = wrap if wrap is not None else max(8, int(size * 130 / fontsize))
-    extra = 0.35 * (2 if captions is not None else 0)
+    wrapped = [_wrap(str(c), wrap) for c in captions[:n]] if captions is not None else []
+    # each picture's band for its caption: as many text lines as the longest caption needs
+    lines = max((w.count("\n") + 1 for w in wrapped), default=0)
+    extra = 0.15 + lines * fontsize * 1.6 / 72 if lines else 0.0
     # the title gets its own band above the grid (never drawn over the pictures)
     title_in = TITLE_LINE_INCHES * (str(title).count("\n") + 1) + 0.1 if title else 0.0
     height = nrows * (size + extra) + title_in
@@ -78,16 +94,7 @@ def show_images(
         ax.set_xticks([])
         ax.set_yticks([])
         if captions is not None:
-            text = str(captions[i])
-            lines, line = [], ""
-            for w in text.split():
-                if len(line) + len(w) + 1 > wrap and line:
-                    lines.append(line)
-                    line = w
-                else:
-                    line = f"{line} {w}".strip()
-            lines.append(line)
-            ax.set_title("\n".join(lines), fontsize=fontsize)
+            ax.set_title(wrapped[i], fontsize=fontsize)
     if title:
         fig.suptitle(title, fontsize=TITLE_FONTSIZE, y=1.0, va="top")
     with warnings.catch_warnings():  # a grid too small for its captions: tight_layout gives up
@@ -108,23 +115,29 @@ def smooth(values, window: int = 25) -> np.ndarray:
 
 
 def plot_losses(
-    history, keys=None, window: int = 25, ax=None, title: str | None = None, logy: bool = False
+    history, keys=None, window: int = 25, ax=None, title: str | None = None, logy: bool = False,
+    ylabel: str | None = None,
 ):
     """Plot logged curves of a :class:`~course_lib.training.History` (or a dict name -> list),
     raw values faint and smoothed values solid. Returns the axes.
 
     The smoothed line is :func:`smooth`'s mean over ``window`` steps (at most half the curve),
     drawn at the centre of its window, so it does not lag behind the raw one. The legend says
-    which line is which."""
+    which line is which. The y axis is labelled ``ylabel`` (by default the curve's name, or
+    "value" for several); with ``logy`` only whole decades and, on a short range, a few steps
+    between them carry numbers."""
     from matplotlib.lines import Line2D
 
     logs = history.logs if hasattr(history, "logs") else dict(history)
     keys = keys or list(logs)
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3))
-    handles, spans = [], set()
+    handles, spans, lows, highs = [], set(), [], []
     for k in keys:
         vals = np.asarray(logs[k], dtype=np.float64)
+        if np.isfinite(vals).any():
+            lows.append(np.nanmin(vals[vals > 0]) if (vals > 0).any() else np.nan)
+            highs.append(np.nanmax(vals))
         w = int(max(1, min(window, len(vals) // 2)))  # a short curve keeps a visible shape
         spans.add(w)
         steps = np.arange(len(vals))
@@ -147,7 +160,14 @@ def plot_losses(
         ax.set_yscale("log")
         # plain numbers ("0.05", "1.2") on the log axis, not 1.2x10^0 on a short range of losses
         ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(ticker.LogFormatter(minor_thresholds=(2, 0.4)))
+        decades = np.log10(np.nanmax(highs) / np.nanmin(lows)) if lows and highs else 0.0
+        if decades > 3.0:  # many decades: the decades alone, minor ticks unlabelled
+            ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+        else:  # a few decades: label 2x and 5x between them too
+            ax.yaxis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
+            ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    name = keys[0] if len(keys) == 1 else "value"
+    ax.set_ylabel((ylabel or name) + (" (log scale)" if logy else ""))
     ax.legend(handles=handles, fontsize=9)
     if title:
         ax.set_title(title)

@@ -155,9 +155,12 @@ def measure_variants(
     """Apply each variant to a copy of ``pipe``, warm it up (for ``"compile"``: compile it), then
     time ``repeats`` rounds round-robin over the variants sampling ``captions`` with ``sampler`` and
     ``steps``. Rows ``{"variant", "ms_per_picture", "speedup", "accuracy", "delta_points",
-    "max_pixel_change", "setup_s", "note", "error"}``; ``speedup`` and the deltas are against the
-    ``"fp32"`` row (measured in the same rounds). A variant that fails (e.g. ``torch.compile``
-    without a C++ compiler) keeps its row, with the reason in ``error`` and no numbers."""
+    "max_pixel_change", "setup_s", "note", "error", "speedup_low", "speedup_high"}``; ``speedup``
+    and the deltas are against the ``"fp32"`` row (measured in the same rounds); ``speedup_low`` /
+    ``speedup_high`` are the smallest and largest ratio of one round (fp32's time in that round
+    over the variant's), so a variant faster in every round has ``speedup_low > 1``. A variant
+    that fails (e.g. ``torch.compile`` without a C++ compiler) keeps its row, with the reason in
+    ``error`` and no numbers."""
 
     from .judges import score_shapes
     from .sampling import make_scheduler
@@ -202,6 +205,9 @@ def measure_variants(
         if v in made:
             r["ms_per_picture"] = 1000 * float(np.median(times[v])) / len(captions)
             r["speedup"] = base_ms / r["ms_per_picture"]
+            if "fp32" in times:  # per round: both timed back to back, under the same load
+                ratios = [b / t for b, t in zip(times["fp32"], times[v])]
+                r["speedup_low"], r["speedup_high"] = min(ratios), max(ratios)
             r["accuracy"] = float(score_shapes(images[v], captions)["all"])
             base_acc = r["accuracy"] if v == "fp32" else base_acc
             r["max_pixel_change"] = (
@@ -217,20 +223,21 @@ def measure_variants(
 def format_table(rows: list[dict]) -> str:
     """A plain-text table of :func:`measure_variants`' rows."""
     lines = [
-        f"{'variant':<15}{'ms/picture':>11}{'speed-up':>10}{'accuracy':>10}{'Δ points':>10}"
-        f"{'max Δpixel':>11}  note"
+        f"{'variant':<15}{'ms/picture':>11}{'speed-up':>10}{'per round':>13}{'accuracy':>10}"
+        f"{'Δ points':>10}{'max Δpixel':>11}  note"
     ]
     for r in rows:
         if r.get("error"):
             lines.append(
-                f"{r['variant']:<15}{'-':>11}{'-':>10}{'-':>10}{'-':>10}{'-':>11}"
+                f"{r['variant']:<15}{'-':>11}{'-':>10}{'-':>13}{'-':>10}{'-':>10}{'-':>11}"
                 f"  FAILED: {r['error']}"
             )
             continue
         note = r["note"] + (f"; set-up {r['setup_s']:.0f} s" if r["variant"] == "compile" else "")
         lines.append(
             f"{r['variant']:<15}{r['ms_per_picture']:>11.2f}{r['speedup']:>9.2f}x"
-            f"{100 * r['accuracy']:>9.1f}%"
+            f"{r.get('speedup_low', np.nan):>7.2f}-{r.get('speedup_high', np.nan):<4.2f}"
+            f"{100 * r['accuracy']:>10.1f}%"
             f"{r['delta_points']:>+10.1f}{r['max_pixel_change']:>11.3f}  {note}"
         )
     return "\n".join(lines)

@@ -330,8 +330,7 @@ TABLE_CPU_MINUTES = 10.0
 TABLE_NOTE = (
     "{U-Net, DiT} x {v-prediction, flow matching}, chapter 05's training loop and recipe for each: "
     "CPU seconds per training step and sampling ms per picture (batch 32, 20 steps, guidance 3) "
-    "measured with one torch thread, the machine's other core busy with other work (`python -m "
-    "course_lib.models.dit time`); each "
+    "measured with one torch thread (`python -m course_lib.models.dit time`); each "
     "cell then trained for the same CPU time (steps = that time / its seconds per step; `python -m "
     "course_lib.models.dit table BACKBONE PREDICTION_TYPE`) and judged on the 270 train and 54 "
     "held-out captions at 20 steps, guidance 3 (v-prediction: DPM-Solver++, flow matching: Euler)"
