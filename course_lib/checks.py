@@ -10,9 +10,12 @@ than its printed line (no ``Out[n]: True`` under it).
 from __future__ import annotations
 
 import contextlib
+import sys
 import traceback
 
 import torch
+
+from .runtime import grading
 
 
 class CheckResult:
@@ -52,6 +55,8 @@ def _report(ok: bool, name: str, detail: str = "", hint: str = "") -> CheckResul
         if hint:
             msg += f"\n       hint: {hint}"
         print(msg)
+        if grading():  # nbgrader scores a check cell with stderr output as zero points
+            print(msg.splitlines()[0], file=sys.stderr)
     return CheckResult(ok, name)
 
 

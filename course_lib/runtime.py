@@ -42,6 +42,11 @@ ENVIRONMENT = {
         "~/.cache/course_lib",
         "where models assembled on first use are kept (all-mpnet-base-v2 from its five PyPI parts)",
     ),
+    "NBGRADER_EXECUTION": (
+        "unset",
+        "set by nbgrader while it autogrades or validates: a failed exercise check also writes "
+        "its [FAIL] line to stderr, which nbgrader scores as zero points",
+    ),
 }
 
 
@@ -53,6 +58,13 @@ def _env(name: str) -> str:
 
 def _truthy(value: str) -> bool:
     return value.lower() not in ("", "0", "false", "no", "off")
+
+
+def grading() -> bool:
+    """Is nbgrader running this notebook (``nbgrader autograde`` or ``validate``)? Then a failed
+    exercise check is also reported on stderr, so that its cell scores zero (:mod:`course_lib.
+    grading`)."""
+    return _env("NBGRADER_EXECUTION").lower() in ("autograde", "validate")
 
 
 def online() -> bool:
