@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from .runtime import REPO_ROOT
+from .runtime import REPO_ROOT, environment_for
 from .student import STUB
 
 #: Points of each exercise's check.
@@ -109,8 +108,7 @@ def write_metadata(paths=None) -> list[Path]:
 
 def _nbgrader(root: Path, *args: str) -> subprocess.CompletedProcess:
     # nbgrader runs its database migrations with the `alembic` script of the same environment
-    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent),
-                                                 os.environ.get("PATH", "")]))
+    env = environment_for(Path(sys.executable).parent)
     proc = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=root, env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:

@@ -60,6 +60,12 @@ def _truthy(value: str) -> bool:
     return value.lower() not in ("", "0", "false", "no", "off")
 
 
+def environment_for(executable_dir) -> dict:
+    """The environment for a subprocess: this process's variables, with ``executable_dir`` first on
+    ``PATH`` (so that a tool finds the scripts of the same virtual environment)."""
+    return dict(os.environ, PATH=os.pathsep.join([str(executable_dir), os.environ.get("PATH", "")]))
+
+
 def grading() -> bool:
     """Is nbgrader running this notebook (``nbgrader autograde`` or ``validate``)? Then a failed
     exercise check is also reported on stderr, so that its cell scores zero (:mod:`course_lib.

@@ -3,19 +3,15 @@ edit (checked here on many wordings), the plan edit becomes an inpainting of one
 on a tiny untrained pipeline: what must not change, does not)."""
 import pytest
 import torch
+from conftest import tiny_t2i_pipeline
 
 from course_lib import conversation as cv
 from course_lib.data import shapes
-from course_lib.models import text_to_image as t2i
 from course_lib.models.plan_checks import PlanError
 
 S = shapes.parse_caption
 ONE = (S("a large red circle in the top left"),)
 TWO = (S("a large red circle in the top left"), S("a small blue square on the right"))
-TINY = {"fold": 2, "text": {"dim": 16, "layers": 1, "heads": 2},
-        "unet": {"block_out_channels": [8, 16], "attention_head_dim": 8, "norm_num_groups": 4,
-                 "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-                 "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"]}}
 
 
 class CaptionPlanner:
@@ -107,11 +103,7 @@ def test_edit_mask_spares_the_other_object_and_covers_both_boxes():
 
 @pytest.fixture(scope="module")
 def pipe():
-    torch.manual_seed(0)
-    p = t2i.make_pipeline(t2i.TextToImageModel(TINY).eval(), num_inference_steps=3,
-                          guidance_scale=2.0)
-    p.set_progress_bar_config(disable=True)
-    return p
+    return tiny_t2i_pipeline(3)
 
 
 def test_a_conversation_keeps_what_it_does_not_change_and_undo_restores(pipe):

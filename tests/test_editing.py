@@ -6,14 +6,10 @@ import pathlib
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_t2i_pipeline
 
 from course_lib import diffusion, editing, sampling
-from course_lib.models import text_to_image as t2i
 
-TINY = {"fold": 2, "text": {"dim": 16, "layers": 1, "heads": 2},
-        "unet": {"block_out_channels": [8, 16], "attention_head_dim": 8, "norm_num_groups": 4,
-                 "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-                 "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"]}}
 PROMPT = "a small red circle in the top left"
 PROMPTS = [PROMPT, "a large blue triangle at the bottom"]
 
@@ -24,11 +20,7 @@ def gen(seed=0):
 
 @pytest.fixture(scope="module")
 def pipe():
-    torch.manual_seed(0)
-    p = t2i.make_pipeline(t2i.TextToImageModel(TINY).eval(), num_inference_steps=4,
-                          guidance_scale=2.0)
-    p.set_progress_bar_config(disable=True)
-    return p
+    return tiny_t2i_pipeline(4)
 
 
 @pytest.fixture(scope="module")

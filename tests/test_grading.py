@@ -72,3 +72,19 @@ def test_autograde_gives_the_instructor_copy_every_point_and_the_student_copy_no
     assert scores["instructor"] == (n_checks * grading.POINTS, n_checks * grading.POINTS)
     assert scores["learner"] == (0, n_checks * grading.POINTS)
     assert "NBGRADER_EXECUTION" not in os.environ
+
+
+def test_the_teaching_guide_is_generated_from_the_stored_notebooks(tmp_path):
+    """docs/teaching.md is what scripts/docs_teaching.py writes from the stored run times."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "scripts"))
+    import docs_teaching
+
+    fresh = docs_teaching.write(tmp_path / "teaching.md").read_text()
+    assert fresh == (root / "docs" / "teaching.md").read_text(), \
+        "run `python scripts/docs_teaching.py` after re-storing a chapter"
+    for path in grading.chapters():
+        assert f"(../notebooks/{path.name})" in fresh, path.stem
