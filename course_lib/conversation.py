@@ -23,6 +23,7 @@ in two steps, as in the planner chapters:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 
 import numpy as np
@@ -65,7 +66,8 @@ def _tokens(text: str) -> list[str]:
     return _TOKEN.findall(text)
 
 
-def _phrase_table() -> list[tuple[tuple[str, ...], str, object]]:
+@functools.lru_cache(maxsize=1)
+def _phrase_table() -> tuple[tuple[tuple[str, ...], str, object], ...]:
     """(words, attribute, value) for every size, colour, shape and place phrase of both wordings,
     longest first (so "in the top left corner" wins over "top left")."""
     rows = set()
@@ -80,23 +82,17 @@ def _phrase_table() -> list[tuple[tuple[str, ...], str, object]]:
         rows.add(((value,), "color", value))
     for cell, phrase in shapes.WHERE.items():
         rows.add((tuple(_tokens(phrase)), "place", cell))
-    return sorted((r for r in rows if r[0]), key=lambda r: -len(r[0]))
-
-
-_TABLE: list | None = None
+    return tuple(sorted((r for r in rows if r[0]), key=lambda r: -len(r[0])))
 
 
 def mentions(text: str) -> list[tuple[int, str, object]]:
     """The attribute values a turn names, in order: ``(position, attribute, value)``, attribute one
     of size, color, shape, place (value (row, col)), row, col. Longest phrases first; a bare side
     word ("left", "up") or a comparative ("bigger") counts where no phrase covers it."""
-    global _TABLE
-    if _TABLE is None:
-        _TABLE = _phrase_table()
     toks = _tokens(text)
     used = [False] * len(toks)
     found = []
-    for words, attr, value in _TABLE:
+    for words, attr, value in _phrase_table():
         k = len(words)
         for i in range(len(toks) - k + 1):
             if tuple(toks[i : i + k]) == words and not any(used[i : i + k]):
@@ -190,7 +186,7 @@ def read_turn(scene, text: str, planner=None, focus: int | None = None) -> Edit:
                         "size or place, add an object, remove one, or undo")
     if set(toks) & UNDO_WORDS:
         return Edit("undo", scene, None, None, None, None)
-    found = [m for m in mentions(text)]
+    found = mentions(text)
     pronoun = bool(set(toks) & PRONOUNS)
     if set(toks) & ADD_WORDS:
         if len(scene) >= wordings.MAX_OBJECTS:

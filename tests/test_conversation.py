@@ -82,7 +82,7 @@ def test_scripted_turns_are_read_as_scripted():
     scripts use the seen wording; this is the language half of the chapter's measurement)."""
     planner = CaptionPlanner()
     for s in cv.scripted_conversations(60, seed=3):
-        scene, focus, undo = tuple(S(s["request"]) for _ in [0]), 0, []
+        scene, focus, undo = (S(s["request"]),), 0, []
         for text, want, kind in zip(s["turns"], s["scenes"][1:], s["kinds"]):
             e = cv.read_turn(scene, text, planner, focus)
             assert e.kind.split("+")[0] == kind, (text, e.kind)

@@ -67,7 +67,9 @@ def test_each_chapter_page_shows_every_stored_picture(site, nb):
     for src in imgs:
         if not src.startswith("data:"):
             assert (page.parent / src).resolve().exists(), src
-    assert "download" in page.read_text().lower()  # the page offers its notebook
+    # the page offers its notebook for download, and the file is there
+    offered = [h for h in _parse(page).hrefs if h.endswith(f"{nb.stem}.ipynb")]
+    assert offered and (page.parent / offered[0]).resolve().exists()
 
 
 def test_internal_links_resolve(site):

@@ -57,6 +57,7 @@ def test_a_failing_variant_is_reported_not_raised(pipe, monkeypatch):
                                      progress=False)
     assert [r["variant"] for r in rows] == ["fp32", "compile"]
     assert rows[0]["speedup"] == 1.0 and rows[0]["delta_points"] == 0.0 and rows[0]["error"] is None
+    assert rows[0]["speedup_low"] == rows[0]["speedup_high"] == 1.0  # fp32 against itself, per round
     assert rows[1]["error"] == "RuntimeError: no C++ compiler found" and "ms_per_picture" not in rows[1]
     assert "FAILED: RuntimeError: no C++ compiler found" in speedups.format_table(rows)
     with pytest.raises(ValueError):
