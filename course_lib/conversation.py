@@ -59,7 +59,9 @@ _TOKEN = re.compile(r"[a-z0-9_]+(?:-[a-z0-9]+)*")
 TURN_KINDS = ("start", "color", "shape", "size", "place", "add", "remove", "undo")
 
 
-def _tokens(text: str) -> list[str]:
+def words(text: str) -> list[str]:
+    """The words of a request, lower-cased, with phrasal verbs ("turn into") joined into one
+    token, as the conversation editor and chapter 11's instruction check read them."""
     text = text.lower().replace("\u2019", "'")
     for p in _PHRASE_VERBS:
         text = re.sub(r"\b" + p.replace("_", r"\s+") + r"\b", p, text)
@@ -75,13 +77,13 @@ def _phrase_table() -> tuple[tuple[tuple[str, ...], str, object], ...]:
         t = wordings.WORDS[v]
         for attr in ("size", "color", "shape"):
             for value, phrases in t[attr].items():
-                rows |= {(tuple(_tokens(p)), attr, value) for p in phrases}
+                rows |= {(tuple(words(p)), attr, value) for p in phrases}
         for cell, phrases in t["where"].items():
-            rows |= {(tuple(_tokens(p)), "place", tuple(cell)) for p in phrases}
+            rows |= {(tuple(words(p)), "place", tuple(cell)) for p in phrases}
     for value in shapes.ATTRIBUTE_VALUES["color"]:
         rows.add(((value,), "color", value))
     for cell, phrase in shapes.WHERE.items():
-        rows.add((tuple(_tokens(phrase)), "place", cell))
+        rows.add((tuple(words(phrase)), "place", cell))
     return tuple(sorted((r for r in rows if r[0]), key=lambda r: -len(r[0])))
 
 
@@ -89,13 +91,13 @@ def mentions(text: str) -> list[tuple[int, str, object]]:
     """The attribute values a turn names, in order: ``(position, attribute, value)``, attribute one
     of size, color, shape, place (value (row, col)), row, col. Longest phrases first; a bare side
     word ("left", "up") or a comparative ("bigger") counts where no phrase covers it."""
-    toks = _tokens(text)
+    toks = words(text)
     used = [False] * len(toks)
     found = []
-    for words, attr, value in _phrase_table():
-        k = len(words)
+    for phrase, attr, value in _phrase_table():
+        k = len(phrase)
         for i in range(len(toks) - k + 1):
-            if tuple(toks[i : i + k]) == words and not any(used[i : i + k]):
+            if tuple(toks[i : i + k]) == phrase and not any(used[i : i + k]):
                 found.append((i, attr, value))
                 used[i : i + k] = [True] * k
     for i, tok in enumerate(toks):
@@ -178,7 +180,7 @@ def read_turn(scene, text: str, planner=None, focus: int | None = None) -> Edit:
     if not isinstance(text, str):
         raise TypeError(f"a turn is a string, got {type(text).__name__}")
     scene = tuple(scene)
-    toks = _tokens(text)
+    toks = words(text)
     if not toks:
         raise ValueError("a turn must say what to change, e.g. 'make it blue' or 'undo'")
     if text.strip().endswith("?") or toks[0] in QUESTION_WORDS:
@@ -195,8 +197,8 @@ def read_turn(scene, text: str, planner=None, focus: int | None = None) -> Edit:
         if planner is None:
             raise TypeError("reading an 'add' turn needs a planner (chapter 06's shapes-planner)")
         verb = next(i for i, t in enumerate(toks) if t in ADD_WORDS)
-        words = [t for t in toks[verb + 1 :] if t not in ("too", "also", "please", "as_well")]
-        description = " ".join(words).replace("_", " ")
+        rest = [t for t in toks[verb + 1 :] if t not in ("too", "also", "please", "as_well")]
+        description = " ".join(rest).replace("_", " ")
         objs = layout.as_specs({"objects": planner.plan(wordings.with_article(description))
                                 ["objects"]})
         if len(objs) != 1:

@@ -1,26 +1,32 @@
-"""The ladder of text encoders (chapter 06): chapter 05's text-to-image model read through encoders
-of growing size, trained and measured the same way.
+"""The ladder of text encoders (chapter 06): chapter 05's text-to-image model read through
+different text encoders, trained and measured the same way.
 
-The rungs: chapter 05's learned word table (``shapes-t2i``), frozen all-MiniLM-L6-v2
-(``shapes-t2i-minilm``) and frozen all-mpnet-base-v2 (``shapes-t2i-mpnet``). The two frozen rungs
-are chapter 05's :class:`~course_lib.models.text_to_image.TextToImageModel` with ``text.kind``
-"minilm" or "mpnet" (:func:`ladder_config`), trained with chapter 05's loop on text like the real
-world's: each training caption kept canonical or reworded in the seen vocabulary
-(:func:`course_lib.data.wordings.training_captions`). The frozen states of every training text are
-computed once (:meth:`course_lib.text_encoders.FrozenConditioner.precompute`).
+The rungs share one recipe (chapter 05's loop, :data:`LADDER_STEPS` steps) and one training text
+(each caption kept canonical or reworded in the seen vocabulary,
+:func:`course_lib.data.wordings.training_captions`); only ``text.kind`` differs
+(:func:`ladder_config`): chapter 05's learned word table over the words of that text
+(``shapes-t2i-learned-mix``, :func:`mix_vocabulary`), frozen all-MiniLM-L6-v2
+(``shapes-t2i-minilm``) and frozen all-mpnet-base-v2 (``shapes-t2i-mpnet``). The frozen states
+of every training text are computed once
+(:meth:`course_lib.text_encoders.FrozenConditioner.precompute`).
+Chapter 05's ``shapes-t2i`` (the same learned encoder, trained longer on canonical captions only)
+is read beside them to ask what the training text changes.
 
-Each model is asked for every training caption three ways: canonically, in the seen wording and in
-the unseen wording (:func:`prompt_sets`). The shapes-judge reads each picture; :func:`judge_set`
-reports how often each asked-for attribute is there, with a 95% Wilson interval
-(:func:`wilson_interval`; :func:`interval_verdict` reads two of them against each other) and the
-chance level of guessing (:data:`CHANCE`). :func:`ladder_figure`
-draws it. :func:`subsample` picks a smaller, even-handed set of prompts for a shorter run;
-:func:`recorded_results` reads what training measured on all of them from the manifest.
+Each model is asked for training captions three ways: canonically, in the seen wording and in the
+unseen wording (:func:`prompt_sets`; :func:`subsample` picks an even-handed subset). A learned
+table reads a word it never learned as ``<unk>`` or leaves it out (:func:`generate`).
+:func:`judge_draws` draws several pictures per prompt on noise shared by every model, and the
+shapes-judge reads them; :func:`bootstrap_results` gives each share a 95% bootstrap interval over
+prompts and noise, :func:`paired_rows` the paired difference of two rungs
+(:mod:`course_lib.roles`). :func:`wilson_interval` and :func:`interval_verdict` read one-draw
+shares such as :func:`recorded_results` (what training measured on all 270 prompts, from the
+manifest); :data:`CHANCE` is the level of guessing and :func:`ladder_figure` draws the ladder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 
 import numpy as np
@@ -31,6 +37,7 @@ from .data import shapes
 from .data.wordings import paraphrase_prompts, training_captions
 from .models import text_to_image as t2i
 from .pretrained import TrainResult, info, register, run_recipe
+from .roles import bootstrap_mean, difference_verdict, paired_difference
 from .training import ms_per_picture
 
 #: Accuracy of a guess uniform over the values: per attribute, and all five at once.
@@ -39,6 +46,7 @@ CHANCE = {
     "all": 1 / math.prod(len(v) for v in shapes.ATTRIBUTE_VALUES.values()),
 }
 PROMPT_SETS = ("canonical", "seen wording", "unseen wording")
+UNKNOWN_WORDS = ("unk", "skip")  # how a learned word table reads a word it never learned
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -93,13 +101,26 @@ def prompt_sets(split: str = "train", seed: int = 30_000) -> dict:
     }
 
 
+def known_words_only(tokenizer, prompts: list[str]) -> list[str]:
+    """The prompts with every word outside a learned ``tokenizer``'s vocabulary left out (the
+    other way :func:`generate` can read unknown words)."""
+    return [" ".join(w for w in shapes.split_words(p) if w in tokenizer.stoi) for p in prompts]
+
+
 @torch.no_grad()
-def generate(pipe, prompts: list[str], seed: int = 0, batch_size: int = 90, **kw) -> torch.Tensor:
-    """One picture per prompt [n, 3, 32, 32]; a learned-vocabulary pipeline reads unknown words as
-    ``<unk>`` (:class:`course_lib.text_encoders.unknown_as_unk`)."""
+def generate(
+    pipe, prompts: list[str], seed: int = 0, batch_size: int = 90, unknown: str = "unk", **kw
+) -> torch.Tensor:
+    """One picture per prompt [n, 3, 32, 32]. A learned-vocabulary pipeline reads a word outside its
+    table as ``<unk>`` (``unknown="unk"``, :class:`course_lib.text_encoders.unknown_as_unk`: a
+    vector its training never updated) or leaves it out (``"skip"``, :func:`known_words_only`)."""
     from .text_encoders import unknown_as_unk
 
+    if unknown not in UNKNOWN_WORDS:
+        raise ValueError(f"unknown must be one of {', '.join(UNKNOWN_WORDS)}, got {unknown!r}")
     learned = isinstance(pipe.text_encoder, t2i.ShapesTextEncoder)
+    if learned and unknown == "skip":
+        prompts = known_words_only(pipe.text_encoder.tokenizer, prompts)
     with unknown_as_unk(pipe) if learned else contextlib.nullcontext():
         return t2i.generate(pipe, list(prompts), seed=seed, batch_size=batch_size, **kw)
 
@@ -137,6 +158,89 @@ def measure(
                 judge_set(images, targets), images=images, prompts=prompts, targets=targets
             )
     return out
+
+
+def draw_seeds(draws: int, seed: int = 0) -> list[int]:
+    """The noise seeds of ``draws`` pictures per prompt; every system gets the same ones."""
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"draws must be a positive int, got {draws!r}")
+    return [seed + 1000 * d for d in range(draws)]
+
+
+def judge_draws(
+    pipe, prompts: list, targets: list, draws: int = 3, seed: int = 0, **kw
+) -> dict:
+    """``draws`` pictures per prompt (the noise seeds of :func:`draw_seeds`, the same for every
+    pipeline, so two pipelines are compared on the same noise), judged against ``targets``:
+    ``{"correct": BoolTensor[n, draws, 5], "images": the first draw [n, 3, 32, 32]}``. A prompt
+    of None (nothing to draw, e.g. a refused plan) is judged wrong on every attribute."""
+    if len(prompts) != len(targets):
+        raise ValueError(f"prompts and targets must pair up, got {len(prompts)}, {len(targets)}")
+    keep = [i for i, p in enumerate(prompts) if p is not None]
+    correct = torch.zeros(len(targets), draws, len(shapes.ATTRIBUTES), dtype=torch.bool)
+    first = torch.zeros(len(targets), 3, 32, 32)
+    for d, s in enumerate(draw_seeds(draws, seed)):
+        if not keep:
+            break
+        images = generate(pipe, [prompts[i] for i in keep], seed=s, **kw)  # [m, 3, 32, 32]
+        correct[keep, d] = judge_set(images, [targets[i] for i in keep])["correct"]
+        if d == 0:
+            first[keep] = images
+    return {"correct": correct, "images": first}
+
+
+def measure_draws(pipes: dict, sets: dict, draws: int = 3, seed: int = 0, **kw) -> dict:
+    """:func:`judge_draws` of every pipeline of ``pipes`` on every prompt set of ``sets``:
+    ``{(rung, set): {"correct", "images", "prompts", "targets"}}``."""
+    out = {}
+    for name, pipe in pipes.items():
+        for set_name, (prompts, targets) in sets.items():
+            r = judge_draws(pipe, prompts, targets, draws, seed, **kw)
+            out[(name, set_name)] = dict(r, prompts=list(prompts), targets=list(targets))
+    return out
+
+
+def bootstrap_results(measured: dict, n_boot: int = 2000, seed: int = 0) -> dict:
+    """:func:`measure_draws`'s tables read as shares with 95% bootstrap intervals over prompts and
+    noise draws (:func:`course_lib.roles.bootstrap_mean`), in :func:`format_table`'s form:
+    ``{key: {"size": (acc, lo, hi), ..., "all": (...), "n": prompts, "draws": k}}``."""
+    out = {}
+    for key, r in measured.items():
+        c = r["correct"]  # [n, k, 5]
+        cols = {a: c[..., i] for i, a in enumerate(shapes.ATTRIBUTES)}
+        cols["all"] = c.all(-1)
+        out[key] = {a: bootstrap_mean(v, n_boot, seed) for a, v in cols.items()}
+        out[key].update(n=int(c.shape[0]), draws=int(c.shape[1]))
+    return out
+
+
+def paired_rows(
+    measured: dict, pairs: list, set_names, attr: str = "all", n_boot: int = 2000, seed: int = 0
+):
+    """For each ``(a, b)`` rung pair and prompt set: ``(a, b, set, (diff, lo, hi), verdict)``, the
+    paired difference in the share judged right on ``attr`` (an attribute, or "all" five;
+    :func:`course_lib.roles.paired_difference`: same prompts, same noise)."""
+    if attr not in CHANCE:
+        raise ValueError(f"attr must be one of {', '.join(CHANCE)}, got {attr!r}")
+
+    def right(key):
+        c = measured[key]["correct"]  # [n, k, 5]
+        return c.all(-1) if attr == "all" else c[..., shapes.ATTRIBUTES.index(attr)]
+
+    rows = []
+    for a, b in pairs:
+        for s in set_names:
+            if (a, s) in measured and (b, s) in measured:
+                d = paired_difference(right((a, s)), right((b, s)), n_boot, seed)
+                rows.append((a, b, s, d, difference_verdict(d)))
+    return rows
+
+
+def format_paired(rows: list) -> str:
+    """:func:`paired_rows` as text, one line each."""
+    return "\n".join(
+        f"{a} - {b}, {s}: {d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}] {v}" for a, b, s, d, v in rows
+    )
 
 
 def subsample(sets: dict, n: int | None, seed: int = 0) -> dict:
@@ -253,29 +357,76 @@ def ladder_figure(
 
 
 # --------------------------------------------------------------------------------------------
-# The two frozen rungs: shapes-t2i-minilm and shapes-t2i-mpnet
+# The trained rungs: shapes-t2i-learned-mix, shapes-t2i-minilm and shapes-t2i-mpnet
 # --------------------------------------------------------------------------------------------
-#: Registered name -> text-encoder kind.
-LADDER_MODELS = {"shapes-t2i-minilm": "minilm", "shapes-t2i-mpnet": "mpnet"}
+#: Registered name -> text-encoder kind. The three share one recipe and one training text; only
+#: the text encoder differs (chapter 05's ``shapes-t2i`` is the same learned encoder trained longer
+#: on canonical captions only).
+LADDER_MODELS = {
+    "shapes-t2i-learned-mix": "learned",
+    "shapes-t2i-minilm": "minilm",
+    "shapes-t2i-mpnet": "mpnet",
+}
 LADDER_STEPS = 2000
 P_CANONICAL = 0.25  # share of training captions kept canonical; the rest reworded (seen)
+MAX_LENGTH = 24  # tokens per caption for every trained rung (the longest seen wording has 20 words)
 
 
 def ladder_config(kind: str, last_layers: int = 4) -> "t2i.TextToImageConfig":
-    """Chapter 05's model reading a frozen ``kind`` encoder: 24 tokens, the mean of its last
-    ``last_layers`` hidden layers (what generalised best to unseen wording in the probes)."""
-    if kind not in t2i.FROZEN_WIDTHS:
-        raise ValueError(f"kind must be one of {', '.join(t2i.FROZEN_WIDTHS)}, got {kind!r}")
+    """Chapter 05's model reading text through ``kind``: a frozen encoder ("minilm", "mpnet"; 24
+    tokens, the mean of its last ``last_layers`` hidden layers, what generalised best to unseen
+    wording in the probes) or chapter 05's learned word table ("learned": 24 tokens, its own width
+    and one Transformer layer)."""
+    if kind not in t2i.TEXT_ENCODER_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(t2i.TEXT_ENCODER_KINDS)}, got {kind!r}")
+    if kind == "learned":
+        return t2i.TextToImageConfig.from_dict({"text": {"max_length": MAX_LENGTH}})
     return t2i.TextToImageConfig.from_dict(
         {
             "text": {
                 "kind": kind,
                 "dim": t2i.FROZEN_WIDTHS[kind],
-                "max_length": 24,
+                "max_length": MAX_LENGTH,
                 "layers": last_layers,
             }
         }
     )
+
+
+def mix_vocabulary(captions: list[str]) -> list[str]:
+    """The learned rung's word table: chapter 05's canonical words, then every other word of its
+    training text in order of first use. A word outside it is read as :func:`generate` says."""
+    words = list(shapes.canonical_vocabulary())
+    known = set(words)
+    for c in captions:
+        for w in shapes.split_words(c):
+            if w not in known:
+                known.add(w)
+                words.append(w)
+    return words
+
+
+def _with_word_table(model: "t2i.TextToImageModel", vocab: list[str]) -> "t2i.TextToImageModel":
+    from .text_encoders import ShapesTextEncoder
+
+    text = model.config.text
+    model.text_encoder = ShapesTextEncoder(
+        vocab=list(vocab),
+        max_length=text.max_length,
+        dim=text.dim,
+        layers=text.layers,
+        heads=text.heads,
+    )
+    return model
+
+
+def build_learned_mix(config: dict) -> "t2i.TextToImageModel":
+    """Rebuild ``shapes-t2i-learned-mix`` from its manifest config: chapter 05's model config plus
+    ``"vocab"``, the word table its training text made (:func:`mix_vocabulary`)."""
+    if not isinstance(config, dict) or not isinstance(config.get("vocab"), list):
+        raise ValueError("config must be a dict with the model's fields and its 'vocab' list")
+    rest = {k: v for k, v in config.items() if k != "vocab"}
+    return _with_word_table(t2i.TextToImageModel(rest), config["vocab"])
 
 
 def train_ladder_model(
@@ -288,14 +439,17 @@ def train_ladder_model(
     **overrides,
 ):
     """Chapter 05's recipe (:class:`~course_lib.models.text_to_image.TrainConfig`; ``overrides``
-    change its fields) on a frozen ``kind`` encoder, with reworded training captions. Returns
-    ``(ema_model, history, settings)``."""
+    change its fields) on the ``kind`` encoder (:func:`ladder_config`), with reworded training
+    captions (the same text for every kind and seed). Returns ``(ema_model, history, settings)``."""
     hp = t2i.TrainConfig.from_dict(dict(overrides, steps=steps))
     with runtime.seeded(seed):
         model = t2i.TextToImageModel(ladder_config(kind))
         ds = shapes.ShapesDataset(hp.n_train, seed=seed + 100, split="train")
         captions = training_captions(ds.captions, np.random.default_rng([seed, 66]), p_canonical)
-        model.text_encoder.precompute(captions + [""])  # the frozen states, once
+        if kind == "learned":
+            model = _with_word_table(model, mix_vocabulary(captions))
+        else:
+            model.text_encoder.precompute(captions + [""])  # the frozen states, once
         ema_model, history = t2i.train_on(
             model,
             diffusion.to_model_range(ds.images),
@@ -336,19 +490,31 @@ def _registered_trainer(kind: str):
         steps = 20 if quick else LADDER_STEPS
 
         def notes(history, hp):
+            reads = (
+                "its own learned word table (one Transformer layer, width 64) over the words of "
+                "its training text, trained with it"
+                if kind == "learned"
+                else f"frozen {kind} token states (mean of the last 4 layers) + pooled"
+            )
             return (
                 f"chapter 05's UNet and recipe ({history.steps} steps, batch {hp.batch_size}, EMA "
-                f"{hp.ema_decay}, caption dropout {hp.caption_dropout}) reading frozen {kind} "
-                f"token states (mean of the last 4 layers) + pooled; {hp.n_train} training "
-                f"pictures, {P_CANONICAL:.0%} of their captions canonical, the rest one of 8 "
-                "seen-vocabulary wordings per caption; the language model is not in this file"
+                f"{hp.ema_decay}, caption dropout {hp.caption_dropout}) reading {reads}; "
+                f"{hp.n_train} training pictures, {P_CANONICAL:.0%} of their captions canonical, "
+                "the rest one of 8 seen-vocabulary wordings per caption"
+                + ("" if kind == "learned" else "; the language model is not in this file")
             )
 
-        return run_recipe(
+        result = run_recipe(
             lambda: train_ladder_model(kind, steps, seed, progress=False),
             evaluate_ladder_model,
             notes=notes,
         )
+        if kind == "learned":  # the word table travels with the config
+            vocab = result.model.text_encoder.tokenizer.itos[len(shapes.SPECIAL_TOKENS) :]
+            result = dataclasses.replace(
+                result, config={**result.model.config.to_dict(), "vocab": vocab}
+            )
+        return result
 
     return train
 
@@ -358,12 +524,15 @@ for _name, _kind in LADDER_MODELS.items():
         _name,
         role="generator",
         domain="shapes",
-        build=t2i.TextToImageModel,
+        build=build_learned_mix if _kind == "learned" else t2i.TextToImageModel,
         train=_registered_trainer(_kind),
         evaluate=evaluate_ladder_model,
         finalize=t2i.make_pipeline,
         chapter="06",
         description=(
-            f"chapter 05's text-to-image UNet reading frozen {_kind} token states (ShapesPipeline)"
+            f"chapter 05's text-to-image UNet reading {_kind} token states (ShapesPipeline)"
+            if _kind != "learned"
+            else "chapter 05's text-to-image UNet and learned word table, trained on the ladder's "
+            "reworded text (ShapesPipeline)"
         ),
     )

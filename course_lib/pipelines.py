@@ -76,6 +76,21 @@ class CoursePipeline(DiffusionPipeline):
     def check_output_type(self, output_type: str) -> str:
         return arguments.output_type(output_type, ("pil", "np", "pt", *self.extra_output_types))
 
+    # ---- LoRA adapters (chapter 11) ---------------------------------------------------------
+    def load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name=None):
+        """diffusers' name: load an adapter (a ``.safetensors`` file or its state dict) into the
+        UNet through diffusers' ``unet.load_lora_adapter`` (peft), and its new words into the text
+        encoder (:func:`course_lib.lora.load_lora_weights`). One adapter at a time."""
+        from . import lora
+
+        lora.load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name)
+
+    def unload_lora_weights(self):
+        """diffusers' name: remove the adapter; the pipeline is the base model again, exactly."""
+        from . import lora
+
+        lora.unload_lora_weights(self)
+
     # ---- the result -------------------------------------------------------------------------
     def format_output(self, images: torch.Tensor, output_type: str, return_dict: bool = True):
         """Pictures [n, 3, H, W] in [0, 1] as ``output_type``: "pt" (the tensor), "np"

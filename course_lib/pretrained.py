@@ -53,6 +53,8 @@ ENTRY_MODULES = (
     "course_lib.models.reflow",
     "course_lib.models.vq",
     "course_lib.models.token_training",
+    "course_lib.instruct_edit",
+    "course_lib.personalisation",
 )
 
 

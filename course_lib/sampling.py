@@ -74,7 +74,23 @@ def guide(uncond: torch.Tensor, cond: torch.Tensor, scale: float) -> torch.Tenso
     Salimans (2022) write the same thing as ``(1 + w') cond - w' uncond``: their ``w'`` is
     ``scale - 1``. The algebra is the same whatever the network predicts (ε, v, x_0 or a flow
     velocity), because each is an affine function of the others at a fixed x_t and t.
+
+    A chain of conditions (chapter 11's InstructPix2Pix): ``cond`` a list ``[c_1, ..., c_k]``, each
+    adding a condition to the one before, and ``scale`` a list of k scales give
+    ``uncond + sum_j scale_j * (c_j - c_{j-1})`` with ``c_0 = uncond``; with ``[e(I,∅), e(I,T)]``
+    and ``[s_I, s_T]`` that is Brooks et al. (2023)'s two-scale guidance
+    ``e(∅,∅) + s_I (e(I,∅) - e(∅,∅)) + s_T (e(I,T) - e(I,∅))``.
     """
+    if isinstance(cond, (list, tuple)):
+        if not isinstance(scale, (list, tuple)) or len(scale) != len(cond) or not cond:
+            raise ValueError(
+                "a chain of conditions takes one scale per condition: cond and scale lists of "
+                f"equal, non-zero length, got {len(cond)} conditions and scale {scale!r}"
+            )
+        out, before = uncond, uncond
+        for c, s in zip(cond, scale):
+            out, before = out + s * (c - before), c
+        return out
     return uncond + scale * (cond - uncond)
 
 

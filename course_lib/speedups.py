@@ -95,6 +95,21 @@ def _no_cuda_home_notice():
         log.removeFilter(keep)
 
 
+@contextlib.contextmanager
+def _bf16_autocast(device_type: str):
+    """``torch.autocast`` to bfloat16, with torch's fused Transformer-layer kernel switched off
+    while it runs (the text encoder's ``nn.TransformerEncoderLayer`` then runs its plain
+    operations, autocast as well): in torch 2.3 that kernel ignores CPU autocast and fails on
+    bfloat16 inputs with float32 weights."""
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
+
+
 def quantize_linear_int8(module: nn.Module) -> nn.Module:
     """Dynamic int8 quantisation of the ``nn.Linear`` layers of ``module``, in place (CPU only)."""
     from torch.ao.quantization import quantize_dynamic
@@ -114,7 +129,7 @@ def apply_variant(pipe, name: str, amount: float = 0.5):
     if name == "fp32":
         pass
     elif name == "bf16-autocast":
-        ctx = lambda: torch.autocast(dev.type, dtype=torch.bfloat16)  # noqa: E731
+        ctx = lambda: _bf16_autocast(dev.type)  # noqa: E731
         note = "convolutions and matmuls in bfloat16"
     elif name == "channels-last":
         p.unet.to(memory_format=torch.channels_last)

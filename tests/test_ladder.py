@@ -112,7 +112,7 @@ def test_frozen_rung_is_chapter_05s_model_with_another_encoder():
     cfg = ladder.ladder_config("minilm")
     assert cfg.text.kind == "minilm" and cfg.text.dim == 384 and cfg.text.layers == 4
     with pytest.raises(ValueError, match="minilm"):
-        ladder.ladder_config("learned")
+        ladder.ladder_config("clip")
     with pytest.raises(ValueError, match="text.dim must be 384"):
         t2i.TextToImageConfig.from_dict({"text": {"kind": "minilm", "dim": 64}})
     model = t2i.TextToImageModel(cfg)
@@ -143,6 +143,65 @@ def test_frozen_rung_trains_a_few_steps():
     assert images.shape == (1, 3, 32, 32)
 
 
+def test_learned_rung_reads_its_training_text_with_its_own_word_table():
+    cfg = ladder.ladder_config("learned")
+    assert cfg.text.kind == "learned" and cfg.text.max_length == ladder.MAX_LENGTH
+    assert cfg.unet == ladder.ladder_config("mpnet").unet and cfg.schedule == "cosine"
+    caps = ["a small red circle in the top left", "in the upper left corner, a tiny crimson ball"]
+    vocab = ladder.mix_vocabulary(caps)
+    assert vocab[: len(shapes.canonical_vocabulary())] == shapes.canonical_vocabulary()
+    assert {"crimson", "ball", "upper", ","} <= set(vocab) and len(vocab) == len(set(vocab))
+    model, history, hp = ladder.train_ladder_model("learned", steps=2, n_train=16, batch_size=4,
+                                                   progress=False)
+    assert history.steps == 2 and isinstance(model.text_encoder, text_encoders.ShapesTextEncoder)
+    table = model.text_encoder.tokenizer
+    assert len(table) > len(shapes.canonical_vocabulary()) + 4            # the reworded words too
+    config = {**model.config.to_dict(), "vocab": table.itos[4:]}
+    again = ladder.build_learned_mix(config)
+    again.load_state_dict(model.state_dict())                             # same shapes, same table
+    assert again.text_encoder.tokenizer.itos == table.itos
+    with pytest.raises(ValueError, match="vocab"):
+        ladder.build_learned_mix(model.config.to_dict())
+    pipe = t2i.make_pipeline(again)
+    odd = ["could you paint a wee vermilion orb at twelve o'clock"]
+    assert ladder.known_words_only(table, odd)[0].split() == [
+        w for w in shapes.split_words(odd[0]) if w in table.stoi]
+    for unknown in ladder.UNKNOWN_WORDS:                                  # never raises on new words
+        assert ladder.generate(pipe, odd, unknown=unknown, num_inference_steps=2).shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match="unknown must be one of"):
+        ladder.generate(pipe, odd, unknown="raise")
+    assert "shapes-t2i-learned-mix" in ladder.LADDER_MODELS and pretrained.known()
+
+
+def test_judge_draws_pairs_pipelines_on_the_same_noise_and_refusals_are_wrong():
+    specs = shapes.all_specs("train")[:3]
+    caps = [shapes.caption(s) for s in specs]
+
+    assert ladder.draw_seeds(3) == [0, 1000, 2000] and ladder.draw_seeds(2, seed=5) == [5, 1005]
+    with pytest.raises(ValueError, match="draws"):
+        ladder.draw_seeds(0)
+    pipe = t2i.make_pipeline(t2i.TextToImageModel())                      # untrained: draws noise
+    r = ladder.judge_draws(pipe, [caps[0], None, caps[2]], caps, draws=2, num_inference_steps=2)
+    assert r["correct"].shape == (3, 2, 5) and r["images"].shape == (3, 3, 32, 32)
+    assert not r["correct"][1].any() and r["images"][1].abs().sum() == 0  # nothing drawn: wrong
+    again = ladder.judge_draws(pipe, [caps[0], None, caps[2]], caps, draws=2, num_inference_steps=2)
+    assert torch.equal(r["correct"], again["correct"])
+    measured = {("a", "s"): r, ("b", "s"): again}
+    res = ladder.bootstrap_results(measured, n_boot=200)
+    assert res[("a", "s")]["n"] == 3 and res[("a", "s")]["draws"] == 2
+    lo, hi = res[("a", "s")]["all"][1:]
+    assert lo <= res[("a", "s")]["all"][0] <= hi
+    assert ladder.format_table(res).splitlines()[1].startswith("a")
+    rows = ladder.paired_rows(measured, [("a", "b")], ["s"], n_boot=200)
+    assert ladder.paired_rows(measured, [("a", "b")], ["s"], "color", n_boot=200)[0][3][0] == 0
+    with pytest.raises(ValueError, match="attr must be"):
+        ladder.paired_rows(measured, [("a", "b")], ["s"], "hue")
+    assert rows[0][3] == (0.0, 0.0, 0.0) and rows[0][4].startswith("within noise")
+    assert ladder.format_paired(rows).startswith("a - b, s: +0.00")
+    with pytest.raises(ValueError, match="pair up"):
+        ladder.judge_draws(pipe, caps[:2], caps, draws=1)
+
+
 def _shipped(name):
     return name in pretrained.read_manifest()["models"]
 
@@ -153,10 +212,9 @@ def test_shipped_ladder_models_draw_canonical_captions():
     measured = {n: q for n, q in records.items() if "canonical" in q}      # recorded by this recipe
     assert "shapes-t2i-mpnet" in measured
     for name, quality in measured.items():
-        assert quality["canonical"]["n"] == 270 and quality["canonical"]["all"] >= 0.95, name
-    if len(measured) == 2:
-        assert measured["shapes-t2i-mpnet"]["unseen wording"]["all"] > measured["shapes-t2i-minilm"][
-            "unseen wording"]["all"]
+        assert quality["canonical"]["n"] == 270, name
+        if ladder.LADDER_MODELS[name] != "learned":                       # the frozen rungs meet the bar
+            assert quality["canonical"]["all"] >= 0.95, name
     for name, quality in measured.items():                               # the notebook's recorded table
         rec = ladder.recorded_results(name)
         assert list(rec) == list(ladder.PROMPT_SETS) and rec["canonical"]["n"] == 270
@@ -167,6 +225,28 @@ def test_shipped_ladder_models_draw_canonical_captions():
         assert ladder.recorded_results("shapes-t2i") == {}
     pipe = pretrained.load("shapes-t2i-mpnet", "cpu")
     images = ladder.generate(pipe, ["a small red circle in the top left"], num_inference_steps=4)
+    assert images.shape == (1, 3, 32, 32)
+
+
+@pytest.mark.skipif(not all(_shipped(n) for n in ladder.LADDER_MODELS), reason="a ladder rung is not shipped")
+def test_shipped_rungs_share_one_recipe_and_differ_only_in_the_encoder():
+    recs = {n: pretrained.info(n) for n in ladder.LADDER_MODELS}
+
+    def rest(config):
+        return {k: v for k, v in config.items() if k not in ("text", "vocab")}
+
+    mpnet = recs["shapes-t2i-mpnet"]
+    for name, rec in recs.items():
+        assert rest(rec["config"]) == rest(mpnet["config"]), name
+        assert rec["quality"]["train_steps"] == ladder.LADDER_STEPS, name
+        assert rec["config"]["text"]["max_length"] == ladder.MAX_LENGTH, name
+        assert rec["command"] == f"python -m course_lib.pretrained train {name} --seed 0"
+        assert "25% of their captions canonical" in rec["notes"], name
+    pipe = pretrained.load("shapes-t2i-learned-mix", "cpu")
+    table = pipe.text_encoder.tokenizer
+    assert table.itos[4:] == recs["shapes-t2i-learned-mix"]["config"]["vocab"]
+    assert {"crimson", "upper"} & set(table.stoi) and "vermilion" not in table.stoi
+    images = ladder.generate(pipe, ["a wee vermilion orb at twelve o'clock"], num_inference_steps=2)
     assert images.shape == (1, 3, 32, 32)
 
 

@@ -38,6 +38,10 @@ POSITION_JITTER = 1.0  # +- px on each axis
 COLOR_JITTER = 0.04  # +- per channel
 IMAGE_SIZE = 32
 SUPERSAMPLE = 4
+#: Shapes outside the contract that only chapter 11's personalisation data draws (a concept the
+#: course's models never saw). They are in no split, no caption vocabulary and no judge head.
+EXTRA_SHAPES = ("ring",)
+RING_HOLE = 0.5  # a ring's inner radius as a fraction of its outer radius
 
 WHERE = {
     ("top", "left"): "in the top left",
@@ -204,8 +208,16 @@ def render_geometry(
     # at height y the half-width grows linearly from 0 (apex) to half (base)
     frac = (dy + half) / side  # 0 at apex, 1 at base
     triangle = (frac >= 0) & (frac <= 1) & (dx.abs() <= half * frac)
-    kind = torch.tensor([SHAPES.index(s) for s in shapes]).view(n, 1, 1)
+    known = SHAPES + EXTRA_SHAPES
+    unknown = sorted({s for s in shapes if s not in known})
+    if unknown:
+        raise ValueError(f"unknown shape(s) {unknown}; allowed: {', '.join(known)}")
+    kind = torch.tensor([known.index(s) for s in shapes]).view(n, 1, 1)
     mask = torch.where(kind == 0, circle, torch.where(kind == 1, square, triangle))  # [n, S, S]
+    ring_kind = known.index("ring")
+    if (kind == ring_kind).any():  # the disc without its centre (EXTRA_SHAPES, chapter 11)
+        ring = circle & (dx**2 + dy**2 > (RING_HOLE * half) ** 2)
+        mask = torch.where(kind == ring_kind, ring, mask)
     cover = torch.nn.functional.avg_pool2d(mask.double().unsqueeze(1), k)  # [n, 1, H, W]
     rgb = torch.tensor([g.rgb for g in geoms], dtype=torch.float64).view(n, 3, 1, 1)
     return (cover * rgb).float().clamp_(0, 1)  # [n, 3, H, W]
@@ -226,6 +238,23 @@ def render(
     geoms = [draw_geometry(s, rng) for s in specs]
     images = render_geometry([s.shape for s in specs], geoms)
     return images[0] if single else images
+
+
+def render_as(
+    specs: list[ShapeSpec], shape: str, rng: np.random.Generator | int | None = None
+) -> torch.Tensor:
+    """The specs' pictures (FloatTensor[n, 3, 32, 32]) with every object drawn as ``shape``, one of
+    ``SHAPES + EXTRA_SHAPES``: the same size, color, place and jitter draws as :func:`render`.
+    Chapter 11 draws the ring, a shape no caption of the data set names, this way."""
+    if shape not in SHAPES + EXTRA_SHAPES:
+        raise ValueError(f"shape must be one of {SHAPES + EXTRA_SHAPES}, got {shape!r}")
+    if isinstance(rng, (int, np.integer)):
+        rng = np.random.default_rng(int(rng))
+    specs = list(specs)
+    if not specs:
+        return torch.zeros(0, 3, IMAGE_SIZE, IMAGE_SIZE)
+    geoms = [draw_geometry(s, rng) for s in specs]
+    return render_geometry([shape] * len(specs), geoms)
 
 
 def sample_specs(n: int, seed: int = 0, split: str = "train") -> list[ShapeSpec]:
