@@ -301,7 +301,7 @@ def measure(
     caps = [concept_caption(s, cfg.word) for s in specs]
     res = concept_check(t2i.generate(pipe, caps, seed=seed, **call), specs, cfg.concept)
     old = shapes.all_captions("train")[:n_old]
-    old_ok = _old_all(pipe, old, seed, **call)
+    old_ok = old_captions_right(pipe, old, seed, **call)
     out = {
         "concept_all": share(int(res["correct"].all(1).sum()), n_concept),
         "concept_shape": share(int(res["correct"][:, 0].sum()), n_concept),
@@ -314,7 +314,9 @@ def measure(
     return out
 
 
-def _old_all(pipe, captions, seed, **call) -> int:
+def old_captions_right(pipe, captions, seed: int = 0, **call) -> int:
+    """How many of ``captions`` the pipeline draws with all five attributes right (one picture
+    each, noise from ``seed``): the forgetting measure, also chapter 07's editing rows'."""
     ok = score_shapes(t2i.generate(pipe, captions, seed=seed, **call), captions)["correct"]
     return int(ok.all(1).sum())
 

@@ -117,6 +117,15 @@ def is_text_pipeline(obj) -> bool:
     )
 
 
+def is_editor(obj) -> bool:
+    """A pipeline that changes a picture (``pipe(instructions, image=...)``, chapter 11): chapter
+    07 scores it in the editing rows (:mod:`course_lib.edit_scores`), not on this table."""
+    try:
+        return callable(obj) and "image" in inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def n_classes_of(model) -> int:
     for attr in ("n_classes", "num_classes", "num_class_embeds"):
         v = getattr(model, attr, None)
@@ -506,6 +515,10 @@ def build(
                 notes.append(f"{name}: skipped, a {entry.role}, not a generator")
                 continue
             model = pretrained.load(name, device)
+            if is_editor(model):
+                notes.append(f"{name}: an editor (it starts from a picture), scored in the "
+                             f"editing rows (course_lib.edit_scores)")
+                continue
             chapter = entry.chapter
             if entry.domain == "shapes":
                 ref = ref_for("shapes")

@@ -11,7 +11,7 @@ from nbclient import NotebookClient
 from course_lib import student
 
 ROOT = Path(__file__).resolve().parent.parent
-CHAPTERS = ["01_gan", "10_images_as_tokens"]
+CHAPTERS = ["01_gan", "10_images_as_tokens", "11_editing"]
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
