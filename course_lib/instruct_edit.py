@@ -60,6 +60,9 @@ class InstructEditConfig(t2i.TextToImageConfig):
     target's before the fold (UNet input: ``(in_channels + source_channels) * fold**2``)."""
 
     text: t2i.TextEncoderConfig = field(default_factory=_mpnet_text)
+    # The network predicts the edited picture itself (x0): most of it is the source, so "leave it"
+    # is a copy. At equal training steps, v-prediction left far fewer controls unchanged.
+    prediction_type: str = "sample"
     source_channels: int = 3
     image_guidance_scale: float = 1.5  # the pipeline's default s_I (guidance_scale is s_T)
 
@@ -171,7 +174,7 @@ class InstructTrainConfig(t2i.TrainConfig):
     """Chapter 05's recipe on triplets; ``caption_dropout`` is unused: the paper's three
     dropouts replace it (:func:`drop_conditions`)."""
 
-    steps: int = 3400
+    steps: int = 4500
     n_train: int = 16000  # training triplets (rendered once)
     caption_dropout: float = 0.0
     drop_text: float = 0.05  # instruction only dropped
@@ -492,10 +495,12 @@ def train_registered(seed: int = 0, quick: bool = False) -> TrainResult:
     steps = 20 if quick else InstructTrainConfig().steps
 
     def notes(history, hp):
+        model_type = InstructEditConfig().prediction_type
         return (
             f"chapter 05's UNet and loop ({history.steps} steps, batch {hp.batch_size}, AdamW lr "
             f"{hp.lr} warm-up + cosine, EMA {hp.ema_decay}) on {hp.n_train} seen-wording "
             f"triplets, the source picture concatenated to the noisy target (6 input channels), "
+            f"predicting the edited picture ({model_type}), "
             f"frozen mpnet instruction states (mean of the last 4 layers), {hp.per_request} "
             f"wordings per request; instruction / picture / both dropped {hp.drop_text:.0%} / "
             f"{hp.drop_image:.0%} / {hp.drop_both:.0%}; the language model is not in this file"
