@@ -6,9 +6,10 @@ picture) triplets, here made by the Shapes renderer (:func:`course_lib.data.edit
 make_triplets`: recolour, reshape, resize, move, and "leave it" controls).
 
 * The model is chapter 05's :class:`~course_lib.models.text_to_image.TextToImageModel` reading the
-  instruction through frozen all-mpnet-base-v2 (chapter 06's ``shapes-t2i-mpnet`` rung), with one
-  change: the source picture's channels are concatenated to the noisy target's, so its UNet takes
-  6 channels (3 + 3, before the 2x2 fold) and predicts 3 (:class:`InstructEditModel`).
+  instruction through frozen all-mpnet-base-v2 (chapter 06's ``shapes-t2i-mpnet`` rung), with two
+  changes: the source picture's channels are concatenated to the noisy target's, so its UNet takes
+  6 channels (3 + 3, before the 2x2 fold) and predicts 3 (:class:`InstructEditModel`); and it
+  predicts the edited picture x0 (``prediction_type="sample"``), of which the source is most.
 * Training (:func:`train_instruct_edit`, chapter 05's loop of :mod:`course_lib.training`) drops the
   instruction, the picture or both, each for 5% of the examples (:func:`drop_conditions`), so one
   network also learns e(I, ∅) and e(∅, ∅).
@@ -60,8 +61,8 @@ class InstructEditConfig(t2i.TextToImageConfig):
     target's before the fold (UNet input: ``(in_channels + source_channels) * fold**2``)."""
 
     text: t2i.TextEncoderConfig = field(default_factory=_mpnet_text)
-    # The network predicts the edited picture itself (x0): most of it is the source, so "leave it"
-    # is a copy. At equal training steps, v-prediction left far fewer controls unchanged.
+    # The network predicts the edited picture itself (x0): most of it is the source, so the
+    # answer to "leave it" is a copy of an input (chapter 11 says why this recipe chose it)
     prediction_type: str = "sample"
     source_channels: int = 3
     image_guidance_scale: float = 1.5  # the pipeline's default s_I (guidance_scale is s_T)
