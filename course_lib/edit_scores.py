@@ -31,7 +31,7 @@ from .data import shapes
 from .judges import score_shapes
 from .models import text_to_image as t2i
 from .pipelines import quiet
-from .runtime import time_fn
+from .training import ms_per_picture
 
 #: Columns of :func:`frame`, in order.
 COLUMNS = ("model", "chapter", "task", "asked with", "n", "right", "right_low", "right_high",
@@ -49,11 +49,6 @@ def _row(model: str, chapter: str, task: str, asked: str, right, n: int, kept, n
             "kept means": kept_means, "ms_per_edit": ms,
             "size_mb": rec.get("bytes", float("nan")) / 1e6,
             "train_seconds": rec.get("train_seconds", float("nan"))}
-
-
-def _ms_per_item(fn, n: int, repeats: int) -> float:
-    """Median milliseconds per item of ``fn()``, which handles ``n`` items (one warm-up call)."""
-    return 1000 * time_fn(fn, repeats=repeats, warmup=1)["median_s"] / n
 
 
 def _subset(trip: dict, kind: str) -> dict:
@@ -82,7 +77,7 @@ def sdedit_rows(pipe, trip: dict, seed: int = 0, latency_batch: int = 16,
     kept = score_shapes(run(keep, keep["source_specs"]),
                         keep["source_specs"])["correct"].all(1).sum()
     m = min(latency_batch, len(recolour["requests"]))
-    ms = _ms_per_item(lambda: run(recolour, recolour["target_specs"], m), m, repeats)
+    ms = ms_per_picture(lambda: run(recolour, recolour["target_specs"], m), m, repeats)
     strength = call.get("strength", editing.DEFAULT_STRENGTH)
     return [_row(f"shapes-t2i + SDEdit, strength {strength:g}", "11", "recolour",
                  "the target's caption", right, len(recolour["requests"]), kept,
@@ -103,7 +98,7 @@ def instruction_rows(pipe, trip: dict, seed: int = 0, latency_batch: int = 16,
     kept = int(right[~edits].sum())
     m = min(latency_batch, len(kinds))
     small = {k: v[:m] for k, v in trip.items()}
-    ms = _ms_per_item(lambda: instruct_edit.edit(pipe, small, seed=seed, **call), m, repeats)
+    ms = ms_per_picture(lambda: instruct_edit.edit(pipe, small, seed=seed, **call), m, repeats)
     common = dict(kept=kept, n_kept=n_keep, kept_means='"leave it" read as the source', ms=ms,
                   name="shapes-edit")
     return [
@@ -123,7 +118,7 @@ def adapter_rows(pipe, base, cfg, n_concept: int = 108, n_old: int = 270, seed: 
     base_ok = personalisation.old_captions_right(base, old, seed)
     caps = [personalisation.concept_caption(s, cfg.word)
             for s in personalisation.concept_specs()[:latency_batch]]
-    ms = _ms_per_item(lambda: t2i.generate(pipe, caps, seed=seed), len(caps), repeats)
+    ms = ms_per_picture(lambda: t2i.generate(pipe, caps, seed=seed), len(caps), repeats)
     c, o = q["concept_all"], q["old_all"]
     b = base_ok / len(old)
     return [_row("shapes-t2i-lora-ring", "11", f"a new shape ({cfg.word})",
@@ -140,14 +135,19 @@ def build(per_kind: int = 60, n_concept: int = 108, n_old: int = 270, seed: int 
     note; one that fails is left out with its error, and the others are still scored."""
     shipped = pretrained.read_manifest()["models"]
     trip = instruct_edit.evaluation_sets(per_kind)["heldout wording"]
-    rows, notes = [], []
+    rows, notes, loaded = [], [], {}
+
+    def base():  # chapter 05's pipeline, loaded once: SDEdit's and the adapter's base model
+        if "base" not in loaded:
+            loaded["base"] = pretrained.load(personalisation.BASE, device)
+        return loaded["base"]
+
     jobs = [
-        ("shapes-t2i", lambda: sdedit_rows(pretrained.load("shapes-t2i", device), trip, seed,
-                                           latency_batch, repeats)),
+        ("shapes-t2i", lambda: sdedit_rows(base(), trip, seed, latency_batch, repeats)),
         ("shapes-edit", lambda: instruction_rows(pretrained.load("shapes-edit", device), trip,
                                                  seed, latency_batch, repeats)),
-        (personalisation.NAME, lambda: _adapter(n_concept, n_old, seed, latency_batch, repeats,
-                                                device)),
+        (personalisation.NAME, lambda: _adapter(base(), n_concept, n_old, seed, latency_batch,
+                                                repeats, device)),
     ]
     for name, job in jobs:
         if name not in shipped:
@@ -162,9 +162,8 @@ def build(per_kind: int = 60, n_concept: int = 108, n_old: int = 270, seed: int 
     return {"rows": rows, "notes": notes}
 
 
-def _adapter(n_concept, n_old, seed, latency_batch, repeats, device) -> list[dict]:
-    adapter = pretrained.load(personalisation.NAME, device)  # the base pipeline, adapter loaded
-    base = pretrained.load(personalisation.BASE, device)
+def _adapter(base, n_concept, n_old, seed, latency_batch, repeats, device) -> list[dict]:
+    adapter = pretrained.load(personalisation.NAME, device)  # its own base pipeline, adapter in
     cfg = personalisation.AdapterConfig.from_dict(
         pretrained.info(personalisation.NAME)["config"])
     return adapter_rows(adapter, base, cfg, n_concept, n_old, seed, latency_batch, repeats)

@@ -9,7 +9,7 @@ make_triplets`: recolour, reshape, resize, move, and "leave it" controls).
   instruction through frozen all-mpnet-base-v2 (chapter 06's ``shapes-t2i-mpnet`` rung), with two
   changes: the source picture's channels are concatenated to the noisy target's, so its UNet takes
   6 channels (3 + 3, before the 2x2 fold) and predicts 3 (:class:`InstructEditModel`); and it
-  predicts the edited picture x0 (``prediction_type="sample"``), of which the source is most.
+  predicts the edited picture x0 (``prediction_type="sample"``), most of which is the source.
 * Training (:func:`train_instruct_edit`, chapter 05's loop of :mod:`course_lib.training`) drops the
   instruction, the picture or both, each for 5% of the examples (:func:`drop_conditions`), so one
   network also learns e(I, ∅) and e(∅, ∅).
@@ -504,7 +504,7 @@ def train_registered(seed: int = 0, quick: bool = False) -> TrainResult:
             f"predicting the edited picture ({model_type}), "
             f"frozen mpnet instruction states (mean of the last 4 layers), {hp.per_request} "
             f"wordings per request; instruction / picture / both dropped {hp.drop_text:.0%} / "
-            f"{hp.drop_image:.0%} / {hp.drop_both:.0%}; the language model is not in this file"
+            f"{hp.drop_image:.0%} / {hp.drop_both:.0%}; the sentence encoder is not in this file"
         )
 
     return run_recipe(

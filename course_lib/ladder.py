@@ -501,7 +501,7 @@ def _registered_trainer(kind: str):
                 f"{hp.ema_decay}, caption dropout {hp.caption_dropout}) reading {reads}; "
                 f"{hp.n_train} training pictures, {P_CANONICAL:.0%} of their captions canonical, "
                 "the rest one of 8 seen-vocabulary wordings per caption"
-                + ("" if kind == "learned" else "; the language model is not in this file")
+                + ("" if kind == "learned" else "; the sentence encoder is not in this file")
             )
 
         result = run_recipe(
