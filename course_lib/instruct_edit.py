@@ -65,11 +65,31 @@ class InstructEditConfig(t2i.TextToImageConfig):
     # answer to "leave it" is a copy of an input (chapter 11 says why this recipe chose it)
     prediction_type: str = "sample"
     source_channels: int = 3
+    # x and y of every pixel as 2 more input channels (CoordConv, Liu et al. 2018): a move must
+    # draw the object at a cell the instruction names, and convolutions alone barely know where
+    # they are (0: none)
+    position_channels: int = 0
     image_guidance_scale: float = 1.5  # the pipeline's default s_I (guidance_scale is s_T)
+    # the pipeline's default: read each instruction in its plainest words first
+    rewrite_instructions: bool = True
 
     def __post_init__(self):
         super().__post_init__()
         arguments.positive_int(self.source_channels, "source_channels")
+        if not isinstance(self.rewrite_instructions, bool):
+            raise TypeError(f"rewrite_instructions must be True or False, got "
+                            f"{self.rewrite_instructions!r}")
+        if self.position_channels not in (0, 2):
+            raise ValueError(f"position_channels must be 0 or 2, got {self.position_channels!r}")
+
+
+def position_grid(n: int, size: int, fold: int = 1) -> torch.Tensor:
+    """x and y of every pixel in [-1, 1] (CoordConv's extra channels): [n, 2, size, size], or
+    folded 2x2 like the pictures ([n, 2 fold^2, size/fold, size/fold])."""
+    r = torch.linspace(-1.0, 1.0, size)
+    grid = torch.stack([r[None, :].expand(size, size), r[:, None].expand(size, size)])  # [2, S, S]
+    grid = F.pixel_unshuffle(grid[None], fold) if fold > 1 else grid[None]
+    return grid.expand(n, -1, -1, -1)
 
 
 def build_edit_unet(config: InstructEditConfig) -> UNet2DConditionModel:
@@ -82,7 +102,7 @@ def build_edit_unet(config: InstructEditConfig) -> UNet2DConditionModel:
                  "projection_class_embeddings_input_dim": cfg.text.dim}
     return UNet2DConditionModel(
         sample_size=cfg.sample_size // f,
-        in_channels=(cfg.in_channels + cfg.source_channels) * f * f,
+        in_channels=(cfg.in_channels + cfg.source_channels + cfg.position_channels) * f * f,
         out_channels=cfg.in_channels * f * f,
         cross_attention_dim=cfg.text.dim,
         **cfg.unet.to_dict(),
@@ -103,6 +123,8 @@ class InstructEditModel(t2i.TextToImageModel):
 
     def denoise(self, x_t, t, states, pooled, source):
         x = torch.cat([x_t, source.to(x_t)], dim=1)  # [n, 6, 32, 32]
+        if self.config.position_channels:
+            x = torch.cat([x, position_grid(len(x), x.shape[-1]).to(x)], dim=1)  # [n, 8, 32, 32]
         z = F.pixel_unshuffle(x, self.fold) if self.fold > 1 else x  # [n, 6 f^2, 32/f, 32/f]
         kw = {"class_labels": pooled} if self.config.pooled_text else {}
         out = self.unet(z, t, encoder_hidden_states=states, **kw).sample  # [n, 3 f^2, s, s]
@@ -165,6 +187,18 @@ def read_instruction(text: str) -> ew.EditRequest:
     if attr in ("row", "col"):
         return ew.EditRequest("place", None)
     return ew.EditRequest(attr, value)
+
+
+def rewrite_instruction(text: str) -> str:
+    """The instruction in the plainest words the editor was trained on: :func:`read_instruction`'s
+    edit written by :func:`course_lib.data.edit_wordings.plain_instruction` ("could you repaint it
+    scarlet" -> "make it red"); chapter 06's planner step, reading the words before the picture is
+    drawn. A move that names only a row or a column ("move it left") keeps its own words: its cell
+    depends on the picture. Raises ``ValueError`` for what :func:`read_instruction` refuses."""
+    request = read_instruction(text)
+    if request.kind == "place" and request.value is None:
+        return text
+    return ew.plain_instruction(request)
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,15 +308,19 @@ class InstructPix2PixPipeline(t2i.ShapesPipeline):
     picture for all instructions); ``image`` [n, 3, 32, 32] in [0, 1] or PIL pictures. Each step
     makes the three predictions e(∅,∅), e(I,∅), e(I,T) in one network call on a batch of 3n and
     combines them with :func:`course_lib.sampling.guide`; with both scales 1 it makes e(I,T)
-    alone. An instruction that is not an edit is refused (:func:`read_instruction`)."""
+    alone. An instruction that is not an edit is refused (:func:`read_instruction`); with
+    ``rewrite=True`` (the default) the network reads each instruction in its plainest words
+    (:func:`rewrite_instruction`), with ``rewrite=False`` as written."""
 
     extra_output_types = ()
 
     def __init__(self, unet, text_encoder, scheduler, default_num_inference_steps: int = 20,
-                 default_guidance_scale: float = 3.0, default_image_guidance_scale: float = 1.5):
+                 default_guidance_scale: float = 3.0, default_image_guidance_scale: float = 1.5,
+                 default_rewrite: bool = True):
         super().__init__(unet, text_encoder, scheduler, default_num_inference_steps,
                          default_guidance_scale)
-        self.register_to_config(default_image_guidance_scale=float(default_image_guidance_scale))
+        self.register_to_config(default_image_guidance_scale=float(default_image_guidance_scale),
+                                default_rewrite=bool(default_rewrite))
 
     @property
     def fold(self) -> int:
@@ -292,11 +330,16 @@ class InstructPix2PixPipeline(t2i.ShapesPipeline):
     def default_image_guidance_scale(self) -> float:
         return float(self.config.default_image_guidance_scale)
 
+    @property
+    def default_rewrite(self) -> bool:
+        return bool(self.config.default_rewrite)
+
     def with_scheduler(self, scheduler) -> "InstructPix2PixPipeline":
         other = type(self)(**{**self.components, "scheduler": scheduler},
                            default_num_inference_steps=self.default_num_inference_steps,
                            default_guidance_scale=self.default_guidance_scale,
-                           default_image_guidance_scale=self.default_image_guidance_scale)
+                           default_image_guidance_scale=self.default_image_guidance_scale,
+                           default_rewrite=self.default_rewrite)
         other._progress_bar_config = dict(getattr(self, "_progress_bar_config", {}))
         return other
 
@@ -306,21 +349,30 @@ class InstructPix2PixPipeline(t2i.ShapesPipeline):
         states, pooled, source = cond
         kw = {"class_labels": pooled} if self.unet.config.class_embed_type == "projection" else {}
         z = torch.cat([x, source], dim=1)  # [n, 24, 16, 16]
+        extra = self.unet.config.in_channels - z.shape[1]  # 8 with position channels
+        if extra:
+            z = torch.cat([z, position_grid(len(z), x.shape[-1] * self.fold, self.fold).to(z)], 1)
         return self.unet(z, t.to(self.unet.device), encoder_hidden_states=states, **kw).sample
 
-    def check_instructions(self, instructions, image):
+    def check_instructions(self, instructions, image, rewrite: bool = False):
         """``(instructions, pictures [n, 3, 32, 32])`` of equal count, each instruction read by
-        :func:`read_instruction` (a ValueError for one that is not an edit)."""
+        :func:`read_instruction` (a ValueError for one that is not an edit) and, with ``rewrite``,
+        put in its plainest words (:func:`rewrite_instruction`)."""
         texts = arguments.prompts(instructions, name="instructions", allow_empty_text=False)
         if image is None:
             raise TypeError("image is required: the pictures to edit, a tensor [n, 3, 32, 32] "
                             "in [0, 1]")
         pictures = check_pictures(image)
+        if not isinstance(rewrite, bool):
+            raise TypeError(f"rewrite must be True or False, got {rewrite!r}")
+        read = []
         for i, text in enumerate(texts):
             try:
-                read_instruction(text)
+                read_instruction(text)  # refuses what is not an edit
+                read.append(rewrite_instruction(text) if rewrite else text)
             except ValueError as exc:
                 raise ValueError(f"instructions item {i}: {exc}") from None
+        texts = read
         if len(texts) != len(pictures) and 1 not in (len(texts), len(pictures)):
             raise ValueError(
                 f"instructions and image must come in equal numbers, one instruction per picture "
@@ -333,12 +385,16 @@ class InstructPix2PixPipeline(t2i.ShapesPipeline):
     def __call__(self, instructions, image=None, num_inference_steps: int | None = None,
                  guidance_scale: float | None = None, image_guidance_scale: float | None = None,
                  generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
-                 output_type: str = "pil", return_dict: bool = True):
+                 output_type: str = "pil", return_dict: bool = True,
+                 rewrite: bool | None = None):
         """Edit each picture of ``image`` as its instruction says. ``guidance_scale`` s_T: how
         strongly to follow the instruction; ``image_guidance_scale`` s_I: how strongly to stay
-        with the source picture; both 1: no guidance (one network pass per step)."""
-        # 1. check the call
-        texts, pictures = self.check_instructions(instructions, image)
+        with the source picture; both 1: no guidance (one network pass per step). ``rewrite``:
+        read each instruction in its plainest words first (:func:`rewrite_instruction`; default
+        the pipeline's ``default_rewrite``), or give the network the words as written (False)."""
+        # 1. check the call, read the instructions
+        rewrite = self.default_rewrite if rewrite is None else rewrite
+        texts, pictures = self.check_instructions(instructions, image, rewrite)
         steps = arguments.steps(
             self.default_num_inference_steps if num_inference_steps is None
             else num_inference_steps, self.scheduler.config.num_train_timesteps)
@@ -389,6 +445,7 @@ def make_pipeline(model: InstructEditModel, num_inference_steps: int | None = No
                                      else guidance_scale),
         default_image_guidance_scale=float(cfg.image_guidance_scale if image_guidance_scale
                                            is None else image_guidance_scale),
+        default_rewrite=cfg.rewrite_instructions,
     )
 
 
@@ -434,6 +491,10 @@ def judge_edits(images: torch.Tensor, triplets: dict, judge=None) -> dict:
     return out
 
 
+#: The manifest's name for the held-out set measured without the rewrite.
+AS_WRITTEN = "heldout wording, as written"
+
+
 def evaluation_sets(per_kind: int = 60) -> dict:
     """The measuring sets: ``per_kind`` triplets of each kind in the held-out wording and in the
     seen wording, from seeds no training run uses."""
@@ -452,10 +513,16 @@ def measure(pipe, sets: dict, seed: int = 0, **kw) -> dict:
 
 def evaluate(model: InstructEditModel, per_kind: int = 60) -> dict:
     """The manifest's record: per set, all five right on the edits with its 95% interval, per kind,
-    and the "keep" controls (read as the source; mean pixel change), at the default scales."""
+    and the "keep" controls (read as the source; mean pixel change), at the pipeline's defaults;
+    and the held-out set once more with the instructions given to the network as written
+    (``rewrite=False``)."""
     pipe = make_pipeline(model)
+    sets = evaluation_sets(per_kind)
+    runs = measure(pipe, sets)
+    runs[AS_WRITTEN] = measure(pipe, {AS_WRITTEN: sets["heldout wording"]},
+                               rewrite=False)[AS_WRITTEN]
     q = {}
-    for name, r in measure(pipe, evaluation_sets(per_kind)).items():
+    for name, r in runs.items():
         rec = {k: round(r[k][0], 4) for k in ("edits", *ew.EDIT_KINDS)}
         rec["edits_ci95"] = [round(r["edits"][1], 4), round(r["edits"][2], 4)]
         rec["controls"] = round(r["controls"][0], 4)

@@ -256,3 +256,52 @@ def test_registered_with_its_chapter():
     assert "course_lib.instruct_edit" in pretrained.ENTRY_MODULES
     e = pretrained.entry("shapes-edit")
     assert (e.chapter, e.role, e.domain) == ("11", "generator", "shapes")
+
+
+# ---- reading first: the plainest words ------------------------------------------------------
+@pytest.mark.parametrize("wording", ew.WORDINGS)
+def test_rewrite_gives_the_plain_wording_of_the_same_request(wording):
+    bank = ew.instruction_bank(48, seed=0, wording=wording)
+    for request, texts in bank.items():
+        plain = ew.plain_instruction(request)
+        assert ie.read_instruction(plain) == request
+        for t in texts:
+            assert ie.rewrite_instruction(t) == plain, (t, request)
+    # a move that names only a side keeps its words: its cell depends on the picture
+    assert ie.rewrite_instruction("move it left") == "move it left"
+    assert ie.rewrite_instruction("could you repaint it scarlet") == "make it red"
+    with pytest.raises(ValueError, match="recolour"):
+        ie.rewrite_instruction("draw a cat")
+
+
+def test_the_pipeline_reads_the_rewritten_words(pipe, trip):
+    src = trip["sources"][:2]
+    texts = ["could you repaint it scarlet", "i'd like a globe there instead"]
+    plain = ["make it red", "turn it into a circle"]
+    got = pipe(texts, image=src, generator=gen(4), output_type="pt").images
+    want = pipe(plain, image=src, generator=gen(4), output_type="pt", rewrite=False).images
+    raw = pipe(texts, image=src, generator=gen(4), output_type="pt", rewrite=False).images
+    assert pipe.default_rewrite is True
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, raw)
+    with pytest.raises(TypeError, match="True or False"):
+        pipe(texts, image=src, output_type="pt", rewrite="yes")
+
+
+def test_position_channels_reach_the_unet_the_same_way_in_training_and_sampling():
+    torch.manual_seed(0)
+    m = ie.InstructEditModel({**TINY, "position_channels": 2}).eval()
+    assert m.unet.config.in_channels == 32  # (3 + 3 + 2) * 2 * 2
+    p = ie.make_pipeline(m)
+    x, src = torch.randn(2, 3, 32, 32, generator=gen(6)), torch.rand(2, 3, 32, 32, generator=gen(7))
+    t = torch.tensor([400, 400])
+    with torch.no_grad():
+        states, pooled = p.encode_prompt(["make it red", "make it blue"])
+        a = m.denoise(x, t, states, pooled, src)
+        fold = torch.nn.functional.pixel_unshuffle
+        b = p.network(fold(x, 2), t, (states, pooled, fold(src, 2)))
+    torch.testing.assert_close(a, torch.nn.functional.pixel_shuffle(b, 2))
+    grid = ie.position_grid(1, 32)
+    assert grid[0, 0, 0, 0] == -1 and grid[0, 0, 0, -1] == 1 and grid[0, 1, -1, 0] == 1
+    with pytest.raises(ValueError, match="0 or 2"):
+        ie.InstructEditConfig.from_dict({"position_channels": 3})

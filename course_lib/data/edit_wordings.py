@@ -156,6 +156,23 @@ def instruction(request: EditRequest, rng: np.random.Generator, wording: str = "
     return wordings.with_article(_pick(rng, forms).format(value=_pick(rng, words)))
 
 
+#: The plainest wording of each kind: a seen sentence form with the value's own name.
+PLAIN_FORMS = {"color": "make it {value}", "shape": "turn it into a {value}",
+               "size": "make it {value}", "place": "put it {value}", "keep": "leave it as it is"}
+
+
+def plain_instruction(request: EditRequest) -> str:
+    """``request`` in the plainest seen wording: "make it red", "turn it into a circle", "make it
+    small", "put it in the top left", "leave it as it is" (the value's own name, never a
+    synonym)."""
+    if request.kind == "place":
+        if request.value not in shapes.WHERE:
+            raise ValueError(f"a move needs a cell from {list(shapes.WHERE)}, got "
+                             f"{request.value!r}")
+        return PLAIN_FORMS["place"].format(value=shapes.WHERE[tuple(request.value)])
+    return wordings.with_article(PLAIN_FORMS[request.kind].format(value=request.value))
+
+
 def requests_for(kind: str) -> list[EditRequest]:
     """Every request of one kind (one per value; "keep" has one)."""
     if kind == "keep":
