@@ -7,9 +7,10 @@ make_triplets`: recolour, reshape, resize, move, and "leave it" controls).
 
 * The model is chapter 05's :class:`~course_lib.models.text_to_image.TextToImageModel` reading the
   instruction through frozen all-mpnet-base-v2 (chapter 06's ``shapes-t2i-mpnet`` rung), with two
-  changes: the source picture's channels are concatenated to the noisy target's, so its UNet takes
-  6 channels (3 + 3, before the 2x2 fold) and predicts 3 (:class:`InstructEditModel`); and it
-  predicts the edited picture x0 (``prediction_type="sample"``), most of which is the source.
+  changes: the source picture's channels, and each pixel's x and y (CoordConv), are concatenated
+  to the noisy target's, so its UNet takes 8 channels (3 + 3 + 2, before the 2x2 fold) and predicts
+  3 (:class:`InstructEditModel`); and it predicts the edited picture x0
+  (``prediction_type="sample"``), most of which is the source.
 * Training (:func:`train_instruct_edit`, chapter 05's loop of :mod:`course_lib.training`) drops the
   instruction, the picture or both, each for 5% of the examples (:func:`drop_conditions`), so one
   network also learns e(I, ∅) and e(∅, ∅).
@@ -57,8 +58,9 @@ def _mpnet_text() -> t2i.TextEncoderConfig:
 @dataclass
 class InstructEditConfig(t2i.TextToImageConfig):
     """Chapter 05's config (frozen mpnet text by default, as chapter 06's ``shapes-t2i-mpnet``)
-    plus ``source_channels``: the channels of the picture to edit, concatenated to the noisy
-    target's before the fold (UNet input: ``(in_channels + source_channels) * fold**2``)."""
+    plus ``source_channels``: the channels of the picture to edit, and ``position_channels``:
+    each pixel's x and y, both concatenated to the noisy target's before the fold (UNet input:
+    ``(in_channels + source_channels + position_channels) * fold**2``)."""
 
     text: t2i.TextEncoderConfig = field(default_factory=_mpnet_text)
     # The network predicts the edited picture itself (x0): most of it is the source, so the
@@ -68,8 +70,10 @@ class InstructEditConfig(t2i.TextToImageConfig):
     # x and y of every pixel as 2 more input channels (CoordConv, Liu et al. 2018): a move must
     # draw the object at a cell the instruction names, and convolutions alone barely know where
     # they are (0: none)
-    position_channels: int = 0
-    image_guidance_scale: float = 1.5  # the pipeline's default s_I (guidance_scale is s_T)
+    position_channels: int = 2
+    # the pipeline's default s_T and s_I (chosen on triplets of seed 42_000, not the measuring sets)
+    guidance_scale: float = 2.0
+    image_guidance_scale: float = 1.5
     # the pipeline's default: read each instruction in its plainest words first
     rewrite_instructions: bool = True
 
@@ -209,7 +213,7 @@ class InstructTrainConfig(t2i.TrainConfig):
     """Chapter 05's recipe on triplets; ``caption_dropout`` is unused: the paper's three
     dropouts replace it (:func:`drop_conditions`)."""
 
-    steps: int = 4500
+    steps: int = 4800
     n_train: int = 16000  # training triplets (rendered once)
     caption_dropout: float = 0.0
     drop_text: float = 0.05  # instruction only dropped
@@ -567,7 +571,8 @@ def train_registered(seed: int = 0, quick: bool = False) -> TrainResult:
         return (
             f"chapter 05's UNet and loop ({history.steps} steps, batch {hp.batch_size}, AdamW lr "
             f"{hp.lr} warm-up + cosine, EMA {hp.ema_decay}) on {hp.n_train} seen-wording "
-            f"triplets, the source picture concatenated to the noisy target (6 input channels), "
+            f"triplets, the source picture and each pixel's x and y concatenated to the noisy "
+            f"target ({3 + 3 + InstructEditConfig().position_channels} input channels), "
             f"predicting the edited picture ({model_type}), "
             f"frozen mpnet instruction states (mean of the last 4 layers), {hp.per_request} "
             f"wordings per request; instruction / picture / both dropped {hp.drop_text:.0%} / "

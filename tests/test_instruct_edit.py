@@ -69,7 +69,8 @@ def test_pipeline_step_is_the_formula(pipe, trip):
     x = torch.nn.functional.pixel_unshuffle(noise, 2)  # [3, 12, 16, 16]
     source = torch.nn.functional.pixel_unshuffle(diffusion.to_model_range(src), 2)
     with torch.no_grad():
-        states, pooled = pipe.encode_prompt(texts)
+        # the network reads each instruction in its plainest words (the default)
+        states, pooled = pipe.encode_prompt([ie.rewrite_instruction(t) for t in texts])
         e_states, e_pooled = pipe.encode_prompt([""] * 3)
         e00 = pipe.network(x, t, (e_states, e_pooled, torch.zeros_like(source)))
         ei0 = pipe.network(x, t, (e_states, e_pooled, source))
@@ -247,7 +248,7 @@ def test_a_few_training_steps_run():
     model, hist, hp = ie.train_instruct_edit(TINY, steps=2, n_train=16, per_request=1,
                                              batch_size=8, progress=False, device="cpu")
     assert hist.steps == 2 and all(np.isfinite(hist.losses))
-    assert model.unet.config.in_channels == 24 and model.unet.config.out_channels == 12
+    assert model.unet.config.in_channels == 32 and model.unet.config.out_channels == 12  # 3+3+2, x4
     with pytest.raises(ValueError, match="allowed"):
         ie.InstructTrainConfig.from_dict({"caption_drop": 0.1})
 
