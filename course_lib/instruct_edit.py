@@ -28,6 +28,7 @@ make_triplets`: recolour, reshape, resize, move, and "leave it" controls).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -152,8 +153,35 @@ EDIT_VERBS = frozenset(
      "drag", "reposition", "enlarge", "shrink", "switch", "give", "let", "instead")
 )
 KEEP_WORDS = frozenset(("leave", "keep", "untouched", "unchanged", "nothing", "don"))  # "don't"
-#: Comparatives the conversation editor's table lacks.
-EXTRA_COMPARATIVES = {"tinier": ("size", "small")}
+#: Comparatives and side words the conversation editor's table lacks.
+EXTRA_COMPARATIVES = {"tinier": ("size", "small"), "upper": ("row", "top"),
+                      "center": ("col", "center"), "middle": ("col", "center")}
+#: Words that start a polite request ("could you make it blue?"), not a question.
+POLITE = frozenset(("can", "could", "would", "will"))
+#: Side words next to a row or a column word: together they name a cell ("upper right").
+_ROW_WORDS = {"top": "top", "upper": "top", "up": "top", "high": "top", "middle": "middle",
+              "mid": "middle", "center": "middle", "bottom": "bottom", "lower": "bottom",
+              "down": "bottom", "low": "bottom"}
+_COL_WORDS = {"left": "left", "right": "right", "middle": "center", "center": "center"}
+
+
+def _normalised(text: str) -> str:
+    """British "centre" and hyphenated places ("top-left") in the tables' spelling."""
+    text = text.lower().replace("centred", "centered").replace("centre", "center")
+    return re.sub(r"(?<=[a-z])-(?=[a-z])", " ", text)
+
+
+def _cell(toks: list[str], i: int, attr: str, value):
+    """A row (col) word at token ``i`` and the side word just after (before) it as one cell,
+    ("upper right", "middle left"), a lone "centre" as the middle cell; None where no neighbour
+    names the other side ("move it left": the row stays the picture's)."""
+    if attr == "row" and i + 1 < len(toks) and toks[i + 1] in _COL_WORDS:
+        return (value, _COL_WORDS[toks[i + 1]])
+    if attr == "col" and i > 0 and toks[i - 1] in _ROW_WORDS:
+        return (_ROW_WORDS[toks[i - 1]], value)
+    if attr == "col" and value == "center":  # "move it to the centre": the middle cell
+        return ("middle", "center")
+    return None
 
 
 def read_instruction(text: str) -> ew.EditRequest:
@@ -167,15 +195,19 @@ def read_instruction(text: str) -> ew.EditRequest:
     toks = conversation.words(text)
     if not toks:
         raise ValueError(f"an instruction must say what to change: {ALLOWED_EDITS}")
-    if text.strip().endswith("?") or toks[0] in conversation.QUESTION_WORDS:
+    polite = toks[0] in POLITE and "you" in toks[1:3]  # "could you make it blue?"
+    if not polite and (text.strip().endswith("?") or toks[0] in conversation.QUESTION_WORDS):
         raise ValueError(f"{text!r} is a question, not an edit; allowed: {ALLOWED_EDITS}")
     other = set(toks) & (conversation.ADD_WORDS | conversation.REMOVE_WORDS
                          | conversation.UNDO_WORDS)
     if other:
         raise ValueError(f"{text!r} asks to {sorted(other)[0].replace('_', ' ')}: this model edits "
                          f"the one object of the picture; allowed: {ALLOWED_EDITS}")
-    found = conversation.mentions(text)
-    found += [(i, *EXTRA_COMPARATIVES[t]) for i, t in enumerate(toks) if t in EXTRA_COMPARATIVES]
+    found = _mentions(toks, text)
+    if not found and _normalised(text) != text.lower():  # "top-left", "centre"
+        text = _normalised(text)
+        toks = conversation.words(text)
+        found = _mentions(toks, text)
     if not found:
         if set(toks) & KEEP_WORDS:
             return ew.EditRequest("keep")
@@ -185,12 +217,25 @@ def read_instruction(text: str) -> ew.EditRequest:
     if not set(toks) & verbs:
         raise ValueError(f"{text!r} describes a picture but asks for no change; allowed: "
                          f"{ALLOWED_EDITS}")
-    _, attr, value = min(found)
+    # the last value named is the new one ("recolour the triangle orange")
+    i, attr, value = max(found)
     if attr == "place":
         return ew.EditRequest("place", tuple(value))
     if attr in ("row", "col"):
-        return ew.EditRequest("place", None)
+        return ew.EditRequest("place", _cell(toks, i, attr, value))
     return ew.EditRequest(attr, value)
+
+
+def _mentions(toks: list[str], text: str) -> list:
+    """The conversation editor's mentions plus :data:`EXTRA_COMPARATIVES`, by position (side
+    words only where no whole place phrase is named: "in the middle" is a cell of its own)."""
+    found = conversation.mentions(text)
+    covered = {i for i, *_ in found}
+    whole_place = any(attr == "place" for _, attr, _ in found)
+    found += [(i, *EXTRA_COMPARATIVES[t]) for i, t in enumerate(toks)
+              if t in EXTRA_COMPARATIVES and i not in covered
+              and not (whole_place and EXTRA_COMPARATIVES[t][0] in ("row", "col"))]
+    return sorted(found)
 
 
 def rewrite_instruction(text: str) -> str:

@@ -306,3 +306,26 @@ def test_position_channels_reach_the_unet_the_same_way_in_training_and_sampling(
     assert grid[0, 0, 0, 0] == -1 and grid[0, 0, 0, -1] == 1 and grid[0, 1, -1, 0] == 1
     with pytest.raises(ValueError, match="0 or 2"):
         ie.InstructEditConfig.from_dict({"position_channels": 3})
+
+
+@pytest.mark.parametrize("text,kind,value", [
+    ("could you make it red?", "color", "red"),            # a polite request, not a question
+    ("can you turn it into a box", "shape", "square"),
+    ("recolour the triangle to orange", "color", "orange"),  # the last value named is the new one
+    ("turn the red square into a triangle", "shape", "triangle"),
+    ("move it to the upper right", "place", ("top", "right")),  # two side words, one cell
+    ("move it to the middle left", "place", ("middle", "left")),
+    ("relocate it to the top-left", "place", ("top", "left")),
+    ("move it to the centre", "place", ("middle", "center")),
+    ("put it up high, in the middle", "place", ("top", "center")),
+    ("move it left", "place", None),                         # the row stays the picture's
+    ("move it up and to the right", "place", None),
+])
+def test_free_wordings_read_as_their_edit(text, kind, value):
+    assert ie.read_instruction(text) == ew.EditRequest(kind, value)
+
+
+@pytest.mark.parametrize("text", ["can it be green?", "is it red?", "could it be a circle?"])
+def test_questions_are_still_refused(text):
+    with pytest.raises(ValueError, match="question"):
+        ie.read_instruction(text)
