@@ -238,13 +238,14 @@ def _mentions(toks: list[str], text: str) -> list:
     return sorted(found)
 
 
-def rewrite_instruction(text: str) -> str:
+def rewrite_instruction(text: str, request: ew.EditRequest | None = None) -> str:
     """The instruction in the plainest words the editor was trained on: :func:`read_instruction`'s
     edit written by :func:`course_lib.data.edit_wordings.plain_instruction` ("could you repaint it
     scarlet" -> "make it red"); chapter 06's planner step, reading the words before the picture is
     drawn. A move that names only a row or a column ("move it left") keeps its own words: its cell
-    depends on the picture. Raises ``ValueError`` for what :func:`read_instruction` refuses."""
-    request = read_instruction(text)
+    depends on the picture. Raises ``ValueError`` for what :func:`read_instruction` refuses.
+    ``request``: the edit already read from ``text``, so it is not read twice."""
+    request = read_instruction(text) if request is None else request
     if request.kind == "place" and request.value is None:
         return text
     return ew.plain_instruction(request)
@@ -417,8 +418,8 @@ class InstructPix2PixPipeline(t2i.ShapesPipeline):
         read = []
         for i, text in enumerate(texts):
             try:
-                read_instruction(text)  # refuses what is not an edit
-                read.append(rewrite_instruction(text) if rewrite else text)
+                request = read_instruction(text)  # refuses what is not an edit
+                read.append(rewrite_instruction(text, request) if rewrite else text)
             except ValueError as exc:
                 raise ValueError(f"instructions item {i}: {exc}") from None
         texts = read
